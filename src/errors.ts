@@ -1,0 +1,125 @@
+/**
+ * Typed errors. Every error this library throws on purpose carries a stable
+ * string `code` (`ERR_GENSYNC_*`); match on the code, not on the message.
+ *
+ * Bad arguments throw {@link InvalidArgumentError} (a `TypeError`) or
+ * {@link OutOfRangeError} (a `RangeError`). Everything about a store is a
+ * {@link StoreError}. Only {@link StoreUnavailableError} (an outage: a lock
+ * that could not be had in time, a server that does not answer) is
+ * swallowed and logged by the synchronizers; every other error reaches the
+ * caller, because it means the program or its configuration is wrong.
+ *
+ * @module
+ */
+
+/** Every `code` this library puts on its errors. */
+export type ErrorCode =
+  | 'ERR_GENSYNC_INVALID_ARGUMENT'
+  | 'ERR_GENSYNC_OUT_OF_RANGE'
+  | 'ERR_GENSYNC_FOREIGN_FILE'
+  | 'ERR_GENSYNC_CORRUPT_FILE'
+  | 'ERR_GENSYNC_UNSUPPORTED_VERSION'
+  | 'ERR_GENSYNC_UNSAFE_FILE'
+  | 'ERR_GENSYNC_NETWORK_FILESYSTEM'
+  | 'ERR_GENSYNC_STORE_FULL'
+  | 'ERR_GENSYNC_STORE_CLOSED'
+  | 'ERR_GENSYNC_STORE_IO'
+  | 'ERR_GENSYNC_STORE_UNAVAILABLE'
+  | 'ERR_GENSYNC_LOCK_TIMEOUT'
+  | 'ERR_GENSYNC_ADDON_UNAVAILABLE';
+
+interface ErrorDetails {
+  /** The store file the error is about, when there is one. */
+  readonly path?: string | undefined;
+  /** The lower-level error that caused this one. */
+  readonly cause?: unknown;
+}
+
+/** A wrong argument type, or an option of the wrong type. */
+export class InvalidArgumentError extends TypeError {
+  readonly code = 'ERR_GENSYNC_INVALID_ARGUMENT' as const;
+  override readonly name = 'InvalidArgumentError';
+}
+
+/** An argument of the right type but outside the values allowed. */
+export class OutOfRangeError extends RangeError {
+  readonly code = 'ERR_GENSYNC_OUT_OF_RANGE' as const;
+  override readonly name = 'OutOfRangeError';
+}
+
+/** Base class of every error about a store, its file, or the addon. */
+export class GenerationSyncError extends Error {
+  readonly code: ErrorCode;
+  /** The store file concerned, when there is one. */
+  readonly path: string | undefined;
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.code = code;
+    this.path = details.path;
+  }
+
+  override get name(): string {
+    return this.constructor.name;
+  }
+}
+
+/**
+ * Any problem with a store. Used directly, with `ERR_GENSYNC_STORE_IO`, when
+ * the operating system refused an operation on the store's file or
+ * directory; `cause` holds the system error.
+ */
+export class StoreError extends GenerationSyncError {}
+
+/**
+ * The file is not a store of this kind (`ERR_GENSYNC_FOREIGN_FILE`), is
+ * damaged (`ERR_GENSYNC_CORRUPT_FILE`), or was written by a newer version of
+ * this library (`ERR_GENSYNC_UNSUPPORTED_VERSION`). The file is left as it is.
+ */
+export class StoreFormatError extends StoreError {}
+
+/**
+ * The path is not safe to share memory through: a symlink, not a regular
+ * file, hard-linked, owned by another user, or too permissive
+ * (`ERR_GENSYNC_UNSAFE_FILE`); or it is on a network filesystem, where shared
+ * mappings are not coherent between hosts (`ERR_GENSYNC_NETWORK_FILESYSTEM`).
+ */
+export class UnsafeStoreError extends StoreError {}
+
+/** The store has no room for another key (`ERR_GENSYNC_STORE_FULL`). Keys it already holds keep working. */
+export class StoreFullError extends StoreError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super('ERR_GENSYNC_STORE_FULL', message, details);
+  }
+}
+
+/** The store was closed by this process (`ERR_GENSYNC_STORE_CLOSED`). */
+export class StoreClosedError extends StoreError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super('ERR_GENSYNC_STORE_CLOSED', message, details);
+  }
+}
+
+/**
+ * The store could not be reached just now (`ERR_GENSYNC_STORE_UNAVAILABLE`),
+ * or its lock was held by another process for longer than the lock timeout
+ * (`ERR_GENSYNC_LOCK_TIMEOUT`). Outages are the only errors the
+ * synchronizers swallow: they log them and report the key as expired.
+ */
+export class StoreUnavailableError extends StoreError {}
+
+/**
+ * The native addon could not be loaded, so the shared-memory store is not
+ * available here (`ERR_GENSYNC_ADDON_UNAVAILABLE`). The message says why and
+ * how to build it.
+ */
+export class AddonUnavailableError extends GenerationSyncError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super('ERR_GENSYNC_ADDON_UNAVAILABLE', message, details);
+  }
+}
+
+/** Whether `error` is an outage that a synchronizer should log rather than throw. */
+export function isStoreOutage(error: unknown): error is StoreUnavailableError {
+  return error instanceof StoreUnavailableError;
+}

@@ -1,0 +1,219 @@
+/**
+ * File checks shared by the file-backed stores: where the default store
+ * lives, and what makes a path safe to share state through.
+ *
+ * @internal
+ * @module
+ */
+
+import { chmodSync, constants, lstatSync, mkdirSync, statfsSync, type Stats } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
+
+/** Environment variable naming the directory of the default store. */
+export const DIRECTORY_ENV = 'GENERATION_SYNC_DIR';
+
+/** Mode of store files unless the caller asks for another. */
+export const DEFAULT_FILE_MODE = 0o600;
+
+/** Mode of the default store directory. */
+export const DIRECTORY_MODE = 0o700;
+
+/** Permission bits that would let other users write the store. */
+const OTHERS_WRITE = 0o002;
+
+/**
+ * `statfs` magic numbers of filesystems on which a shared mapping or a
+ * rename is not coherent between processes on different hosts.
+ */
+const NETWORK_FILESYSTEMS: ReadonlyMap<number, string> = new Map([
+  [0x6969, 'NFS'],
+  [0x517b, 'SMB'],
+  [0xff534d42, 'CIFS'],
+  [0xfe534d42, 'SMB2'],
+  [0x65735546, 'FUSE'],
+  [0x00c36400, 'Ceph'],
+  [0x5346414f, 'AFS'],
+  [0x73757245, 'Coda'],
+  [0x01021997, '9P'],
+  [0x01161970, 'GFS2'],
+  [0x7461636f, 'OCFS2'],
+  [0x0bd00bd0, 'Lustre'],
+  [0x564c, 'NCP'],
+]);
+
+/** The name of a network filesystem type, or undefined for a local one. */
+export function networkFilesystemName(type: number): string | undefined {
+  return NETWORK_FILESYSTEMS.get(type);
+}
+
+/** The current user's id, or undefined where the platform has none (Windows). */
+export function currentUid(): number | undefined {
+  return typeof process.getuid === 'function' ? process.getuid() : undefined;
+}
+
+/** The directory of the default store: `$GENERATION_SYNC_DIR`, else a private directory under the OS temp dir. */
+export function defaultDirectory(): string {
+  const configured = process.env[DIRECTORY_ENV];
+  if (configured !== undefined && configured !== '') return configured;
+  return join(tmpdir(), `generation-sync-${currentUid() ?? 'user'}`);
+}
+
+/** Wrap a system error from `action` on `path` into a {@link StoreError} that keeps it as `cause`. */
+export function ioError(cause: unknown, action: string, path: string): StoreError {
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  return new StoreError('ERR_GENSYNC_STORE_IO', `Could not ${action} ${path}: ${reason}`, { cause, path });
+}
+
+export function errnoCode(error: unknown): string | undefined {
+  return typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string'
+    ? error.code
+    : undefined;
+}
+
+/**
+ * Make sure `dir` exists, is a real directory owned by this user, and that
+ * no other user can write into it. A missing directory is created with
+ * mode 0700. The default directory is also tightened back to 0700 if its
+ * mode was loosened; a directory the user configured keeps its mode as long
+ * as other users cannot write to it.
+ */
+export function ensurePrivateDirectory(dir: string, isDefault: boolean): void {
+  try {
+    const created = mkdirSync(dir, { mode: DIRECTORY_MODE, recursive: true });
+    // mkdir's mode is filtered by the umask; set it exactly.
+    if (created !== undefined) chmodSync(dir, DIRECTORY_MODE);
+  } catch (error) {
+    throw ioError(error, 'create the store directory', dir);
+  }
+  let stats: Stats;
+  try {
+    stats = lstatSync(dir);
+  } catch (error) {
+    throw ioError(error, 'inspect the store directory', dir);
+  }
+  const advice = `Set ${DIRECTORY_ENV} to a directory that this application's user owns and others cannot write.`;
+  if (stats.isSymbolicLink() || !stats.isDirectory()) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `The store directory ${dir} is a ${fileKind(stats)}, not a directory. ${advice}`,
+      { path: dir },
+    );
+  }
+  const uid = currentUid();
+  if (uid !== undefined && stats.uid !== uid) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `The store directory ${dir} belongs to user ${stats.uid}, not to this process's user ${uid}, ` +
+        `so another user could tamper with the store. ${advice}`,
+      { path: dir },
+    );
+  }
+  if (isDefault && (stats.mode & 0o077) !== 0) {
+    try {
+      chmodSync(dir, DIRECTORY_MODE);
+    } catch (error) {
+      throw ioError(error, 'restrict the permissions of', dir);
+    }
+  } else if (!isDefault && (stats.mode & OTHERS_WRITE) !== 0) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `The store directory ${dir} is writable by every user (mode ${(stats.mode & 0o7777).toString(8)}). ${advice}`,
+      { path: dir },
+    );
+  }
+}
+
+/** The default store directory, created and checked. */
+export function preparedDefaultDirectory(): string {
+  const configured = process.env[DIRECTORY_ENV];
+  const dir = defaultDirectory();
+  ensurePrivateDirectory(dir, configured === undefined || configured === '');
+  return dir;
+}
+
+/**
+ * Check an open store file: a regular file with one link, owned by this
+ * user, not writable by others, on a local filesystem.
+ */
+export function checkStoreFile(stats: Stats, path: string): void {
+  if (!stats.isFile()) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `${path} is a ${fileKind(stats)}, not a regular file, so it cannot be a store. Use another path.`,
+      { path },
+    );
+  }
+  if (stats.nlink !== 1) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `${path} has ${stats.nlink} hard links; a store file must have exactly one, ` +
+        'so that no other name can change it unseen. Use a fresh path.',
+      { path },
+    );
+  }
+  const uid = currentUid();
+  if (uid !== undefined && stats.uid !== uid) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `${path} belongs to user ${stats.uid}, not to this process's user ${uid}. ` +
+        'Every process sharing a store must run as the user who owns its file.',
+      { path },
+    );
+  }
+  if ((stats.mode & OTHERS_WRITE) !== 0) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `${path} is writable by every user (mode ${(stats.mode & 0o777).toString(8)}), so any local user could corrupt it. ` +
+        'Remove the file or chmod o-w it.',
+      { path },
+    );
+  }
+}
+
+/** Refuse a path on a network filesystem, where shared memory and renames are not coherent between hosts. */
+export function checkLocalFilesystem(path: string): void {
+  let type: number;
+  try {
+    type = statfsSync(path).type;
+  } catch (error) {
+    throw ioError(error, 'find the filesystem of', path);
+  }
+  const name = networkFilesystemName(type);
+  if (name !== undefined) {
+    throw new UnsafeStoreError(
+      'ERR_GENSYNC_NETWORK_FILESYSTEM',
+      `${path} is on a ${name} filesystem, where shared mappings and file renames are not coherent ` +
+        `between processes. Put the store on a local disk or tmpfs (set ${DIRECTORY_ENV}, for example to /dev/shm/myapp).`,
+      { path },
+    );
+  }
+}
+
+/** Checks a file `mode` option: owner read-write, never writable by others. */
+export function checkFileMode(mode: number): number {
+  if ((mode & 0o600) !== 0o600 || (mode & OTHERS_WRITE) !== 0 || (mode & ~0o777) !== 0) {
+    throw new OutOfRangeError(
+      `Option "mode" must give the owner read and write and must not let other users write ` +
+        `(for example 0o600 or 0o660), not 0o${mode.toString(8)}.`,
+    );
+  }
+  return mode;
+}
+
+function fileKind(stats: Stats): string {
+  if (stats.isSymbolicLink()) return 'symbolic link';
+  if (stats.isDirectory()) return 'directory';
+  if (stats.isFIFO()) return 'FIFO';
+  if (stats.isSocket()) return 'socket';
+  if (stats.isCharacterDevice() || stats.isBlockDevice()) return 'device';
+  return 'regular file';
+}
+
+/** Flags for opening an existing store file: read-write, never through a symlink, never blocking on a FIFO. */
+export const OPEN_EXISTING = constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** Flags for creating a store file that must not exist yet. */
+export const OPEN_NEW = constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;

@@ -1,0 +1,33 @@
+/**
+ * generation-sync: tell every process that some state changed.
+ *
+ * @packageDocumentation
+ */
+
+export { makeCacheKey, MAX_KEY_LENGTH, type MakeCacheKeyOptions } from './cache-key';
+export { defaultStore, defaultStorePath } from './default-store';
+export {
+  AddonUnavailableError,
+  GenerationSyncError,
+  InvalidArgumentError,
+  OutOfRangeError,
+  StoreClosedError,
+  StoreError,
+  StoreFormatError,
+  StoreFullError,
+  StoreUnavailableError,
+  UnsafeStoreError,
+  type ErrorCode,
+} from './errors';
+export {
+  SharedMemoryStore,
+  type SharedMemoryStoreOptions,
+  type StoreEntry,
+} from './shm-store';
+export type { BindOptions, KeyBinding, Store } from './store';
+export {
+  DEFAULT_CACHE_EXPIRATION_SECS,
+  GenerationSynchronizer,
+  type GenerationSynchronizerOptions,
+  type Logger,
+} from './synchronizer';

@@ -1,0 +1,225 @@
+/**
+ * The on-disk layout of a shared-memory store file (format version 1).
+ *
+ * ```
+ * [0, 4096)             header: identity, layout, then mutable counters
+ * [4096, index end)     index: tableSize entries of { u32 ref, u32 tag }
+ * [records, file end)   records: capacity records of RECORD_SIZE bytes
+ * ```
+ *
+ * The index is an open-addressing hash table with linear probing, kept at
+ * most half full so that a search for a missing key always ends at an empty
+ * entry. An entry's `ref` is a record number plus one (0 = empty) and is
+ * written last, atomically, once its record is complete: readers never see
+ * a half-made key. Records are claimed densely, in order, under the
+ * creation lock, and are never freed: a cleared key keeps its record with
+ * the ABSENT bit set on its generation, which is how a re-created key
+ * continues above every value it had before.
+ *
+ * All multi-byte fields are in the machine's byte order, which the header
+ * records; every 64-bit field is 8-byte aligned.
+ *
+ * @internal
+ * @module
+ */
+
+import { createHash } from 'node:crypto';
+
+import { OutOfRangeError, StoreFormatError } from './errors';
+
+/** First eight bytes of every store file. */
+export const MAGIC = Buffer.from('GSYNCSHM', 'latin1');
+/** The format this code writes and the newest it reads. */
+export const FORMAT_VERSION = 1;
+/** Written as a native u32; reads back differently on a machine of the other byte order. */
+export const BYTE_ORDER_MARK = 0x01020304;
+const SWAPPED_BYTE_ORDER_MARK = 0x04030201;
+
+export const HEADER_SIZE = 4096;
+export const RECORD_SIZE = 320;
+export const INDEX_ENTRY_SIZE = 8;
+/** Key bytes kept inline in a record; longer keys are identified by their SHA-256 and length. */
+export const INLINE_KEY_BYTES = 256;
+const PAGE_SIZE = 4096;
+const CACHE_LINE = 64;
+const MIN_TABLE_SIZE = 8;
+
+/** Keys a store may hold, unless `capacity` says otherwise. */
+export const DEFAULT_CAPACITY = 4096;
+export const MAX_CAPACITY = 1 << 22;
+
+// Header fields (byte offsets). Fields before IMMUTABLE_HEADER_END never
+// change after creation and are covered by the checksum.
+export const H_MAGIC = 0;
+export const H_VERSION = 8;
+export const H_BYTE_ORDER = 12;
+export const H_HEADER_SIZE = 16;
+export const H_RECORD_SIZE = 20;
+export const H_CAPACITY = 24;
+export const H_TABLE_SIZE = 28;
+export const H_INDEX_OFFSET = 32;
+export const H_RECORDS_OFFSET = 36;
+export const H_FILE_SIZE = 40;
+export const H_CREATED_AT = 48;
+const IMMUTABLE_HEADER_END = 56;
+export const H_CHECKSUM = 56;
+const CHECKSUM_BYTES = 8;
+/** Records in use (u32, atomic). Every record below it is published in the index. */
+export const H_RECORD_COUNT = 64;
+/** Record number + 1 of a creation in progress (u32, atomic); 0 when none. */
+export const H_PENDING_RECORD = 68;
+
+// Record fields (byte offsets within a record).
+/** Generation (i64, atomic). */
+export const R_GENERATION = 0;
+/** Creation time, ms since the epoch (f64). */
+export const R_CREATED_AT = 8;
+/** Last creation, re-creation or clear, ms since the epoch (f64). */
+export const R_UPDATED_AT = 16;
+/** Key length in UTF-8 bytes (u32). */
+export const R_KEY_LENGTH = 24;
+/** SHA-256 of the key's UTF-8 bytes (32 bytes). */
+export const R_DIGEST = 32;
+export const DIGEST_BYTES = 32;
+/** First INLINE_KEY_BYTES bytes of the key. */
+export const R_KEY = 64;
+
+/** Bit 62 of a generation word: the key is absent; the low bits keep the highest value it had. */
+export const ABSENT = 1n << 62n;
+/** Number(ABSENT): any generation word at or above it, read as a number, is absent or corrupt. */
+export const ABSENT_AS_NUMBER = 2 ** 62;
+
+/** Where everything is in a store file of a given capacity. */
+export interface Layout {
+  readonly capacity: number;
+  readonly tableSize: number;
+  readonly indexOffset: number;
+  readonly recordsOffset: number;
+  readonly fileSize: number;
+}
+
+function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
+
+export function checkCapacity(capacity: number): number {
+  if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_CAPACITY) {
+    throw new OutOfRangeError(`Option "capacity" must be an integer from 1 to ${MAX_CAPACITY}, not ${String(capacity)}.`);
+  }
+  return capacity;
+}
+
+export function layoutFor(capacity: number): Layout {
+  let tableSize = MIN_TABLE_SIZE;
+  while (tableSize < capacity * 2) tableSize *= 2;
+  const indexOffset = HEADER_SIZE;
+  const recordsOffset = alignUp(indexOffset + tableSize * INDEX_ENTRY_SIZE, CACHE_LINE);
+  const fileSize = alignUp(recordsOffset + capacity * RECORD_SIZE, PAGE_SIZE);
+  return { capacity, tableSize, indexOffset, recordsOffset, fileSize };
+}
+
+function checksum(header: Buffer): Buffer {
+  return createHash('sha256').update(header.subarray(0, IMMUTABLE_HEADER_END)).digest().subarray(0, CHECKSUM_BYTES);
+}
+
+/** A fresh header for a new store file. */
+export function encodeHeader(layout: Layout, createdAt: number): Buffer {
+  const header = Buffer.alloc(HEADER_SIZE);
+  MAGIC.copy(header, H_MAGIC);
+  const view = new DataView(header.buffer, header.byteOffset, header.byteLength);
+  const native = isLittleEndian();
+  view.setUint32(H_VERSION, FORMAT_VERSION, native);
+  view.setUint32(H_BYTE_ORDER, BYTE_ORDER_MARK, native);
+  view.setUint32(H_HEADER_SIZE, HEADER_SIZE, native);
+  view.setUint32(H_RECORD_SIZE, RECORD_SIZE, native);
+  view.setUint32(H_CAPACITY, layout.capacity, native);
+  view.setUint32(H_TABLE_SIZE, layout.tableSize, native);
+  view.setUint32(H_INDEX_OFFSET, layout.indexOffset, native);
+  view.setUint32(H_RECORDS_OFFSET, layout.recordsOffset, native);
+  view.setFloat64(H_FILE_SIZE, layout.fileSize, native);
+  view.setFloat64(H_CREATED_AT, createdAt, native);
+  checksum(header).copy(header, H_CHECKSUM);
+  return header;
+}
+
+/** What a valid header says. */
+export interface HeaderInfo extends Layout {
+  readonly version: number;
+  readonly createdAt: number;
+}
+
+/**
+ * Validate the first bytes of a file (`header`, up to HEADER_SIZE of them)
+ * against the file's real size. Throws {@link StoreFormatError}: foreign
+ * for a file that is not a store, unsupported for a newer format, corrupt
+ * for anything inconsistent. Never trusts a field before checking it.
+ */
+export function decodeHeader(header: Buffer, actualFileSize: number, path: string): HeaderInfo {
+  if (header.length < MAGIC.length || !header.subarray(0, MAGIC.length).equals(MAGIC)) {
+    const what = actualFileSize === 0 ? 'an empty file' : 'not a generation-sync shared-memory store';
+    throw new StoreFormatError(
+      'ERR_GENSYNC_FOREIGN_FILE',
+      `${path} is ${what}. It was left untouched; point the store at another path, or remove the file if it is yours.`,
+      { path },
+    );
+  }
+  const corrupt = (why: string): StoreFormatError =>
+    new StoreFormatError(
+      'ERR_GENSYNC_CORRUPT_FILE',
+      `${path} is a damaged generation-sync store (${why}). It was left untouched for inspection; ` +
+        'stop every process using it and remove it, and a fresh store will be created.',
+      { path },
+    );
+  if (header.length < HEADER_SIZE) throw corrupt(`the file is ${actualFileSize} bytes, shorter than its header`);
+
+  const view = new DataView(header.buffer, header.byteOffset, header.byteLength);
+  const native = isLittleEndian();
+  const byteOrder = view.getUint32(H_BYTE_ORDER, native);
+  if (byteOrder === SWAPPED_BYTE_ORDER_MARK) {
+    throw new StoreFormatError(
+      'ERR_GENSYNC_FOREIGN_FILE',
+      `${path} was written by a machine of the other byte order and cannot be shared with this one.`,
+      { path },
+    );
+  }
+  const version = view.getUint32(H_VERSION, native);
+  if (version > FORMAT_VERSION) {
+    throw new StoreFormatError(
+      'ERR_GENSYNC_UNSUPPORTED_VERSION',
+      `${path} has store format ${version}, newer than format ${FORMAT_VERSION} that this version of ` +
+        'generation-sync understands. Upgrade generation-sync in this application, or use another path.',
+      { path },
+    );
+  }
+  if (version !== FORMAT_VERSION) throw corrupt(`format version ${version}`);
+  if (byteOrder !== BYTE_ORDER_MARK) throw corrupt('bad byte-order mark');
+  if (!checksum(header).equals(header.subarray(H_CHECKSUM, H_CHECKSUM + CHECKSUM_BYTES))) {
+    throw corrupt('header checksum mismatch');
+  }
+
+  const capacity = view.getUint32(H_CAPACITY, native);
+  if (capacity < 1 || capacity > MAX_CAPACITY) throw corrupt(`capacity ${capacity}`);
+  const expected = layoutFor(capacity);
+  const fields: Array<[string, number, number]> = [
+    ['header size', view.getUint32(H_HEADER_SIZE, native), HEADER_SIZE],
+    ['record size', view.getUint32(H_RECORD_SIZE, native), RECORD_SIZE],
+    ['table size', view.getUint32(H_TABLE_SIZE, native), expected.tableSize],
+    ['index offset', view.getUint32(H_INDEX_OFFSET, native), expected.indexOffset],
+    ['records offset', view.getUint32(H_RECORDS_OFFSET, native), expected.recordsOffset],
+    ['recorded file size', view.getFloat64(H_FILE_SIZE, native), expected.fileSize],
+    ['file size', actualFileSize, expected.fileSize],
+  ];
+  for (const [name, actual, wanted] of fields) {
+    if (actual !== wanted) throw corrupt(`${name} is ${actual}, expected ${wanted}`);
+  }
+  const recordCount = view.getUint32(H_RECORD_COUNT, native);
+  const pending = view.getUint32(H_PENDING_RECORD, native);
+  if (recordCount > capacity) throw corrupt(`record count ${recordCount} exceeds capacity ${capacity}`);
+  if (pending > capacity) throw corrupt(`pending record ${pending} exceeds capacity ${capacity}`);
+
+  return { ...expected, version, createdAt: view.getFloat64(H_CREATED_AT, native) };
+}
+
+function isLittleEndian(): boolean {
+  return new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+}

@@ -1,0 +1,291 @@
+/**
+ * The synchronous GenerationSynchronizer, a port of djblets'
+ * `djblets.cache.synchronizer.GenerationSynchronizer`.
+ *
+ * @module
+ */
+
+import { makeCacheKey } from './cache-key';
+import { defaultStore } from './default-store';
+import { InvalidArgumentError, isStoreOutage, OutOfRangeError } from './errors';
+import { isStore, type KeyBinding, type Store } from './store';
+import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
+
+/** One year, djblets' default lifetime of a synchronization key. */
+export const DEFAULT_CACHE_EXPIRATION_SECS = 60 * 60 * 24 * 365;
+
+/** Where a synchronizer reports store outages. `console` fits; so do pino, winston and bunyan loggers. */
+export interface Logger {
+  error(message: string, ...details: unknown[]): void;
+  warn(message: string, ...details: unknown[]): void;
+  info?(message: string, ...details: unknown[]): void;
+}
+
+/** Options of {@link GenerationSynchronizer}. */
+export interface GenerationSynchronizerOptions {
+  /**
+   * Normalize the key with {@link makeCacheKey}, so it fits store limits and
+   * is unlikely to collide with other applications' keys. With `false`,
+   * the key is used exactly as given and must be a string.
+   * @default true
+   */
+  readonly normalizeCacheKey?: boolean | undefined;
+  /**
+   * Lifetime of the stored key in seconds, where the store supports expiry
+   * (the file and Redis stores). The shared-memory store keeps keys until
+   * they are cleared.
+   * @default 31536000 (one year)
+   */
+  readonly cacheExpirationSecs?: number | undefined;
+  /**
+   * The store that holds the generations.
+   * @default defaultStore(): one shared-memory store per process
+   */
+  readonly store?: Store | undefined;
+  /**
+   * Prefix parts for {@link makeCacheKey} (its `prefix` option), to keep
+   * applications that share a store apart. Ignored when `normalizeCacheKey`
+   * is false.
+   * @default no prefix
+   */
+  readonly keyPrefix?: string | readonly string[] | undefined;
+  /**
+   * Where store outages are reported: once when an outage starts, once when
+   * it ends.
+   * @default console
+   */
+  readonly logger?: Logger | undefined;
+  /**
+   * The clock new generations are seeded from, in milliseconds since the
+   * epoch. Inject one in tests.
+   * @default Date.now
+   */
+  readonly clock?: (() => number) | undefined;
+}
+
+/** @internal Options after checking, shared with the async synchronizer. */
+export interface CheckedOptions {
+  readonly cacheKey: string;
+  readonly expirationSecs: number;
+  readonly logger: Logger;
+  readonly clock: () => number;
+}
+
+/** @internal Check the options both synchronizer classes take, except the store. */
+export function checkSynchronizerOptions(
+  cacheKey: string | readonly string[],
+  options: GenerationSynchronizerOptions,
+): CheckedOptions {
+  const normalize = optionalBoolean(options.normalizeCacheKey, 'normalizeCacheKey', true);
+  const key = normalize
+    ? makeCacheKey(cacheKey, { prefix: options.keyPrefix })
+    : wellFormedString(cacheKey, 'cacheKey (with normalizeCacheKey: false)');
+  const expirationSecs = optionalInteger(options.cacheExpirationSecs, 'cacheExpirationSecs', DEFAULT_CACHE_EXPIRATION_SECS, {
+    min: 1,
+    max: Number.MAX_SAFE_INTEGER,
+  });
+  const logger = options.logger ?? console;
+  if (typeof logger !== 'object' || logger === null || typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
+    throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
+  }
+  const clock = optionalFunction(options.clock, 'clock', Date.now);
+  return { cacheKey: key, expirationSecs, logger, clock };
+}
+
+/** @internal The seed of a new generation: the current Unix time in whole seconds. */
+export function seedFrom(clock: () => number): number {
+  const now = clock();
+  if (typeof now !== 'number' || !Number.isFinite(now) || now < 0 || now > Number.MAX_SAFE_INTEGER) {
+    throw new OutOfRangeError(`The clock returned ${describe(now)}; it must return milliseconds since the epoch, like Date.now().`);
+  }
+  return Math.floor(now / 1000);
+}
+
+/**
+ * @internal Logs an outage once, when it starts, and its end once. Errors
+ * that are not outages are rethrown: they are bugs or misconfiguration.
+ */
+export class OutageReporter {
+  #failing = false;
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly cacheKey: string,
+  ) {}
+
+  get failing(): boolean {
+    return this.#failing;
+  }
+
+  failed(error: unknown, action: string): void {
+    if (!isStoreOutage(error)) throw error;
+    if (this.#failing) return;
+    this.#failing = true;
+    this.logger.error(
+      `generation-sync: unexpected error ${action} synchronization state key "${shortKey(this.cacheKey)}". ` +
+        `Is the store available? Until it is, the key reads as expired. Error = ${error.message}`,
+      error,
+    );
+  }
+
+  recovered(): void {
+    if (!this.#failing) return;
+    this.#failing = false;
+    (this.logger.info ?? this.logger.warn).call(
+      this.logger,
+      `generation-sync: synchronization state key "${shortKey(this.cacheKey)}" reaches its store again.`,
+    );
+  }
+}
+
+function shortKey(key: string): string {
+  return key.length > 120 ? `${key.slice(0, 117)}...` : key;
+}
+
+/**
+ * Keeps a generation number in step across processes, so each can tell
+ * whether the state it cached is still current.
+ *
+ * Create one with a stable key; the constructor fetches the key's
+ * generation, creating it if it does not exist. When a process changes the
+ * state, it must call {@link markUpdated}, which bumps the generation and
+ * so expires every other process's copy. Those processes notice through
+ * {@link isExpired}, reload or recompute their state, and then call
+ * {@link refresh} to take the current generation.
+ *
+ * Store outages are never thrown: they are logged once, and the key reads
+ * as expired until the store answers again. Bugs and misconfiguration
+ * (bad arguments, a full store, a closed store) are thrown.
+ *
+ * @example
+ * const sync = new GenerationSynchronizer('site-settings');
+ * let settings = loadSettings();
+ *
+ * function currentSettings() {
+ *   if (sync.isExpired()) {
+ *     settings = loadSettings();
+ *     sync.refresh();
+ *   }
+ *   return settings;
+ * }
+ *
+ * function saveSettings(changes) {
+ *   writeSettings(changes);
+ *   settings = loadSettings();
+ *   sync.markUpdated();
+ * }
+ */
+export class GenerationSynchronizer {
+  /** The key in the store, after normalization. */
+  readonly cacheKey: string;
+  /** The store holding the generation. */
+  readonly store: Store;
+  readonly #binding: KeyBinding;
+  readonly #clock: () => number;
+  readonly #outages: OutageReporter;
+  #syncGen: number | null = null;
+
+  /**
+   * @param cacheKey A stable key naming the state; a string, or a sequence
+   *   of parts that {@link makeCacheKey} joins.
+   */
+  constructor(cacheKey: string | readonly string[], options?: GenerationSynchronizerOptions) {
+    const opts = optionsObject(options, 'GenerationSynchronizer options');
+    const checked = checkSynchronizerOptions(cacheKey, opts);
+    const store = opts.store ?? defaultStore();
+    if (!isStore(store)) {
+      throw new InvalidArgumentError(
+        `Option "store" must be a synchronous store such as SharedMemoryStore, not ${describe(store)}. ` +
+          'Asynchronous stores such as RedisStore work with AsyncGenerationSynchronizer.',
+      );
+    }
+    this.cacheKey = checked.cacheKey;
+    this.store = store;
+    this.#clock = checked.clock;
+    this.#outages = new OutageReporter(checked.logger, checked.cacheKey);
+    this.#binding = store.bind(checked.cacheKey, { expirationSecs: checked.expirationSecs });
+    this.#fetchOrCreate('checking for initial state in');
+  }
+
+  /** The generation last fetched or set by this instance; `null` if the store could not be reached yet. */
+  get syncGen(): number | null {
+    return this.#syncGen;
+  }
+
+  /**
+   * Whether the state has expired: `true` when the stored generation is
+   * absent or differs from {@link syncGen}, and while the store cannot be
+   * reached. On the shared-memory store this is one atomic load.
+   */
+  isExpired(): boolean {
+    try {
+      const stale = this.#binding.isStale();
+      if (this.#outages.failing) this.#outages.recovered();
+      return stale;
+    } catch (error) {
+      this.#outages.failed(error, 'checking for expiration in');
+      return true;
+    }
+  }
+
+  /**
+   * Take the current generation from the store, creating it if the key was
+   * cleared. Call this after reloading the state.
+   *
+   * @returns whether the store was reached; if not, {@link syncGen} is unchanged.
+   */
+  refresh(): boolean {
+    return this.#fetchOrCreate('refreshing');
+  }
+
+  /**
+   * Remove the key from the store. Every process, this one included, then
+   * finds its state expired and reloads; the next {@link refresh} or
+   * {@link markUpdated} re-creates the key with a generation higher than
+   * any it had before.
+   *
+   * @returns whether the store was reached.
+   */
+  clear(): boolean {
+    try {
+      this.#binding.delete();
+      this.#outages.recovered();
+      return true;
+    } catch (error) {
+      this.#outages.failed(error, 'clearing');
+      return false;
+    }
+  }
+
+  /**
+   * Record that the state was updated: atomically add one to the stored
+   * generation and take the result, so every other process finds its state
+   * expired. A cleared key is re-created instead.
+   *
+   * @returns whether the update reached the store. `false` means the other
+   *   processes were not told (the failure is logged); retry, or reload
+   *   later.
+   */
+  markUpdated(): boolean {
+    try {
+      const generation = this.#binding.increment();
+      this.#syncGen = generation ?? this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      if (this.#outages.failing) this.#outages.recovered();
+      return true;
+    } catch (error) {
+      this.#outages.failed(error, 'marking as updated');
+      return false;
+    }
+  }
+
+  #fetchOrCreate(action: string): boolean {
+    try {
+      this.#syncGen = this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      this.#outages.recovered();
+      return true;
+    } catch (error) {
+      this.#outages.failed(error, action);
+      return false;
+    }
+  }
+}
