@@ -216,12 +216,14 @@ export class GenerationSynchronizer {
    * Whether the state has expired: `true` when the stored generation is
    * absent or differs from {@link syncGen}, and while the store cannot be
    * reached. On the shared-memory store this is one atomic load.
+   *
+   * An outage is reported as over by the next call that reaches the store
+   * ({@link refresh}, {@link markUpdated}, {@link clear}); an unreachable
+   * store only ever makes this answer `true`, which is always safe.
    */
   isExpired(): boolean {
     try {
-      const stale = this.#binding.isStale();
-      if (this.#outages.failing) this.#outages.recovered();
-      return stale;
+      return this.#binding.isStale();
     } catch (error) {
       this.#outages.failed(error, 'checking for expiration in');
       return true;

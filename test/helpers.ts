@@ -1,0 +1,89 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterEach } from 'vitest';
+
+import type { Logger } from 'generation-sync';
+
+export const ROOT = resolve(__dirname, '..');
+export const FIXTURES = join(ROOT, 'test', 'fixtures');
+
+const made: string[] = [];
+
+/** A fresh private directory, removed after the test. */
+export function tempDir(prefix = 'gensync-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+
+afterEach(() => {
+  for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+export interface Worker {
+  readonly child: ChildProcess;
+  /** The next message from the worker (queued), or a rejection if it exits first. */
+  next<T = Record<string, unknown>>(timeoutMs?: number): Promise<T>;
+  send(message: unknown): void;
+  /** Resolves with the exit code once the worker has exited. */
+  readonly exited: Promise<number | null>;
+  readonly stderr: () => string;
+}
+
+/** Fork a fixture from test/fixtures with an IPC channel. */
+export function startWorker(fixture: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Worker {
+  const child = fork(join(FIXTURES, fixture), args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  child.stdout?.on('data', () => {});
+  const queue: unknown[] = [];
+  const waiting: Array<(message: unknown) => void> = [];
+  child.on('message', (message) => {
+    const resolveNext = waiting.shift();
+    if (resolveNext) resolveNext(message);
+    else queue.push(message);
+  });
+  const exited = new Promise<number | null>((resolveExit) => child.on('exit', (code) => resolveExit(code)));
+  return {
+    child,
+    exited,
+    stderr: () => stderr,
+    send: (message) => child.send(message as never),
+    next<T>(timeoutMs = 60_000): Promise<T> {
+      if (queue.length > 0) return Promise.resolve(queue.shift() as T);
+      return new Promise<T>((resolveMessage, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no message from ${fixture} within ${timeoutMs} ms; stderr: ${stderr}`)), timeoutMs);
+        waiting.push((message) => {
+          clearTimeout(timer);
+          resolveMessage(message as T);
+        });
+        void exited.then((code) => {
+          clearTimeout(timer);
+          reject(new Error(`${fixture} exited with ${code} before sending a message; stderr: ${stderr}`));
+        });
+      });
+    },
+  };
+}
+
+/** Kill any workers still running after a test. */
+export function stopAll(workers: Worker[]): void {
+  for (const worker of workers) if (worker.child.exitCode === null) worker.child.kill('SIGKILL');
+}
+
+/** A logger that keeps what it is told, for assertions. */
+export function recordingLogger(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  return {
+    lines,
+    error: (message: string) => lines.push(`error: ${message}`),
+    warn: (message: string) => lines.push(`warn: ${message}`),
+    info: (message: string) => lines.push(`info: ${message}`),
+  };
+}
+
