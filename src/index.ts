@@ -19,12 +19,8 @@ export {
   UnsafeStoreError,
   type ErrorCode,
 } from './errors';
-export {
-  SharedMemoryStore,
-  type SharedMemoryStoreOptions,
-  type StoreEntry,
-} from './shm-store';
-export type { BindOptions, KeyBinding, Store } from './store';
+export { SharedMemoryStore, type SharedMemoryStoreOptions } from './shm-store';
+export type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
 export {
   DEFAULT_CACHE_EXPIRATION_SECS,
   GenerationSynchronizer,

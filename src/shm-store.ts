@@ -63,7 +63,7 @@ import {
   RECORD_SIZE,
   type HeaderInfo,
 } from './shm-format';
-import type { BindOptions, KeyBinding, Store } from './store';
+import type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
 import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
 
 /** File name of the shared-memory store in the default directory. */
@@ -105,20 +105,6 @@ export interface SharedMemoryStoreOptions {
   readonly lockTimeoutMs?: number | undefined;
 }
 
-/** One key of a store, as {@link SharedMemoryStore.entries} reports it. */
-export interface StoreEntry {
-  /** The key. For keys longer than 256 UTF-8 bytes, only their start is kept; see `keyTruncated`. */
-  readonly key: string;
-  /** Whether `key` is only the first 256 bytes of a longer key. */
-  readonly keyTruncated: boolean;
-  /** The generation, or `null` when the key was cleared. */
-  readonly generation: number | null;
-  /** When the key was first created. */
-  readonly createdAt: Date;
-  /** When the key was last created, re-created or cleared (increments are not timed; that would slow them). */
-  readonly updatedAt: Date;
-}
-
 /** A binding's view before it has a record, and after its store closed: every key reads as absent. */
 const POISONED = new BigInt64Array([ABSENT]);
 
@@ -128,6 +114,12 @@ class SharedMemoryBinding implements KeyBinding {
   index = 0;
   /** The synced generation; NaN until there is one, so that it never matches. */
   expected = Number.NaN;
+  /**
+   * `expected` as a generation word, so the hot path compares BigInts
+   * without converting. increment() leaves it behind (making a BigInt there
+   * would double its cost); the first isStale() after catches it up.
+   */
+  expectedWord = -1n;
   /** Record number, or -1 until the key has been found or created. */
   record = -1;
 
@@ -140,7 +132,15 @@ class SharedMemoryBinding implements KeyBinding {
   ) {}
 
   isStale(): boolean {
-    return Number(Atomics.load(this.view, this.index)) !== this.expected;
+    const word = Atomics.load(this.view, this.index);
+    return word !== this.expectedWord && this.staleUnlessCaughtUp(word);
+  }
+
+  /** The stored word differs from `expectedWord`: stale, unless `expected` moved on to it. */
+  private staleUnlessCaughtUp(word: bigint): boolean {
+    if (Number(word) !== this.expected) return true;
+    this.expectedWord = word;
+    return false;
   }
 
   read(): number | null {
@@ -361,6 +361,7 @@ export class SharedMemoryStore implements Store {
     }
     const value = this.#reviveIfAbsent(binding, seed);
     binding.expected = value;
+    binding.expectedWord = BigInt(value);
     return value;
   }
 

@@ -44,6 +44,23 @@ export interface KeyBinding {
   delete(): void;
 }
 
+/** One key of a store, as {@link Store.entries} reports it. */
+export interface StoreEntry {
+  /** The key. A store may keep only the start of a very long key; see `keyTruncated`. */
+  readonly key: string;
+  /** Whether `key` is only the start of a longer key (the shared-memory store keeps 256 UTF-8 bytes). */
+  readonly keyTruncated: boolean;
+  /** The generation, or `null` when the key was cleared. */
+  readonly generation: number | null;
+  /** When the key was first created. */
+  readonly createdAt: Date;
+  /**
+   * When the key was last created, re-created or cleared. The shared-memory
+   * store does not time increments: reading the clock would triple their cost.
+   */
+  readonly updatedAt: Date;
+}
+
 /** Per-key settings a synchronizer passes to {@link Store.bind}. */
 export interface BindOptions {
   /** Lifetime of the stored key, in seconds, where the store supports expiry. */
@@ -60,6 +77,8 @@ export interface Store {
   readonly closed: boolean;
   /** Get a handle on `key`. Does not create the key. */
   bind(key: string, options: BindOptions): KeyBinding;
+  /** A snapshot of every key the store holds, in no particular order. */
+  entries(): StoreEntry[];
   /** Release the store's resources. Bindings made from it then report every key as stale. */
   close(): void;
 }

@@ -271,13 +271,20 @@ export class GenerationSynchronizer {
   markUpdated(): boolean {
     try {
       const generation = this.#binding.increment();
-      this.#syncGen = generation ?? this.#binding.fetchOrCreate(seedFrom(this.#clock));
-      if (this.#outages.failing) this.#outages.recovered();
+      if (generation === null || this.#outages.failing) return this.#markUpdatedSlowly(generation);
+      this.#syncGen = generation;
       return true;
     } catch (error) {
       this.#outages.failed(error, 'marking as updated');
       return false;
     }
+  }
+
+  /** markUpdated() when the key was absent (re-create it) or an outage just ended (say so). */
+  #markUpdatedSlowly(generation: number | null): boolean {
+    this.#syncGen = generation ?? this.#binding.fetchOrCreate(seedFrom(this.#clock));
+    this.#outages.recovered();
+    return true;
   }
 
   #fetchOrCreate(action: string): boolean {

@@ -1,0 +1,113 @@
+// Real processes sharing one store: exact totals under contention, change
+// notification between processes, and racing creation of one new key.
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { GenerationSynchronizer } from 'generation-sync';
+
+import { startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { STORE_KINDS } from './stores';
+
+interface Reply {
+  syncGen?: number | null;
+  failures?: number;
+  error?: { message: string };
+  [key: string]: unknown;
+}
+
+const workers: Worker[] = [];
+afterEach(() => stopAll(workers.splice(0)));
+
+async function startWorkers(count: number, args: string[]): Promise<Worker[]> {
+  const started = Array.from({ length: count }, () => startWorker('worker.mjs', args));
+  workers.push(...started);
+  await Promise.all(started.map((worker) => worker.next()));
+  return started;
+}
+
+async function ask(worker: Worker, message: Record<string, unknown>): Promise<Reply> {
+  worker.send(message);
+  const reply = await worker.next<Reply>();
+  if (reply.error) throw new Error(`worker failed: ${reply.error.message}`);
+  return reply;
+}
+
+/** Per store kind: processes × increments for the exact-total test. */
+const HAMMER: Record<string, { processes: number; increments: number }> = {
+  shm: { processes: 4, increments: 250_000 },
+};
+
+describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
+  it('N processes × M markUpdated() on one key end at exactly base + N·M', async () => {
+    const { processes, increments } = HAMMER[kind.name] ?? { processes: 4, increments: 2_000 };
+    const dir = tempDir();
+    const store = kind.open(dir);
+    const base = new GenerationSynchronizer('hammered', { store }).syncGen as number;
+    const group = await startWorkers(processes, kind.workerArgs(dir));
+    const startAt = Date.now() + 300;
+    const replies = await Promise.all(group.map((worker) => ask(worker, { cmd: 'hammer', key: 'hammered', count: increments, startAt })));
+
+    expect(replies.map((reply) => reply.failures)).toEqual(group.map(() => 0));
+    const total = base + processes * increments;
+    expect(new GenerationSynchronizer('hammered', { store }).syncGen).toBe(total);
+    // Whoever made the last increment holds the final value; nobody holds more.
+    const finals = replies.map((reply) => reply.syncGen as number);
+    expect(Math.max(...finals)).toBe(total);
+    for (const value of finals) expect(value).toBeGreaterThanOrEqual(base + increments);
+    store.close();
+  });
+
+  it('one process bumps, the others see isExpired() and refresh to the same value', async () => {
+    const dir = tempDir();
+    const [bumper, ...watchers] = await startWorkers(4, kind.workerArgs(dir));
+    const initial = await ask(bumper as Worker, { cmd: 'sync', key: 'settings' });
+    for (const watcher of watchers) expect((await ask(watcher, { cmd: 'sync', key: 'settings' })).syncGen).toBe(initial.syncGen);
+
+    for (let round = 0; round < 5; round++) {
+      for (const watcher of watchers) watcher.send({ cmd: 'watch', key: 'settings', timeoutMs: 20_000 });
+      const started = await Promise.all(watchers.map((watcher) => watcher.next<Reply>()));
+      expect(started.map((reply) => reply.expiredAtStart)).toEqual(watchers.map(() => false));
+
+      const bumped = await ask(bumper as Worker, { cmd: round === 3 ? 'clear' : 'bump', key: 'settings' });
+      expect(bumped.ok).toBe(true);
+      const seen = await Promise.all(watchers.map((watcher) => watcher.next<Reply>()));
+      for (const reply of seen) {
+        expect(reply.timedOut).toBe(false);
+        expect(reply.expiredAfterRefresh).toBe(false);
+      }
+      // All watchers refreshed to one value; after a bump it is the bumper's.
+      const values = new Set(seen.map((reply) => reply.syncGen));
+      expect(values.size).toBe(1);
+      if (round !== 3) expect(seen[0]?.syncGen).toBe(bumped.syncGen);
+      else expect(seen[0]?.syncGen).toBeGreaterThan(initial.syncGen as number);
+      await ask(bumper as Worker, { cmd: 'bump', key: 'noise' });
+      // The bumper is stale only after a clear (it refreshes below).
+      const own = await ask(bumper as Worker, { cmd: 'expired', key: 'settings' });
+      expect(own.expired).toBe(round === 3);
+      if (round === 3) {
+        bumper?.send({ cmd: 'watch', key: 'settings', timeoutMs: 1000 });
+        await bumper?.next();
+        expect((await bumper?.next<Reply>())?.syncGen).toBe(seen[0]?.syncGen);
+      }
+    }
+  });
+
+  it('processes creating the same new key at the same moment get one slot and one value', async () => {
+    const dir = tempDir();
+    const group = await startWorkers(8, kind.workerArgs(dir));
+    const rounds = 20;
+    for (let round = 0; round < rounds; round++) {
+      const key = `new-key-${round}`;
+      const startAt = Date.now() + 100;
+      // Each process would seed a different value, so two slots would show as two values.
+      const replies = await Promise.all(
+        group.map((worker, i) => ask(worker, { cmd: 'create', key, seedMs: (1_000_000 + i) * 1000, startAt })),
+      );
+      const values = new Set(replies.map((reply) => reply.syncGen));
+      expect(values.size, `round ${round}: ${[...values].join(', ')}`).toBe(1);
+    }
+    const store = kind.open(dir);
+    const keys = store.entries().map((entry) => entry.key);
+    expect(keys.sort()).toEqual(Array.from({ length: rounds }, (_, i) => `new-key-${i}`).sort());
+    store.close();
+  });
+});
