@@ -18,6 +18,7 @@ import { defaultStore, GenerationSynchronizer } from 'generation-sync';
 
 const KEY = ['generation-sync-demo', 'settings'];
 const REQUEST_INTERVAL_MS = 1;
+const LAST_CHANGE_WAIT_MS = 5000;
 
 const { values: options } = parseArgs({
   options: {
@@ -75,6 +76,9 @@ if (cluster.isPrimary) {
     if (Object.keys(cluster.workers ?? {}).length === 0) rmSync(dir, { recursive: true, force: true });
   });
 
+  const reportsByVersion = new Map();
+  const lastVersionReports = () => (version === 1 ? workerCount : reportsByVersion.get(version) ?? 0);
+
   cluster.on('message', (worker, message) => {
     if (message.type === 'ready') {
       ready++;
@@ -83,6 +87,7 @@ if (cluster.isPrimary) {
     }
     if (message.type === 'reloaded') {
       latencies.push(message.noticedAfterMs);
+      reportsByVersion.set(message.version, (reportsByVersion.get(message.version) ?? 0) + 1);
       reloadsByWorker.set(worker.id, (reloadsByWorker.get(worker.id) ?? 0) + 1);
       console.log(
         `${clockTime()} [worker ${worker.id}] noticed v${message.version} after ${message.noticedAfterMs.toFixed(2)} ms, ` +
@@ -103,9 +108,14 @@ if (cluster.isPrimary) {
     const timer = setInterval(change, intervalMs);
     setTimeout(() => {
       clearInterval(timer);
-      // Let the last change reach every worker before stopping them.
-      setTimeout(stop, Math.min(intervalMs, 500));
+      waitForLastChange(Date.now() + LAST_CHANGE_WAIT_MS);
     }, seconds * 1000);
+  }
+
+  /** Stop once every worker has reported the last change, or when the wait runs out. */
+  function waitForLastChange(deadline) {
+    if (lastVersionReports() >= workerCount || Date.now() > deadline) stop();
+    else setTimeout(waitForLastChange, 20, deadline);
   }
 
   function stop() {

@@ -1,0 +1,120 @@
+// The built package, consumed the way users consume it: `require`,
+// `import`, and TypeScript types for both, from a separate project.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { ROOT, tempDir } from './helpers';
+
+/** A consumer project whose node_modules holds this package (and @types/node) as a dependency would. */
+function consumerProject(): string {
+  const dir = tempDir('gensync-consumer-');
+  mkdirSync(join(dir, 'node_modules', '@types'), { recursive: true });
+  symlinkSync(ROOT, join(dir, 'node_modules', 'generation-sync'));
+  symlinkSync(join(ROOT, 'node_modules', '@types', 'node'), join(dir, 'node_modules', '@types', 'node'));
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true }));
+  return dir;
+}
+
+const run = (dir: string, file: string, env: NodeJS.ProcessEnv = {}): string =>
+  execFileSync(process.execPath, [file], { cwd: dir, encoding: 'utf8', env: { ...process.env, GENERATION_SYNC_DIR: join(dir, 'store'), ...env } });
+
+describe('the built package', () => {
+  it('works through require()', () => {
+    const dir = consumerProject();
+    writeFileSync(
+      join(dir, 'main.cjs'),
+      `const { GenerationSynchronizer, makeCacheKey, SharedMemoryStore } = require('generation-sync');
+       const sync = new GenerationSynchronizer('from-require');
+       sync.markUpdated();
+       console.log(JSON.stringify({ key: makeCacheKey(['a', 'b']), gen: typeof sync.syncGen, expired: sync.isExpired(), shm: sync.store instanceof SharedMemoryStore }));`,
+    );
+    expect(JSON.parse(run(dir, 'main.cjs'))).toEqual({ key: 'a:b', gen: 'number', expired: false, shm: true });
+  });
+
+  it('works through import, sharing one module instance with require()', () => {
+    const dir = consumerProject();
+    writeFileSync(
+      join(dir, 'main.mjs'),
+      `import { createRequire } from 'node:module';
+       import * as esm from 'generation-sync';
+       const cjs = createRequire(import.meta.url)('generation-sync');
+       const sync = new esm.GenerationSynchronizer('from-import');
+       console.log(JSON.stringify({
+         sameClass: esm.GenerationSynchronizer === cjs.GenerationSynchronizer,
+         sameStore: esm.defaultStore() === cjs.defaultStore(),
+         names: Object.keys(esm).sort(),
+         cjsNames: Object.keys(cjs).filter((name) => name !== '__esModule').sort(),
+         expired: sync.isExpired(),
+       }));`,
+    );
+    const out = JSON.parse(run(dir, 'main.mjs')) as Record<string, unknown>;
+    expect(out.sameClass).toBe(true);
+    expect(out.sameStore).toBe(true);
+    expect(out.expired).toBe(false);
+    expect(out.names).toEqual(out.cjsNames);
+    expect(out.names).toContain('GenerationSynchronizer');
+  });
+
+  it('carries types for both module systems', () => {
+    const dir = consumerProject();
+    const body = `
+      const sync = new GenerationSynchronizer(['users', 'settings'], { keyPrefix: 'example.com', cacheExpirationSecs: 60 });
+      const generation: number | null = sync.syncGen;
+      const expired: boolean = sync.isExpired();
+      const reached: boolean = sync.markUpdated();
+      const key: string = makeCacheKey('x', { useEncryption: true, encryptionKey: 'k' });
+      const store: Store = SharedMemoryStore.open('/tmp/x.shm', { capacity: 10, mode: 0o600 });
+      const code: ErrorCode = new StoreFullError('full').code;
+      // @ts-expect-error syncGen is read-only
+      sync.syncGen = 5;
+      // @ts-expect-error keys are strings or arrays of strings
+      new GenerationSynchronizer(42);
+      // @ts-expect-error capacity is a number
+      SharedMemoryStore.open('/tmp/x.shm', { capacity: 'big' });
+      export { generation, expired, reached, key, store, code };
+    `;
+    writeFileSync(
+      join(dir, 'consumer.cts'),
+      `import { GenerationSynchronizer, makeCacheKey, SharedMemoryStore, StoreFullError, type ErrorCode, type Store } from 'generation-sync';\n${body}`,
+    );
+    writeFileSync(
+      join(dir, 'consumer.mts'),
+      `import { GenerationSynchronizer, makeCacheKey, SharedMemoryStore, StoreFullError, type ErrorCode, type Store } from 'generation-sync';\n${body}`,
+    );
+    writeFileSync(
+      join(dir, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: { module: 'node16', moduleResolution: 'node16', target: 'es2022', strict: true, noEmit: true, types: ['node'] },
+        files: ['consumer.cts', 'consumer.mts'],
+      }),
+    );
+    const tsc = createRequire(join(ROOT, 'package.json')).resolve('typescript/bin/tsc');
+    const output = (() => {
+      try {
+        return execFileSync(process.execPath, [tsc, '-p', dir], { encoding: 'utf8' });
+      } catch (error) {
+        return String((error as { stdout?: string }).stdout);
+      }
+    })();
+    expect(output).toBe('');
+  });
+
+  it('declares what it exports and publishes only what it needs', () => {
+    const manifest = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as Record<string, unknown>;
+    expect(manifest.exports).toMatchObject({
+      '.': { import: { types: './dist/index.d.mts' }, require: { types: './dist/index.d.ts' } },
+    });
+    const packed = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' })) as Array<{
+      files: Array<{ path: string }>;
+    }>;
+    const files = packed[0]?.files.map((file) => file.path) ?? [];
+    expect(files).toContain('dist/index.js');
+    expect(files).toContain('dist/index.mjs');
+    expect(files).toContain('native/addon.cc');
+    expect(files).toContain('binding.gyp');
+    expect(files.some((file) => file.startsWith('test/') || file.startsWith('src/'))).toBe(false);
+  });
+});
