@@ -4,10 +4,10 @@
  *
  * Bad arguments throw {@link InvalidArgumentError} (a `TypeError`) or
  * {@link OutOfRangeError} (a `RangeError`). Everything about a store is a
- * {@link StoreError}. Only {@link StoreUnavailableError} (an outage: a lock
- * that could not be had in time, a server that does not answer) is
- * swallowed and logged by the synchronizers; every other error reaches the
- * caller, because it means the program or its configuration is wrong.
+ * {@link StoreError}. The synchronizers never throw a failing store at
+ * their callers: they log it once and report the key as expired. They do
+ * throw bad arguments, a full store when a new key cannot be added, and a
+ * store that was closed, because those are bugs or misconfiguration.
  *
  * @module
  */
@@ -103,8 +103,7 @@ export class StoreClosedError extends StoreError {
 /**
  * The store could not be reached just now (`ERR_GENSYNC_STORE_UNAVAILABLE`),
  * or its lock was held by another process for longer than the lock timeout
- * (`ERR_GENSYNC_LOCK_TIMEOUT`). Outages are the only errors the
- * synchronizers swallow: they log them and report the key as expired.
+ * (`ERR_GENSYNC_LOCK_TIMEOUT`): an outage, expected to pass.
  */
 export class StoreUnavailableError extends StoreError {}
 
@@ -119,7 +118,12 @@ export class AddonUnavailableError extends GenerationSyncError {
   }
 }
 
-/** Whether `error` is an outage that a synchronizer should log rather than throw. */
-export function isStoreOutage(error: unknown): error is StoreUnavailableError {
-  return error instanceof StoreUnavailableError;
+/**
+ * Whether a synchronizer should log `error` and carry on (reporting the key
+ * as expired) rather than throw it: any failure of the store itself — an
+ * outage, an I/O error, a damaged file — but not a store this process
+ * closed, which is a bug in the caller.
+ */
+export function isFailSafeStoreError(error: unknown): error is StoreError {
+  return error instanceof StoreError && !(error instanceof StoreClosedError);
 }

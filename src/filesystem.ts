@@ -6,11 +6,12 @@
  * @module
  */
 
-import { chmodSync, constants, lstatSync, mkdirSync, statfsSync, type Stats } from 'node:fs';
+import { chmodSync, constants, linkSync, lstatSync, mkdirSync, statfsSync, type Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
-import { OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
+import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
+import { describe } from './validate';
 
 /** Environment variable naming the directory of the default store. */
 export const DIRECTORY_ENV = 'GENERATION_SYNC_DIR';
@@ -212,8 +213,68 @@ function fileKind(stats: Stats): string {
   return 'regular file';
 }
 
+/** Flags for reading a store file: never through a symlink, never blocking on a FIFO. */
+export const OPEN_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
 /** Flags for opening an existing store file: read-write, never through a symlink, never blocking on a FIFO. */
 export const OPEN_EXISTING = constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK;
 
 /** Flags for creating a store file that must not exist yet. */
 export const OPEN_NEW = constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+/**
+ * Publish a complete file, built under `temporary`, as `file` only if no
+ * file is there yet. Losing that race is not an error: the caller opens the
+ * winner's file. Uses `renameNoReplace` where given and supported, otherwise
+ * a hard link (which also refuses to replace); the caller removes
+ * `temporary` afterwards in either case.
+ */
+export function publishWithoutReplacing(
+  temporary: string,
+  file: string,
+  renameNoReplace?: (from: string, to: string) => void,
+): void {
+  if (renameNoReplace !== undefined) {
+    try {
+      renameNoReplace(temporary, file);
+      return;
+    } catch (error) {
+      const code = errnoCode(error);
+      if (code === 'EEXIST') return;
+      if (code !== 'ENOSYS' && code !== 'EINVAL' && code !== 'ENOTSUP') throw error;
+    }
+  }
+  try {
+    linkSync(temporary, file);
+  } catch (error) {
+    if (errnoCode(error) !== 'EEXIST') throw error;
+  }
+}
+
+/** Checks a store path argument and makes it absolute. */
+export function storePathArgument(path: unknown): string {
+  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
+    throw new InvalidArgumentError(`The store path must be a non-empty string without NUL bytes, not ${describe(path)}.`);
+  }
+  return resolve(path);
+}
+
+/** The typed error for a failed open of a store file. */
+export function openFailure(error: unknown, file: string): StoreError {
+  switch (errnoCode(error)) {
+    case 'ELOOP':
+    case 'EMLINK':
+      return new UnsafeStoreError(
+        'ERR_GENSYNC_UNSAFE_FILE',
+        `${file} is a symbolic link; a store is never opened through one, so that nobody can redirect it. ` +
+          'Point the store at the real file.',
+        { path: file },
+      );
+    case 'EISDIR':
+      return new UnsafeStoreError('ERR_GENSYNC_UNSAFE_FILE', `${file} is a directory, not a store file. Use another path.`, {
+        path: file,
+      });
+    default:
+      return ioError(error, 'open the store', file);
+  }
+}

@@ -6,6 +6,7 @@
 export {
   AddonUnavailableError,
   DEFAULT_CACHE_EXPIRATION_SECS,
+  FileStore,
   GenerationSyncError,
   GenerationSynchronizer,
   InvalidArgumentError,

@@ -19,6 +19,7 @@ export {
   UnsafeStoreError,
   type ErrorCode,
 } from './errors';
+export { FileStore, type FileStoreOptions } from './file-store';
 export { SharedMemoryStore, type SharedMemoryStoreOptions } from './shm-store';
 export type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
 export {

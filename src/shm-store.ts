@@ -11,17 +11,15 @@ import {
   fchmodSync,
   fdatasyncSync,
   fstatSync,
-  linkSync,
   openSync,
   readSync,
   unlinkSync,
   writeSync,
   type Stats,
 } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import {
-  InvalidArgumentError,
   StoreClosedError,
   StoreError,
   StoreFormatError,
@@ -37,10 +35,14 @@ import {
   errnoCode,
   ioError,
   OPEN_EXISTING,
+  openFailure,
+  publishWithoutReplacing,
+  storePathArgument,
   OPEN_NEW,
   preparedDefaultDirectory,
 } from './filesystem';
 import { nativeAddon, type NativeAddon } from './native';
+import { pause } from './pause';
 import {
   ABSENT,
   ABSENT_AS_NUMBER,
@@ -64,7 +66,7 @@ import {
   type HeaderInfo,
 } from './shm-format';
 import type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
-import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
+import { optionalInteger, optionsObject, wellFormedString } from './validate';
 
 /** File name of the shared-memory store in the default directory. */
 export const SHM_FILE_NAME = 'generations.shm';
@@ -240,12 +242,12 @@ export class SharedMemoryStore implements Store {
           createStoreFile(file, capacity, mode, addon);
           continue;
         }
-        throw openError(error, file);
+        throw openFailure(error, file);
       }
       try {
         const stats = fstatSync(fd);
-        if (stats.isFile() && stats.nlink > 1 && attempt < OPEN_ATTEMPTS) {
-          // Another process may be publishing the file with link + unlink right now.
+        if (stats.isFile() && stats.nlink !== 1 && attempt < OPEN_ATTEMPTS) {
+          // Replaced between open and fstat, or being published with link + unlink right now.
           closeSync(fd);
           pause(OPEN_RETRY_PAUSE_MS);
           continue;
@@ -562,32 +564,6 @@ export class SharedMemoryStore implements Store {
   }
 }
 
-function storePathArgument(path: unknown): string {
-  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
-    throw new InvalidArgumentError(`The store path must be a non-empty string without NUL bytes, not ${describe(path)}.`);
-  }
-  return resolve(path);
-}
-
-function openError(error: unknown, file: string): StoreError {
-  switch (errnoCode(error)) {
-    case 'ELOOP':
-    case 'EMLINK':
-      return new UnsafeStoreError(
-        'ERR_GENSYNC_UNSAFE_FILE',
-        `${file} is a symbolic link; a store is never opened through one, so that nobody can redirect it. ` +
-          'Point the store at the real file.',
-        { path: file },
-      );
-    case 'EISDIR':
-      return new UnsafeStoreError('ERR_GENSYNC_UNSAFE_FILE', `${file} is a directory, not a store file. Use another path.`, {
-        path: file,
-      });
-    default:
-      return ioError(error, 'open the store', file);
-  }
-}
-
 function readHeader(fd: number, stats: Stats, file: string): Buffer {
   const header = Buffer.alloc(Math.min(HEADER_SIZE, Math.max(stats.size, 0)));
   try {
@@ -618,7 +594,7 @@ function createStoreFile(file: string, capacity: number, mode: number, addon: Na
     addon.allocate(fd, layout.fileSize);
     writeSync(fd, encodeHeader(layout, Date.now()), 0, HEADER_SIZE, 0);
     fdatasyncSync(fd);
-    publishWithoutReplacing(temporary, file, addon);
+    publishWithoutReplacing(temporary, file, addon.renameNoReplace);
   } catch (error) {
     if (error instanceof StoreError) throw error;
     throw ioError(error, 'create the store', file);
@@ -632,26 +608,3 @@ function createStoreFile(file: string, capacity: number, mode: number, addon: Na
   }
 }
 
-function publishWithoutReplacing(temporary: string, file: string, addon: NativeAddon): void {
-  try {
-    addon.renameNoReplace(temporary, file);
-    return;
-  } catch (error) {
-    const code = errnoCode(error);
-    if (code === 'EEXIST') return;
-    if (code !== 'ENOSYS' && code !== 'EINVAL' && code !== 'ENOTSUP') throw error;
-  }
-  // No renameat2 here: a hard link also refuses to replace; the temporary name is unlinked after.
-  try {
-    linkSync(temporary, file);
-  } catch (error) {
-    if (errnoCode(error) !== 'EEXIST') throw error;
-  }
-}
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Block this thread for `ms`; used only on the rare open-retry path. */
-function pause(ms: number): void {
-  Atomics.wait(sleeper, 0, 0, ms);
-}

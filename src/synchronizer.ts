@@ -7,7 +7,7 @@
 
 import { makeCacheKey } from './cache-key';
 import { defaultStore } from './default-store';
-import { InvalidArgumentError, isStoreOutage, OutOfRangeError } from './errors';
+import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from './errors';
 import { isStore, type KeyBinding, type Store } from './store';
 import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
 
@@ -102,8 +102,9 @@ export function seedFrom(clock: () => number): number {
 }
 
 /**
- * @internal Logs an outage once, when it starts, and its end once. Errors
- * that are not outages are rethrown: they are bugs or misconfiguration.
+ * @internal Logs a store failure once, when it starts, and its end once.
+ * Errors that are not store failures are rethrown: they are bugs or
+ * misconfiguration.
  */
 export class OutageReporter {
   #failing = false;
@@ -118,7 +119,7 @@ export class OutageReporter {
   }
 
   failed(error: unknown, action: string): void {
-    if (!isStoreOutage(error)) throw error;
+    if (!isFailSafeStoreError(error)) throw error;
     if (this.#failing) return;
     this.#failing = true;
     this.logger.error(
@@ -153,9 +154,10 @@ function shortKey(key: string): string {
  * {@link isExpired}, reload or recompute their state, and then call
  * {@link refresh} to take the current generation.
  *
- * Store outages are never thrown: they are logged once, and the key reads
- * as expired until the store answers again. Bugs and misconfiguration
- * (bad arguments, a full store, a closed store) are thrown.
+ * A failing store is never thrown at the caller: the failure is logged
+ * once, and the key reads as expired until the store answers again. Bugs
+ * and misconfiguration are thrown: bad arguments, a store too full to add
+ * this key (from the constructor), and a store this process closed.
  *
  * @example
  * const sync = new GenerationSynchronizer('site-settings');
@@ -204,7 +206,13 @@ export class GenerationSynchronizer {
     this.#clock = checked.clock;
     this.#outages = new OutageReporter(checked.logger, checked.cacheKey);
     this.#binding = store.bind(checked.cacheKey, { expirationSecs: checked.expirationSecs });
-    this.#fetchOrCreate('checking for initial state in');
+    try {
+      this.#syncGen = this.#binding.fetchOrCreate(seedFrom(this.#clock));
+    } catch (error) {
+      // A full store is the caller's to fix: say so now rather than expire forever.
+      if (error instanceof StoreFullError) throw error;
+      this.#outages.failed(error, 'checking for initial state in');
+    }
   }
 
   /** The generation last fetched or set by this instance; `null` if the store could not be reached yet. */

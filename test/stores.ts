@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 
-import { SharedMemoryStore, type Store } from 'generation-sync';
+import { FileStore, SharedMemoryStore, type Store } from 'generation-sync';
 
 /** A kind of store the conformance tests run against, and how worker processes open it. */
 export interface StoreKind {
@@ -16,5 +16,10 @@ export const STORE_KINDS: readonly StoreKind[] = [
     name: 'shm',
     open: (dir) => SharedMemoryStore.open(join(dir, 'generations.shm')),
     workerArgs: (dir) => ['shm', join(dir, 'generations.shm')],
+  },
+  {
+    name: 'file',
+    open: (dir) => FileStore.open(join(dir, 'generations.json')),
+    workerArgs: (dir) => ['file', join(dir, 'generations.json')],
   },
 ];

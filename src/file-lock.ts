@@ -1,0 +1,237 @@
+/**
+ * The FileStore's writer lock: a proper-lockfile lock, hardened against its
+ * known traps.
+ *
+ * - `lockSync` never retries: {@link acquireFileLock} retries with backoff
+ *   up to a deadline and then throws `ERR_GENSYNC_LOCK_TIMEOUT`.
+ * - `realpath: true` needs the file to exist: we pass absolute paths with
+ *   `realpath: false`.
+ * - A compromised lock throws from a timer unless `onCompromised` is given:
+ *   we give one that marks the lock lost, and a lost lock never writes.
+ * - Taking over a stale lock is `rmdir` then `mkdir`, so two processes can
+ *   both "win". Each winner must also create an `owner` file inside the
+ *   lock directory with O_EXCL: only one can. A lock directory holding an
+ *   owner file cannot be removed by another process's stale check (rmdir
+ *   fails on a non-empty directory), so the owner file decides who holds
+ *   the lock, and {@link HeldFileLock.verify} checks it before every write.
+ * - A process writing in a loop would starve the others; see
+ *   {@link announceWaiting}.
+ * - A holder that died leaves its lock behind. Its owner file names its pid:
+ *   a waiter that finds the pid gone (or the owner file older than the
+ *   stale time) removes the dead lock at once instead of waiting for it to
+ *   go stale.
+ *
+ * @internal
+ * @module
+ */
+
+import { randomBytes } from 'node:crypto';
+import { closeSync, linkSync, openSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+
+import lockfile from 'proper-lockfile';
+
+import { StoreUnavailableError } from './errors';
+import { errnoCode, ioError } from './filesystem';
+import { pause } from './pause';
+
+const OWNER_FILE = 'owner';
+const FIRST_BACKOFF_MS = 0.05;
+/** Waiters retry at least this often, so they notice a release during a releaser's courtesy pause. */
+const MAX_BACKOFF_MS = 1;
+/** A releaser that saw a waiter within this many ms pauses before it can take the lock again. */
+const WAITER_RECENT_MS = 20;
+const COURTESY_PAUSE_MS = 2;
+
+/** What a lock's owner file says. */
+interface OwnerRecord {
+  readonly pid: number;
+  readonly host: string;
+  readonly createdAt: number;
+  readonly nonce: string;
+}
+
+/** A writer lock this process holds. */
+export interface HeldFileLock {
+  /**
+   * Throws unless this process still holds the lock and held it briefly
+   * enough that nobody can have judged it stale. Call it right before
+   * publishing a write.
+   */
+  verify(): void;
+  /** Give the lock up. Never throws. */
+  release(): void;
+}
+
+export interface FileLockOptions {
+  readonly timeoutMs: number;
+  readonly staleMs: number;
+}
+
+/** Take the writer lock of `file` (an absolute path), waiting up to `timeoutMs`. */
+export function acquireFileLock(file: string, options: FileLockOptions): HeldFileLock {
+  const lockDir = `${file}.lock`;
+  const ownerPath = join(lockDir, OWNER_FILE);
+  const deadline = performance.now() + options.timeoutMs;
+  let backoff = FIRST_BACKOFF_MS;
+
+  for (;;) {
+    const held = tryAcquire(file, lockDir, ownerPath, options.staleMs);
+    if (held !== undefined) return held;
+    removeDeadLock(lockDir, ownerPath, options.staleMs);
+    announceWaiting(file);
+    if (performance.now() >= deadline) {
+      throw new StoreUnavailableError(
+        'ERR_GENSYNC_LOCK_TIMEOUT',
+        `Another process held the writer lock ${lockDir} for more than ${options.timeoutMs} ms. ` +
+          'A process may be stopped (SIGSTOP) or hung while writing: resume or kill it. ' +
+          `A lock whose holder died is removed automatically (at once on this host, else after ${options.staleMs} ms).`,
+        { path: file },
+      );
+    }
+    pause(backoff * (0.5 + Math.random()));
+    backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+  }
+}
+
+/** One attempt. Returns the held lock, or undefined when another process holds it. */
+function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: number): HeldFileLock | undefined {
+  let compromised = false;
+  let releaseProperLock: () => void;
+  try {
+    releaseProperLock = lockfile.lockSync(file, {
+      realpath: false,
+      stale: staleMs,
+      onCompromised: () => {
+        compromised = true;
+      },
+    });
+  } catch (error) {
+    const code = errnoCode(error);
+    // ENOTEMPTY: proper-lockfile judged a lock stale but could not remove it, because its owner file is there.
+    if (code === 'ELOCKED' || code === 'ENOTEMPTY') return undefined;
+    throw ioError(error, 'take the writer lock', lockDir);
+  }
+
+  const owner: OwnerRecord = { pid: process.pid, host: hostname(), createdAt: Date.now(), nonce: randomBytes(8).toString('hex') };
+  const token = JSON.stringify(owner);
+  // Written in full beside the store, then linked in: link() refuses an existing name, like O_EXCL,
+  // and nobody ever reads a half-written owner file.
+  const staged = `${file}.owner.${process.pid}.${owner.nonce}`;
+  try {
+    writeFileSync(staged, token, { flag: 'wx', mode: 0o600 });
+    linkSync(staged, ownerPath);
+  } catch (error) {
+    quietly(releaseProperLock);
+    const code = errnoCode(error);
+    // Another process won this lock directory in a stale-lock race, or removed it.
+    if (code === 'EEXIST' || code === 'ENOENT') return undefined;
+    throw ioError(error, 'take the writer lock', lockDir);
+  } finally {
+    quietly(() => unlinkSync(staged));
+  }
+
+  const acquiredAt = performance.now();
+  const lost = (why: string): StoreUnavailableError =>
+    new StoreUnavailableError(
+      'ERR_GENSYNC_LOCK_TIMEOUT',
+      `Lost the writer lock ${lockDir} before writing (${why}); nothing was written.`,
+      { path: file },
+    );
+  return {
+    verify(): void {
+      if (compromised) throw lost('proper-lockfile reported it compromised');
+      if (performance.now() - acquiredAt > staleMs / 2) throw lost(`held for more than ${staleMs / 2} ms`);
+      if (readOwner(ownerPath) !== token) throw lost('another process owns it now');
+    },
+    release(): void {
+      if (readOwner(ownerPath) === token) quietly(() => unlinkSync(ownerPath));
+      quietly(releaseProperLock);
+      yieldToWaiters(file);
+    },
+  };
+}
+
+function readOwner(ownerPath: string): string | undefined {
+  try {
+    return readFileSync(ownerPath, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** If the lock's owner is dead (or its owner file is stale), remove the lock so the next attempt can take it. */
+function removeDeadLock(lockDir: string, ownerPath: string, staleMs: number): void {
+  const content = readOwner(ownerPath);
+  if (content === undefined) return; // no owner yet: a holder between mkdir and its owner file, or proper-lockfile's own stale rules apply
+  if (!ownerIsGone(content, staleMs)) return;
+
+  // Claim this exact owner file atomically, so only one waiter cleans up.
+  const claimed = join(lockDir, `${OWNER_FILE}.dead-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    renameSync(ownerPath, claimed);
+  } catch {
+    return;
+  }
+  if (readOwner(claimed) !== content) {
+    // A live owner replaced the dead one in between: give its file back.
+    quietly(() => linkSync(claimed, ownerPath));
+    quietly(() => unlinkSync(claimed));
+    return;
+  }
+  quietly(() => unlinkSync(claimed));
+  quietly(() => rmdirSync(lockDir));
+}
+
+function ownerIsGone(content: string, staleMs: number): boolean {
+  let owner: Partial<OwnerRecord>;
+  try {
+    owner = JSON.parse(content) as Partial<OwnerRecord>;
+  } catch {
+    return true; // an owner file we cannot read was not written by a live holder of this code
+  }
+  if (typeof owner.createdAt !== 'number' || Date.now() - owner.createdAt > staleMs) return true;
+  if (owner.host !== hostname() || typeof owner.pid !== 'number') return false;
+  try {
+    process.kill(owner.pid, 0);
+    return false;
+  } catch (error) {
+    return errnoCode(error) === 'ESRCH';
+  }
+}
+
+/**
+ * Fairness. A process that writes in a loop releases the lock and takes it
+ * again within microseconds, while waiters sleep between attempts, so
+ * without help they starve. Waiters touch a "wanted" file; a releaser that
+ * sees it touched lately pauses briefly, long enough for a waiter's next
+ * attempt. Uncontended writes never pause.
+ */
+function announceWaiting(file: string): void {
+  const wanted = `${file}.lock-wanted`;
+  const now = new Date();
+  try {
+    utimesSync(wanted, now, now);
+  } catch {
+    quietly(() => closeSync(openSync(wanted, 'a', 0o600)));
+  }
+}
+
+function yieldToWaiters(file: string): void {
+  let stats;
+  try {
+    stats = statSync(`${file}.lock-wanted`, { throwIfNoEntry: false });
+  } catch {
+    return;
+  }
+  if (stats !== undefined && Date.now() - stats.mtimeMs < WAITER_RECENT_MS) pause(COURTESY_PAUSE_MS);
+}
+
+function quietly(action: () => void): void {
+  try {
+    action();
+  } catch {
+    // Best effort: the lock protocol stays safe without it.
+  }
+}

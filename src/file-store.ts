@@ -1,0 +1,522 @@
+/**
+ * The fallback store: generations in one JSON file, for hosts where the
+ * native addon cannot be built or loaded.
+ *
+ * @module
+ */
+
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  fchmodSync,
+  fdatasyncSync,
+  fstatSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+  type Stats,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
+
+import { StoreClosedError, StoreError, StoreFormatError } from './errors';
+import { acquireFileLock } from './file-lock';
+import {
+  checkFileMode,
+  checkLocalFilesystem,
+  checkStoreFile,
+  DEFAULT_FILE_MODE,
+  errnoCode,
+  ioError,
+  OPEN_NEW,
+  OPEN_READ,
+  openFailure,
+  preparedDefaultDirectory,
+  publishWithoutReplacing,
+  storePathArgument,
+} from './filesystem';
+import { pause } from './pause';
+import type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
+import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
+
+/** File name of the file store in the default directory. */
+export const FILE_STORE_NAME = 'generations.json';
+
+/** The `format` field that marks a file as a store of this kind. */
+export const FILE_FORMAT = 'generation-sync-file-store';
+/** The format version this code writes and the newest it reads. */
+export const FILE_FORMAT_VERSION = 1;
+
+const DEFAULT_LOCK_TIMEOUT_MS = 5000;
+/** proper-lockfile's default; it refuses anything under 2000 ms. */
+const DEFAULT_STALE_LOCK_MS = 10_000;
+const MIN_STALE_LOCK_MS = 2000;
+/** Attempts to read a file another process is publishing with link + unlink at that moment. */
+const READ_ATTEMPTS = 5;
+const READ_RETRY_PAUSE_MS = 2;
+
+/** Options of {@link FileStore.open}. */
+export interface FileStoreOptions {
+  /**
+   * Permission bits of the store file, applied exactly whatever the umask.
+   * @default 0o600
+   */
+  readonly mode?: number | undefined;
+  /**
+   * How long a write waits for another process's writer lock, in
+   * milliseconds, before giving up with `ERR_GENSYNC_LOCK_TIMEOUT`.
+   * @default 5000
+   */
+  readonly lockTimeoutMs?: number | undefined;
+  /**
+   * When a writer lock whose holder cannot be checked (another host, or a
+   * reused pid) counts as abandoned, in milliseconds. A writer that held
+   * the lock for half this long does not write. proper-lockfile's minimum
+   * is 2000.
+   * @default 10000
+   */
+  readonly staleLockMs?: number | undefined;
+  /**
+   * The clock for key expiry and timestamps, in milliseconds since the
+   * epoch. Inject one in tests.
+   * @default Date.now
+   */
+  readonly clock?: (() => number) | undefined;
+}
+
+/** One key in the file. */
+interface FileEntry {
+  readonly generation: number;
+  /** Cleared: the key reads as absent, and `generation` is the highest value it had. */
+  readonly absent: boolean;
+  /** When the key expires (ms since the epoch); it then reads as absent. */
+  readonly expiresAt: number;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/** One parsed version of the file, with the descriptor that pins its inode. */
+interface Snapshot {
+  /** Open descriptor of the version read, or -1 when there was no file. */
+  readonly fd: number;
+  readonly ino: number;
+  readonly dev: number;
+  readonly entries: ReadonlyMap<string, FileEntry>;
+}
+
+const NO_FILE: Snapshot = { fd: -1, ino: -1, dev: -1, entries: new Map() };
+
+class FileBinding implements KeyBinding {
+  /** The synced generation; NaN until there is one, so that it never matches. */
+  expected = Number.NaN;
+
+  constructor(
+    readonly key: string,
+    private readonly store: FileStore,
+    private readonly expirationSecs: number,
+  ) {}
+
+  isStale(): boolean {
+    return this.store.generationOf(this.key) !== this.expected;
+  }
+
+  read(): number | null {
+    return this.store.generationOf(this.key);
+  }
+
+  fetchOrCreate(seed: number): number {
+    return (this.expected = this.store.fetchOrCreate(this.key, seed, this.expirationSecs));
+  }
+
+  increment(): number | null {
+    const generation = this.store.increment(this.key);
+    if (generation !== null) this.expected = generation;
+    return generation;
+  }
+
+  delete(): void {
+    this.store.delete(this.key);
+  }
+}
+
+/**
+ * Generations in one JSON file, for hosts without the native addon.
+ *
+ * Writers take a proper-lockfile lock, read the file, change it, write a
+ * temporary file and rename it over the store, so readers never need the
+ * lock and always see a whole old or whole new file. A reader keeps the
+ * version it parsed open; because files are only ever replaced, never
+ * changed in place, one `stat` of the path tells whether it still names
+ * that same inode (which cannot be reused while it is held open), so an
+ * unchanged file is never parsed twice. `isExpired()` costs one `stat`
+ * (about a microsecond) instead of the shared-memory store's 15 ns.
+ *
+ * Keys expire `cacheExpirationSecs` after they are created, like
+ * memcached's and Redis's keys; an expired or cleared key reads as absent
+ * but keeps its highest generation, so a re-created key continues above it.
+ *
+ * A file that is not a store of this kind, is damaged, or comes from a
+ * newer version is never repaired or overwritten: every operation on it
+ * fails with a {@link StoreFormatError} (which the synchronizers treat as an
+ * outage: they log it and report keys as expired) until an operator
+ * removes or fixes it. Recovering automatically could lower a generation
+ * that some process still holds, and that process would then miss changes.
+ *
+ * @example
+ * const store = FileStore.open('/var/lib/myapp/generations.json');
+ * const settings = new GenerationSynchronizer('settings', { store });
+ */
+export class FileStore implements Store {
+  readonly kind = 'file';
+  /** Absolute path of the store file. */
+  readonly path: string;
+  readonly #mode: number;
+  readonly #lockTimeoutMs: number;
+  readonly #staleLockMs: number;
+  readonly #clock: () => number;
+  #snapshot: Snapshot = NO_FILE;
+  #closed = false;
+
+  private constructor(path: string, mode: number, lockTimeoutMs: number, staleLockMs: number, clock: () => number) {
+    this.path = path;
+    this.#mode = mode;
+    this.#lockTimeoutMs = lockTimeoutMs;
+    this.#staleLockMs = staleLockMs;
+    this.#clock = clock;
+  }
+
+  /**
+   * Open the store file at `path`, creating it if it does not exist. Without
+   * a path, opens `generations.json` in the default directory
+   * (`$GENERATION_SYNC_DIR`, else `<os.tmpdir()>/generation-sync-<uid>/`).
+   */
+  static open(path?: string, options?: FileStoreOptions): FileStore {
+    const opts = optionsObject(options, 'FileStore options');
+    const mode = checkFileMode(optionalInteger(opts.mode, 'mode', DEFAULT_FILE_MODE, { min: 0, max: 0o777 }));
+    const lockTimeoutMs = optionalInteger(opts.lockTimeoutMs, 'lockTimeoutMs', DEFAULT_LOCK_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
+    const staleLockMs = optionalInteger(opts.staleLockMs, 'staleLockMs', DEFAULT_STALE_LOCK_MS, {
+      min: MIN_STALE_LOCK_MS,
+      max: 2 ** 31 - 1,
+    });
+    const clock = optionalFunction(opts.clock, 'clock', Date.now);
+    const file = path === undefined ? join(preparedDefaultDirectory(), FILE_STORE_NAME) : storePathArgument(path);
+    checkLocalFilesystem(dirname(file));
+
+    const store = new FileStore(file, mode, lockTimeoutMs, staleLockMs, clock);
+    if (store.#current().fd < 0) {
+      store.#createEmptyFile();
+      if (store.#current().fd < 0) throw ioError(new Error('the file vanished as it was created'), 'create the store', file);
+    }
+    return store;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  bind(key: string, options: BindOptions): KeyBinding {
+    this.#checkOpen();
+    return new FileBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
+  }
+
+  entries(): StoreEntry[] {
+    this.#checkOpen();
+    const now = this.#clock();
+    return [...this.#current().entries].map(([key, entry]) => ({
+      key,
+      keyTruncated: false,
+      generation: isLive(entry, now) ? entry.generation : null,
+      createdAt: new Date(entry.createdAt),
+      updatedAt: new Date(entry.updatedAt),
+    }));
+  }
+
+  /** Close the file. Bindings made from this store then throw {@link StoreClosedError}. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#replaceSnapshot(NO_FILE);
+  }
+
+  /** @internal The live generation of `key`, or null when absent or expired. */
+  generationOf(key: string): number | null {
+    this.#checkOpen();
+    const entry = this.#current().entries.get(key);
+    return entry !== undefined && isLive(entry, this.#clock()) ? entry.generation : null;
+  }
+
+  /** @internal */
+  fetchOrCreate(key: string, seed: number, expirationSecs: number): number {
+    const existing = this.generationOf(key);
+    if (existing !== null) return existing;
+    return this.#mutate((entries, now) => {
+      const entry = entries.get(key);
+      if (entry !== undefined && isLive(entry, now)) return { result: entry.generation, changed: false };
+      const generation = entry === undefined ? seed : Math.max(seed, entry.generation + 1);
+      checkGeneration(generation, key, this.path);
+      entries.set(key, {
+        generation,
+        absent: false,
+        expiresAt: now + expirationSecs * 1000,
+        createdAt: entry?.createdAt ?? now,
+        updatedAt: now,
+      });
+      return { result: generation, changed: true };
+    });
+  }
+
+  /** @internal The incremented generation, or null (nothing written) when the key is absent or expired. */
+  increment(key: string): number | null {
+    this.#checkOpen();
+    return this.#mutate((entries, now) => {
+      const entry = entries.get(key);
+      if (entry === undefined || !isLive(entry, now)) return { result: null, changed: false };
+      const generation = entry.generation + 1;
+      checkGeneration(generation, key, this.path);
+      entries.set(key, { ...entry, generation, updatedAt: now });
+      return { result: generation, changed: true };
+    });
+  }
+
+  /** @internal */
+  delete(key: string): void {
+    this.#checkOpen();
+    if (this.generationOf(key) === null) return;
+    this.#mutate((entries, now) => {
+      const entry = entries.get(key);
+      if (entry === undefined || !isLive(entry, now)) return { result: undefined, changed: false };
+      entries.set(key, { ...entry, absent: true, updatedAt: now });
+      return { result: undefined, changed: true };
+    });
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) {
+      throw new StoreClosedError(`The store at ${this.path} was closed; open it again to keep using it.`, { path: this.path });
+    }
+  }
+
+  /** The current version of the file, re-read only if the path now names another inode. */
+  #current(): Snapshot {
+    for (let attempt = 1; ; attempt++) {
+      let stats: Stats | undefined;
+      try {
+        stats = statSync(this.path, { throwIfNoEntry: false });
+      } catch (error) {
+        throw ioError(error, 'inspect', this.path);
+      }
+      if (stats === undefined) return this.#replaceSnapshot(NO_FILE);
+      const held = this.#snapshot;
+      if (held.fd >= 0 && stats.ino === held.ino && stats.dev === held.dev) return held;
+      const snapshot = this.#read();
+      if (snapshot !== undefined) return this.#replaceSnapshot(snapshot);
+      if (attempt >= READ_ATTEMPTS) throw ioError(new Error('the file kept changing while it was read'), 'read', this.path);
+      pause(READ_RETRY_PAUSE_MS);
+    }
+  }
+
+  /** Read and parse the file now at the path; undefined if it changed under us and should be read again. */
+  #read(): Snapshot | undefined {
+    let fd: number;
+    try {
+      fd = openSync(this.path, OPEN_READ);
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') return NO_FILE;
+      throw openFailure(error, this.path);
+    }
+    try {
+      const stats = fstatSync(fd);
+      // Replaced between open and fstat (no names left), or being published with link() (two names for an instant).
+      if (stats.isFile() && stats.nlink !== 1) {
+        closeSync(fd);
+        return undefined;
+      }
+      checkStoreFile(stats, this.path);
+      const entries = parseStoreFile(readFileSync(fd, 'utf8'), this.path);
+      return { fd, ino: stats.ino, dev: stats.dev, entries };
+    } catch (error) {
+      closeSync(fd);
+      if (error instanceof StoreError) throw error;
+      throw ioError(error, 'read', this.path);
+    }
+  }
+
+  #replaceSnapshot(snapshot: Snapshot): Snapshot {
+    const previous = this.#snapshot;
+    this.#snapshot = snapshot;
+    if (previous.fd >= 0 && previous.fd !== snapshot.fd) closeSync(previous.fd);
+    return snapshot;
+  }
+
+  /**
+   * Read, change and replace the file under the writer lock. `change`
+   * edits a private copy of the entries and says whether to write it.
+   */
+  #mutate<T>(change: (entries: Map<string, FileEntry>, now: number) => { result: T; changed: boolean }): T {
+    const lock = acquireFileLock(this.path, { timeoutMs: this.#lockTimeoutMs, staleMs: this.#staleLockMs });
+    try {
+      const entries = new Map(this.#current().entries);
+      const { result, changed } = change(entries, this.#clock());
+      if (changed) {
+        lock.verify();
+        this.#write(entries);
+      }
+      return result;
+    } finally {
+      lock.release();
+    }
+  }
+
+  /** Write `entries` to a temporary file and rename it over the store; keep it as the current snapshot. */
+  #write(entries: ReadonlyMap<string, FileEntry>): void {
+    const temporary = this.#temporaryPath();
+    let fd: number;
+    try {
+      fd = openSync(temporary, OPEN_NEW, this.#mode);
+    } catch (error) {
+      throw ioError(error, 'write', this.path);
+    }
+    try {
+      fchmodSync(fd, this.#mode);
+      writeAll(fd, serialize(entries));
+      fdatasyncSync(fd);
+      renameSync(temporary, this.path);
+      const stats = fstatSync(fd);
+      this.#replaceSnapshot({ fd, ino: stats.ino, dev: stats.dev, entries });
+    } catch (error) {
+      closeSync(fd);
+      try {
+        unlinkSync(temporary);
+      } catch {
+        // Already renamed, or never created.
+      }
+      throw ioError(error, 'write', this.path);
+    }
+  }
+
+  /** Publish an empty store, unless another process publishes one first. */
+  #createEmptyFile(): void {
+    const temporary = this.#temporaryPath();
+    let fd: number;
+    try {
+      fd = openSync(temporary, OPEN_NEW, this.#mode);
+    } catch (error) {
+      throw ioError(error, 'create the store', this.path);
+    }
+    try {
+      fchmodSync(fd, this.#mode);
+      writeAll(fd, serialize(new Map()));
+      fdatasyncSync(fd);
+      publishWithoutReplacing(temporary, this.path);
+    } catch (error) {
+      throw ioError(error, 'create the store', this.path);
+    } finally {
+      closeSync(fd);
+      try {
+        unlinkSync(temporary);
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+
+  #temporaryPath(): string {
+    return `${this.path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  }
+}
+
+function isLive(entry: FileEntry, now: number): boolean {
+  return !entry.absent && entry.expiresAt > now;
+}
+
+function checkGeneration(generation: number, key: string, path: string): void {
+  if (!Number.isSafeInteger(generation)) {
+    throw new StoreFormatError(
+      'ERR_GENSYNC_CORRUPT_FILE',
+      `Key "${key}" in ${path} would reach generation ${generation}, beyond what a number can hold exactly.`,
+      { path },
+    );
+  }
+}
+
+function serialize(entries: ReadonlyMap<string, FileEntry>): string {
+  const list = [...entries].map(([key, entry]) => ({ key, ...entry }));
+  return JSON.stringify({ format: FILE_FORMAT, version: FILE_FORMAT_VERSION, entries: list }) + '\n';
+}
+
+function writeAll(fd: number, text: string): void {
+  const bytes = Buffer.from(text, 'utf8');
+  let offset = 0;
+  while (offset < bytes.length) offset += writeSync(fd, bytes, offset, bytes.length - offset, offset);
+}
+
+/**
+ * Parse a store file. Keys live in an array of records, not as object
+ * properties, so keys such as `__proto__` are ordinary keys; and every
+ * field is checked before it is trusted.
+ */
+export function parseStoreFile(text: string, path: string): Map<string, FileEntry> {
+  const foreign = (what: string): StoreFormatError =>
+    new StoreFormatError(
+      'ERR_GENSYNC_FOREIGN_FILE',
+      `${path} is ${what}. It was left untouched; point the store at another path, or remove the file if it is yours.`,
+      { path },
+    );
+  const corrupt = (why: string): StoreFormatError =>
+    new StoreFormatError(
+      'ERR_GENSYNC_CORRUPT_FILE',
+      `${path} is a damaged generation-sync file store (${why}). It was left untouched for inspection; ` +
+        'stop every process using it and remove it, and a fresh store will be created.',
+      { path },
+    );
+
+  if (text.length === 0) throw foreign('an empty file');
+  let document: unknown;
+  try {
+    document = JSON.parse(text);
+  } catch {
+    if (!text.trimStart().startsWith('{')) throw foreign('not a generation-sync file store');
+    throw corrupt('it is not valid JSON');
+  }
+  if (typeof document !== 'object' || document === null || Array.isArray(document)) {
+    throw foreign('not a generation-sync file store');
+  }
+  const { format, version, entries } = document as Record<string, unknown>;
+  if (format !== FILE_FORMAT) throw foreign('not a generation-sync file store');
+  if (typeof version !== 'number' || !Number.isInteger(version) || version < 1) throw corrupt(`format version ${describe(version)}`);
+  if (version > FILE_FORMAT_VERSION) {
+    throw new StoreFormatError(
+      'ERR_GENSYNC_UNSUPPORTED_VERSION',
+      `${path} has file store format ${version}, newer than format ${FILE_FORMAT_VERSION} that this version of ` +
+        'generation-sync understands. Upgrade generation-sync in this application, or use another path.',
+      { path },
+    );
+  }
+  if (!Array.isArray(entries)) throw corrupt('"entries" is not a list');
+
+  const parsed = new Map<string, FileEntry>();
+  entries.forEach((record: unknown, index) => {
+    if (typeof record !== 'object' || record === null || Array.isArray(record)) throw corrupt(`entry ${index} is not an object`);
+    const { key, generation, absent, expiresAt, createdAt, updatedAt } = record as Record<string, unknown>;
+    if (typeof key !== 'string' || !key.isWellFormed()) throw corrupt(`entry ${index} has no valid key`);
+    if (parsed.has(key)) throw corrupt(`key ${JSON.stringify(key.slice(0, 80))} appears twice`);
+    if (typeof generation !== 'number' || !Number.isSafeInteger(generation) || generation < 0) {
+      throw corrupt(`entry ${index} has generation ${describe(generation)}`);
+    }
+    if (typeof absent !== 'boolean') throw corrupt(`entry ${index} has no "absent" flag`);
+    for (const [name, value] of [['expiresAt', expiresAt], ['createdAt', createdAt], ['updatedAt', updatedAt]] as const) {
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw corrupt(`entry ${index} has ${name} ${describe(value)}`);
+    }
+    parsed.set(key, {
+      generation,
+      absent,
+      expiresAt: expiresAt as number,
+      createdAt: createdAt as number,
+      updatedAt: updatedAt as number,
+    });
+  });
+  return parsed;
+}
+
