@@ -1,33 +1,89 @@
 /**
- * The process-wide default store.
+ * The process-wide default store, and how it is chosen.
  *
  * @module
  */
 
 import { join } from 'node:path';
 
+import { OutOfRangeError } from './errors';
+import { FILE_STORE_NAME, FileStore } from './file-store';
 import { defaultDirectory } from './filesystem';
+import { addonStatus } from './native';
 import { SHM_FILE_NAME, SharedMemoryStore } from './shm-store';
 import type { Store } from './store';
 
+/** Environment variable that forces the default store's kind: `shm` or `file`. */
+export const STORE_ENV = 'GENERATION_SYNC_STORE';
+
+/** Which store {@link defaultStore} opens, and why. */
+export interface DefaultStoreChoice {
+  readonly kind: 'shm' | 'file';
+  /** Where its file is, or would be. */
+  readonly path: string;
+  /** Why this kind: forced by the environment, or chosen by whether the addon loads. */
+  readonly reason: string;
+}
+
 let current: Store | undefined;
+let warned = false;
+
+/**
+ * Which store {@link defaultStore} opens: the shared-memory store when the
+ * native addon loads, the file store otherwise; `GENERATION_SYNC_STORE=shm`
+ * or `=file` forces one. Does not open anything.
+ */
+export function defaultStoreChoice(): DefaultStoreChoice {
+  const forced = process.env[STORE_ENV];
+  const dir = defaultDirectory();
+  const shm = (reason: string): DefaultStoreChoice => ({ kind: 'shm', path: join(dir, SHM_FILE_NAME), reason });
+  const file = (reason: string): DefaultStoreChoice => ({ kind: 'file', path: join(dir, FILE_STORE_NAME), reason });
+  if (forced === 'shm') return shm(`${STORE_ENV}=shm`);
+  if (forced === 'file') return file(`${STORE_ENV}=file`);
+  if (forced !== undefined && forced !== '') {
+    throw new OutOfRangeError(`${STORE_ENV} must be "shm", "file" or unset, not ${JSON.stringify(forced)}.`);
+  }
+  const status = addonStatus();
+  return 'error' in status ? file(status.error.message) : shm(`the native addon loads from ${status.path}`);
+}
 
 /**
  * The store every synchronizer uses unless given another: one per process,
- * opened on first use at `generations.shm` in `$GENERATION_SYNC_DIR`, or in
- * `<os.tmpdir()>/generation-sync-<uid>/` when that is not set. If it was
- * closed, the next call opens it again.
+ * opened on first use, in `$GENERATION_SYNC_DIR` or else
+ * `<os.tmpdir()>/generation-sync-<uid>/`.
  *
- * In production, set `GENERATION_SYNC_DIR` to a directory on local disk
- * that the application owns: temp cleaners and `systemd`'s `PrivateTmp=`
- * can hide or remove files in the temp directory.
+ * It is the shared-memory store (`generations.shm`) when the native addon
+ * loads. Otherwise it is the file store (`generations.json`), and the
+ * process gets one warning that says why and how to get the native store.
+ * `GENERATION_SYNC_STORE=file` forces the file store;
+ * `GENERATION_SYNC_STORE=shm` forces the shared-memory store and throws
+ * {@link AddonUnavailableError} where it cannot load, rather than fall
+ * back silently. Every process sharing state must use the same kind.
+ *
+ * If the store was closed, the next call opens it again. In production,
+ * set `GENERATION_SYNC_DIR` to a directory on local disk that the
+ * application owns: temp cleaners and `systemd`'s `PrivateTmp=` can hide or
+ * remove files in the temp directory.
  */
 export function defaultStore(): Store {
-  if (current === undefined || current.closed) current = SharedMemoryStore.open();
+  if (current !== undefined && !current.closed) return current;
+  const choice = defaultStoreChoice();
+  if (choice.kind === 'shm') {
+    current = SharedMemoryStore.open();
+  } else {
+    if (process.env[STORE_ENV] !== 'file' && !warned) {
+      warned = true;
+      process.emitWarning(
+        `generation-sync is using the slower JSON file store at ${choice.path}. ${choice.reason}`,
+        { type: 'GenerationSyncWarning', code: 'GENSYNC_FILE_STORE_FALLBACK' },
+      );
+    }
+    current = FileStore.open();
+  }
   return current;
 }
 
 /** Where the default store's file is, or would be. */
 export function defaultStorePath(): string {
-  return join(defaultDirectory(), SHM_FILE_NAME);
+  return defaultStoreChoice().path;
 }

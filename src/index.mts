@@ -13,6 +13,7 @@ export {
   MAX_KEY_LENGTH,
   OutOfRangeError,
   SharedMemoryStore,
+  STORE_ENV,
   StoreClosedError,
   StoreError,
   StoreFormatError,
@@ -20,6 +21,7 @@ export {
   StoreUnavailableError,
   UnsafeStoreError,
   defaultStore,
+  defaultStoreChoice,
   defaultStorePath,
   makeCacheKey,
 } from './index.js';

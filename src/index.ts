@@ -5,7 +5,7 @@
  */
 
 export { makeCacheKey, MAX_KEY_LENGTH, type MakeCacheKeyOptions } from './cache-key';
-export { defaultStore, defaultStorePath } from './default-store';
+export { defaultStore, defaultStoreChoice, defaultStorePath, STORE_ENV, type DefaultStoreChoice } from './default-store';
 export {
   AddonUnavailableError,
   GenerationSyncError,

@@ -1,11 +1,17 @@
 /**
  * The one place that finds and loads the native addon.
  *
+ * Candidates, in order: an addon built from source in this package
+ * (`build/Release`), then the prebuilt addon shipped for this platform in
+ * `prebuilds/<platform>-<arch>/` (N-API, so one build serves every Node
+ * version). The first that loads wins; if none does, the error says what
+ * was tried and how to get the native store.
+ *
  * @internal
  * @module
  */
 
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { AddonUnavailableError } from './errors';
@@ -24,49 +30,65 @@ export interface NativeAddon {
   renameNoReplace(from: string, to: string): void;
 }
 
-const ADDON_FILE = 'generation_sync.node';
+const ADDON_FUNCTIONS = ['map', 'allocate', 'lock', 'unlock', 'renameNoReplace'] as const;
 
 /** The package's root directory (this file is `dist/native.js`). */
 export const PACKAGE_ROOT = resolve(__dirname, '..');
 
-type LoadResult = { readonly addon: NativeAddon } | { readonly error: AddonUnavailableError };
+/** How a user gets the native store when it is missing. */
+export const HOW_TO_GET_THE_ADDON =
+  'To use the fast shared-memory store, allow generation-sync to run its install script ' +
+  '("npm install-scripts approve generation-sync", or add it to "allowScripts" in package.json) ' +
+  'and run "npm rebuild generation-sync"; building from source needs python3, make and a C++ compiler.';
+
+type LoadResult = { readonly addon: NativeAddon; readonly path: string } | { readonly error: AddonUnavailableError };
 
 let loaded: LoadResult | undefined;
 
+/** The C library this Node.js runs on, as prebuild file names tag it. */
+function libc(): 'glibc' | 'musl' | undefined {
+  if (process.platform !== 'linux') return undefined;
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return report?.header?.glibcVersionRuntime !== undefined ? 'glibc' : 'musl';
+}
+
 /** Places the addon may be, most specific first. */
-export function addonCandidates(): string[] {
-  return [join(PACKAGE_ROOT, 'build', 'Release', ADDON_FILE), join(PACKAGE_ROOT, 'build', 'Debug', ADDON_FILE)];
+export function addonCandidates(root = PACKAGE_ROOT): string[] {
+  const candidates = [join(root, 'build', 'Release', 'generation_sync.node')];
+  const prebuilds = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  if (existsSync(prebuilds)) {
+    const system = libc();
+    const files = readdirSync(prebuilds).filter((name) => name.endsWith('.node'));
+    const tagsOf = (name: string): string[] => name.slice(0, -'.node'.length).split('.').slice(1);
+    // A prebuild tagged for another C library cannot load here; an untagged one may.
+    const usable = files.filter((name) => {
+      const tags = tagsOf(name);
+      return !tags.some((tag) => (tag === 'glibc' || tag === 'musl') && tag !== system);
+    });
+    usable.sort((a, b) => tagsOf(b).length - tagsOf(a).length);
+    candidates.push(...usable.map((name) => join(prebuilds, name)));
+  }
+  return candidates;
 }
 
 function load(): LoadResult {
-  const candidates = addonCandidates();
-  const path = candidates.find((candidate) => existsSync(candidate));
-  if (path === undefined) {
-    return {
-      error: new AddonUnavailableError(
-        `The generation-sync native addon is not built (looked for ${candidates.join(', ')}). ` +
-          'Build it with "npm rebuild generation-sync" (needs python3, make and a C++ compiler).',
-      ),
-    };
-  }
-  try {
-    const addon = require(path) as Partial<NativeAddon>;
-    const missing = (['map', 'allocate', 'lock', 'unlock', 'renameNoReplace'] as const).filter(
-      (name) => typeof addon[name] !== 'function',
-    );
-    if (missing.length > 0) {
-      throw new Error(`the addon at ${path} lacks ${missing.join(', ')}; it is from another version`);
+  const tried: string[] = [];
+  for (const path of addonCandidates()) {
+    if (!existsSync(path)) continue;
+    try {
+      const addon = require(path) as Partial<NativeAddon>;
+      const missing = ADDON_FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+      if (missing.length > 0) throw new Error(`it lacks ${missing.join(', ')}, so it is from another version`);
+      return { addon: addon as NativeAddon, path };
+    } catch (cause) {
+      tried.push(`${path}: ${(cause as Error).message}`);
     }
-    return { addon: addon as NativeAddon };
-  } catch (cause) {
-    return {
-      error: new AddonUnavailableError(
-        `The generation-sync native addon at ${path} could not be loaded: ${(cause as Error).message}. ` +
-          'Rebuild it for this Node.js with "npm rebuild generation-sync".',
-        { cause },
-      ),
-    };
   }
+  const reason =
+    tried.length === 0
+      ? `no addon is built for ${process.platform}-${process.arch} and none is prebuilt for it`
+      : `no addon would load (${tried.join('; ')})`;
+  return { error: new AddonUnavailableError(`The generation-sync native addon is not available: ${reason}. ${HOW_TO_GET_THE_ADDON}`) };
 }
 
 /** The addon. Throws {@link AddonUnavailableError} saying why it cannot be loaded. */
@@ -76,8 +98,8 @@ export function nativeAddon(): NativeAddon {
   return loaded.addon;
 }
 
-/** Why the addon cannot be loaded, or `undefined` when it can. */
-export function addonLoadError(): AddonUnavailableError | undefined {
+/** Where the loaded addon came from, or why it cannot be loaded. */
+export function addonStatus(): { readonly path: string } | { readonly error: AddonUnavailableError } {
   loaded ??= load();
-  return 'error' in loaded ? loaded.error : undefined;
+  return 'error' in loaded ? { error: loaded.error } : { path: loaded.path };
 }

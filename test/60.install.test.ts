@@ -1,0 +1,162 @@
+// The package as npm users get it: packed, installed into a fresh project
+// with npm's default settings, with and without a compiler, with and
+// without the prebuilt addon.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT, tempDir } from './helpers';
+
+/** npm's own CLI script, run with this Node so that a PATH without npm on it still works. */
+const NPM_CLI = realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim());
+
+interface Packed {
+  readonly withPrebuild: string;
+  readonly withoutPrebuild: string;
+}
+
+/**
+ * Pack the package from a scratch copy, so that prebuildify (which moves
+ * build/Release into prebuilds/) never touches this checkout.
+ */
+function pack(scratch: string): Packed {
+  for (const entry of ['dist', 'native', 'binding.gyp', 'README.md', 'package.json']) {
+    cpSync(join(ROOT, entry), join(scratch, entry), { recursive: true });
+  }
+  symlinkSync(join(ROOT, 'node_modules'), join(scratch, 'node_modules'));
+  const out = join(scratch, 'out');
+  mkdirSync(out);
+
+  execFileSync(process.execPath, [NPM_CLI, 'pack', '--ignore-scripts', '--pack-destination', join(out), '--silent'], { cwd: scratch });
+  const [bare] = readdirSync(out);
+  const withoutPrebuild = join(out, `bare-${bare}`);
+  cpSync(join(out, bare as string), withoutPrebuild);
+
+  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'prebuildify', 'bin.js'), '--napi', '--strip', '--tag-libc'], {
+    cwd: scratch,
+    stdio: 'ignore',
+  });
+  execFileSync(process.execPath, [NPM_CLI, 'pack', '--ignore-scripts', '--pack-destination', join(out), '--silent'], { cwd: scratch });
+  return { withPrebuild: join(out, bare as string), withoutPrebuild };
+}
+
+/** A PATH with a shell, node and npm on it and nothing else: no compiler, no make, no python. */
+function pathWithoutCompiler(): string {
+  const bin = tempDir('gensync-bin-');
+  symlinkSync('/bin/sh', join(bin, 'sh'));
+  symlinkSync(process.execPath, join(bin, 'node'));
+  writeFileSync(join(bin, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${NPM_CLI}" "$@"\n`, { mode: 0o755 });
+  return bin;
+}
+
+interface Installed {
+  readonly dir: string;
+  readonly output: string;
+  readonly status: number | null;
+}
+
+/**
+ * Install `tarball` into a fresh project. With `allowScripts`, the project
+ * approves the package's install script the way `npm install-scripts
+ * approve` records it (for a tarball, the key is its file: specifier).
+ */
+function installInto(tarball: string, allowScripts: boolean, env: NodeJS.ProcessEnv): Installed {
+  const dir = tempDir('gensync-app-');
+  const manifest: Record<string, unknown> = { name: 'app', version: '1.0.0', private: true };
+  if (allowScripts) manifest.allowScripts = { [`file:${tarball}`]: true };
+  writeFileSync(join(dir, 'package.json'), JSON.stringify(manifest));
+  // --foreground-scripts shows the install script's output, which npm otherwise hides when it succeeds.
+  const result = spawnSync(process.execPath, [NPM_CLI, 'install', '--no-audit', '--no-fund', '--prefer-offline', '--foreground-scripts', tarball], {
+    cwd: dir,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+  });
+  return { dir, output: `${result.stdout}\n${result.stderr}`, status: result.status };
+}
+
+/** What the installed package reports in a fresh process of the app. */
+function probe(dir: string, env: NodeJS.ProcessEnv = {}): Record<string, unknown> {
+  const script = `
+    const warnings = [];
+    process.on('warning', (w) => warnings.push({ code: w.code, message: w.message }));
+    const gs = require('generation-sync');
+    const out = { warnings };
+    try {
+      const store = gs.defaultStore();
+      const sync = new gs.GenerationSynchronizer('installed');
+      out.kind = store.kind;
+      out.reached = sync.markUpdated();
+      out.expired = sync.isExpired();
+    } catch (error) {
+      out.error = { code: error.code, message: error.message };
+    }
+    setImmediate(() => console.log(JSON.stringify(out)));
+  `;
+  const stdout = execFileSync(process.execPath, ['-e', script], {
+    cwd: dir,
+    encoding: 'utf8',
+    env: { ...process.env, GENERATION_SYNC_DIR: join(dir, 'store'), GENERATION_SYNC_STORE: '', ...env },
+  });
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+describe('installing the packed package', () => {
+  let packed: Packed;
+  // The packed tarballs serve every test in this file, so they outlive tempDir()'s per-test cleanup.
+  const scratch = mkdtempSync(join(tmpdir(), 'gensync-pack-'));
+  beforeAll(() => {
+    packed = pack(scratch);
+  }, 300_000);
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+  it('with npm defaults (install scripts not approved), uses the shipped prebuilt addon: the shared-memory store', () => {
+    const installed = installInto(packed.withPrebuild, false, {});
+    expect(installed.status, installed.output).toBe(0);
+    expect(installed.output).toMatch(/generation-sync@0\.1\.0 \(install: node native\/install\.cjs\)/);
+    const report = probe(installed.dir);
+    expect(report).toMatchObject({ kind: 'shm', reached: true, expired: false, warnings: [] });
+  });
+
+  it('without a compiler and without a prebuild, installs anyway and falls back to the file store with one warning', () => {
+    const bin = pathWithoutCompiler();
+    const installed = installInto(packed.withoutPrebuild, true, { PATH: bin });
+    expect(installed.status, installed.output).toBe(0);
+    expect(installed.output).toMatch(/native addon could not be built here/);
+    expect(existsSync(join(installed.dir, 'node_modules', 'generation-sync', 'build', 'Release', 'generation_sync.node'))).toBe(false);
+
+    const report = probe(installed.dir, { PATH: bin });
+    expect(report).toMatchObject({ kind: 'file', reached: true, expired: false });
+    const warnings = report.warnings as Array<{ code: string; message: string }>;
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.code).toBe('GENSYNC_FILE_STORE_FALLBACK');
+    expect(warnings[0]?.message).toMatch(/slower JSON file store.*npm install-scripts approve generation-sync.*npm rebuild generation-sync/);
+
+    // Forcing the shared-memory store where it cannot load is a typed error, not a silent fallback.
+    const forced = probe(installed.dir, { PATH: bin, GENERATION_SYNC_STORE: 'shm' });
+    expect(forced.error).toMatchObject({ code: 'ERR_GENSYNC_ADDON_UNAVAILABLE' });
+    // Forcing the file store needs no warning.
+    expect(probe(installed.dir, { PATH: bin, GENERATION_SYNC_STORE: 'file' })).toMatchObject({ kind: 'file', warnings: [] });
+  });
+
+  it('with install scripts approved and a compiler but no prebuild, builds the addon from source', () => {
+    const installed = installInto(packed.withoutPrebuild, true, {});
+    expect(installed.status, installed.output).toBe(0);
+    const report = probe(installed.dir);
+    expect(report).toMatchObject({ kind: 'shm', reached: true, warnings: [] });
+    const addonPath = execFileSync(process.execPath, ['-p', "require('generation-sync').defaultStoreChoice().reason"], {
+      cwd: installed.dir,
+      encoding: 'utf8',
+    });
+    expect(addonPath).toMatch(/build\/Release\/generation_sync\.node/);
+  });
+
+  it('with install scripts approved but no compiler, keeps the prebuilt addon without trying to build', () => {
+    const bin = pathWithoutCompiler();
+    const installed = installInto(packed.withPrebuild, true, { PATH: bin });
+    expect(installed.status, installed.output).toBe(0);
+    expect(installed.output).not.toMatch(/could not be built/);
+    expect(probe(installed.dir, { PATH: bin })).toMatchObject({ kind: 'shm', reached: true, warnings: [] });
+  });
+});
