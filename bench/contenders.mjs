@@ -1,11 +1,11 @@
 // Benchmark contenders. Each runs in its own process (see run.mjs): it is
 // handed a repetition count and an operation count, and returns the time of
 // each repetition in nanoseconds per operation.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { GenerationSynchronizer, SharedMemoryStore } from 'generation-sync';
+import { FileStore, GenerationSynchronizer, SharedMemoryStore } from 'generation-sync';
 
 /** Time `body(ops)` `reps` times after `warmup` untimed runs; returns ns/op for each timed run. */
 function measure(body, { reps, ops, warmup = 2 }) {
@@ -19,11 +19,22 @@ function measure(body, { reps, ops, warmup = 2 }) {
   return samples;
 }
 
-/** A store in a fresh temporary directory, removed at exit. */
-function temporaryShmStore() {
+/** A fresh temporary directory, removed at exit. */
+function temporaryDir() {
   const dir = mkdtempSync(join(tmpdir(), 'gensync-bench-'));
   process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-  return SharedMemoryStore.open(join(dir, 'bench.shm'));
+  return dir;
+}
+
+function temporaryShmStore() {
+  return SharedMemoryStore.open(join(temporaryDir(), 'bench.shm'));
+}
+
+/** A file store holding `keys` keys, as a small application's would. */
+function temporaryFileStore(keys = 20) {
+  const store = FileStore.open(join(temporaryDir(), 'bench.json'));
+  for (let i = 0; i < keys; i++) new GenerationSynchronizer(`bench-key-${i}`, { store });
+  return store;
 }
 
 // Results are folded into this so that no loop is optimized away.
@@ -32,9 +43,12 @@ process.on('exit', () => {
   if (sink === 0.5) console.error('unreachable');
 });
 
+// Each contender: `ops` per timed repetition (scaled by --scale), an
+// optional `baseline` (another contender's name) for the ratio column, and
+// run({ reps, ops }) returning ns/op per repetition.
 export const contenders = {
   'floor: Atomics.load': {
-    group: 'check',
+    ops: 5_000_000,
     run(options) {
       const words = new BigInt64Array(8);
       Atomics.store(words, 0, 1_700_000_000n);
@@ -47,7 +61,7 @@ export const contenders = {
     },
   },
   'shm isExpired()': {
-    group: 'check',
+    ops: 5_000_000,
     baseline: 'floor: Atomics.load',
     run(options) {
       const sync = new GenerationSynchronizer('bench-key', { store: temporaryShmStore() });
@@ -59,7 +73,7 @@ export const contenders = {
     },
   },
   'floor: Atomics.add': {
-    group: 'update',
+    ops: 5_000_000,
     run(options) {
       const words = new BigInt64Array(8);
       return measure((ops) => {
@@ -70,7 +84,7 @@ export const contenders = {
     },
   },
   'shm markUpdated()': {
-    group: 'update',
+    ops: 5_000_000,
     baseline: 'floor: Atomics.add',
     run(options) {
       const sync = new GenerationSynchronizer('bench-key', { store: temporaryShmStore() });
@@ -79,6 +93,41 @@ export const contenders = {
         for (let i = 0; i < ops; i++) if (!sync.markUpdated()) failures++;
         sink += failures;
       }, options);
+    },
+  },
+  'floor: readFileSync + JSON.parse': {
+    ops: 20_000,
+    run(options) {
+      const store = temporaryFileStore();
+      return measure((ops) => {
+        let keys = 0;
+        for (let i = 0; i < ops; i++) keys += JSON.parse(readFileSync(store.path, 'utf8')).entries.length;
+        sink += keys;
+      }, options);
+    },
+  },
+  'file isExpired()': {
+    ops: 200_000,
+    baseline: 'floor: readFileSync + JSON.parse',
+    run(options) {
+      const sync = new GenerationSynchronizer('bench-key-0', { store: temporaryFileStore() });
+      return measure((ops) => {
+        let stale = 0;
+        for (let i = 0; i < ops; i++) if (sync.isExpired()) stale++;
+        sink += stale;
+      }, options);
+    },
+  },
+  'file markUpdated()': {
+    ops: 300,
+    baseline: 'floor: readFileSync + JSON.parse',
+    run(options) {
+      const sync = new GenerationSynchronizer('bench-key-0', { store: temporaryFileStore() });
+      return measure((ops) => {
+        let failures = 0;
+        for (let i = 0; i < ops; i++) if (!sync.markUpdated()) failures++;
+        sink += failures;
+      }, { ...options, warmup: 1 });
     },
   },
 };

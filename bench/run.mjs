@@ -3,7 +3,12 @@
 // repetitions; prints medians, spread, and each contender's ratio to its
 // baseline measured in the same run.
 //
-//   node bench/run.mjs [--reps 7] [--ops 5000000] [--only <substring>] [--json <file>]
+// The machine is shared and noisy, and its speed drifts over seconds. So
+// the run is split into rounds: each round runs every contender once, in a
+// rotating order, and a contender's ratio to its baseline is taken within
+// each round, then the median over rounds is reported.
+//
+//   node bench/run.mjs [--rounds 5] [--reps 5] [--scale 1] [--only <substring>] [--json <file>]
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -14,8 +19,9 @@ import { contenders } from './contenders.mjs';
 
 const { values: args } = parseArgs({
   options: {
-    reps: { type: 'string', default: '7' },
-    ops: { type: 'string', default: '5000000' },
+    rounds: { type: 'string', default: '5' },
+    reps: { type: 'string', default: '5' },
+    scale: { type: 'string', default: '1' },
     only: { type: 'string' },
     json: { type: 'string' },
   },
@@ -29,35 +35,66 @@ function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+/** Run one contender in a fresh process; returns the median ns/op of its repetitions. */
 function runContender(name) {
-  const output = execFileSync(process.execPath, [contenderScript, name, args.reps, args.ops], { encoding: 'utf8' });
-  return JSON.parse(output.trim().split('\n').at(-1));
+  const ops = String(Math.max(1, Math.round(contenders[name].ops * Number(args.scale))));
+  const output = execFileSync(process.execPath, [contenderScript, name, args.reps, ops], { encoding: 'utf8' });
+  return median(JSON.parse(output.trim().split('\n').at(-1)).samples);
 }
 
-const names = Object.keys(contenders).filter((name) => !args.only || name.includes(args.only));
-const results = new Map();
-for (const name of names) {
-  const { samples } = runContender(name);
-  results.set(name, { median: median(samples), min: Math.min(...samples), max: Math.max(...samples), samples });
+const selected = Object.keys(contenders).filter((name) => !args.only || name.includes(args.only));
+// A baseline runs whenever a selected contender needs it.
+const names = [...new Set(selected.flatMap((name) => [contenders[name].baseline, name].filter(Boolean)))];
+const rounds = Number(args.rounds);
+const perRound = new Map(names.map((name) => [name, []]));
+for (let round = 0; round < rounds; round++) {
+  const order = names.map((_, i) => names[(i + round) % names.length]);
+  for (const name of order) perRound.get(name).push(runContender(name));
 }
 
-const machine = `${cpus()[0]?.model ?? 'unknown CPU'} × ${cpus().length}, Node ${process.version}, ${new Date().toISOString().slice(0, 10)}`;
-console.log(`generation-sync benchmarks — ${machine}`);
-console.log(`${args.reps} repetitions × ${Number(args.ops).toLocaleString('en-US')} ops per contender, each contender in its own process\n`);
-const rows = [['contender', 'median ns/op', 'min–max', 'ratio to baseline']];
+const results = {};
 for (const name of names) {
-  const result = results.get(name);
+  const times = perRound.get(name);
   const { baseline } = contenders[name];
-  const base = baseline && results.get(baseline);
-  const ratio = base ? `${(result.median / base.median).toFixed(2)}× ${baseline}` : '';
-  rows.push([name, result.median.toFixed(2), `${result.min.toFixed(2)}–${result.max.toFixed(2)}`, ratio]);
+  const ratios = baseline ? times.map((time, round) => time / perRound.get(baseline)[round]) : undefined;
+  results[name] = {
+    median: median(times),
+    min: Math.min(...times),
+    max: Math.max(...times),
+    baseline,
+    ratio: ratios && median(ratios),
+    ratioMin: ratios && Math.min(...ratios),
+    ratioMax: ratios && Math.max(...ratios),
+    rounds: times,
+  };
+}
+
+const machine = {
+  cpu: cpus()[0]?.model ?? 'unknown CPU',
+  cores: cpus().length,
+  node: process.version,
+  date: new Date().toISOString().slice(0, 10),
+};
+const format = (ns) => (ns >= 1e6 ? `${(ns / 1e6).toFixed(2)} ms` : ns >= 1e3 ? `${(ns / 1e3).toFixed(2)} µs` : `${ns.toFixed(1)} ns`);
+console.log(`generation-sync benchmarks — ${machine.cpu} × ${machine.cores}, Node ${machine.node}, ${machine.date}`);
+console.log(`${rounds} rounds × ${args.reps} timed repetitions; each contender in its own process; ratios taken within each round\n`);
+const rows = [['contender', 'median/op', 'rounds min–max', 'ratio (median, min–max)', 'baseline']];
+for (const name of names) {
+  const r = results[name];
+  rows.push([
+    name,
+    format(r.median),
+    `${format(r.min)}–${format(r.max)}`,
+    r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}× (${r.ratioMin.toFixed(2)}–${r.ratioMax.toFixed(2)})`,
+    r.baseline ?? '',
+  ]);
 }
 const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
 for (const [index, row] of rows.entries()) {
-  console.log(row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  '));
+  console.log(row.map((cell, column) => (column === 0 || column === 4 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  '));
   if (index === 0) console.log(widths.map((width) => '-'.repeat(width)).join('  '));
 }
 
 if (args.json) {
-  writeFileSync(args.json, JSON.stringify({ machine, reps: Number(args.reps), ops: Number(args.ops), results: Object.fromEntries(results) }, null, 2));
+  writeFileSync(args.json, JSON.stringify({ machine, rounds, reps: Number(args.reps), scale: Number(args.scale), results }, null, 2) + '\n');
 }

@@ -120,8 +120,12 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
   // and nobody ever reads a half-written owner file.
   const staged = `${file}.owner.${process.pid}.${owner.nonce}`;
   try {
+    // proper-lockfile proves its ownership by the directory's mtime, which adding the owner file
+    // changes: put it back, or its refresh timer would call a long-held lock compromised.
+    const { mtime } = statSync(lockDir);
     writeFileSync(staged, token, { flag: 'wx', mode: 0o600 });
     linkSync(staged, ownerPath);
+    utimesSync(lockDir, mtime, mtime);
   } catch (error) {
     quietly(releaseProperLock);
     const code = errnoCode(error);

@@ -110,7 +110,7 @@ const NO_FILE: Snapshot = { fd: -1, ino: -1, dev: -1, entries: new Map() };
 
 class FileBinding implements KeyBinding {
   /** The synced generation; NaN until there is one, so that it never matches. */
-  expected = Number.NaN;
+  #expected = Number.NaN;
 
   constructor(
     readonly key: string,
@@ -118,8 +118,12 @@ class FileBinding implements KeyBinding {
     private readonly expirationSecs: number,
   ) {}
 
+  get synced(): number | null {
+    return Number.isNaN(this.#expected) ? null : this.#expected;
+  }
+
   isStale(): boolean {
-    return this.store.generationOf(this.key) !== this.expected;
+    return this.store.generationOf(this.key) !== this.#expected;
   }
 
   read(): number | null {
@@ -127,13 +131,14 @@ class FileBinding implements KeyBinding {
   }
 
   fetchOrCreate(seed: number): number {
-    return (this.expected = this.store.fetchOrCreate(this.key, seed, this.expirationSecs));
+    return (this.#expected = this.store.fetchOrCreate(this.key, seed, this.expirationSecs));
   }
 
-  increment(): number | null {
+  increment(): boolean {
     const generation = this.store.increment(this.key);
-    if (generation !== null) this.expected = generation;
-    return generation;
+    if (generation === null) return false;
+    this.#expected = generation;
+    return true;
   }
 
   delete(): void {
@@ -310,15 +315,17 @@ export class FileStore implements Store {
       if (stats === undefined) return this.#replaceSnapshot(NO_FILE);
       const held = this.#snapshot;
       if (held.fd >= 0 && stats.ino === held.ino && stats.dev === held.dev) return held;
-      const snapshot = this.#read();
+      const snapshot = this.#read(attempt === READ_ATTEMPTS);
       if (snapshot !== undefined) return this.#replaceSnapshot(snapshot);
-      if (attempt >= READ_ATTEMPTS) throw ioError(new Error('the file kept changing while it was read'), 'read', this.path);
       pause(READ_RETRY_PAUSE_MS);
     }
   }
 
-  /** Read and parse the file now at the path; undefined if it changed under us and should be read again. */
-  #read(): Snapshot | undefined {
+  /**
+   * Read and parse the file now at the path; undefined if it changed under
+   * us and should be read again, unless this is the `last` attempt.
+   */
+  #read(last: boolean): Snapshot | undefined {
     let fd: number;
     try {
       fd = openSync(this.path, OPEN_READ);
@@ -329,7 +336,7 @@ export class FileStore implements Store {
     try {
       const stats = fstatSync(fd);
       // Replaced between open and fstat (no names left), or being published with link() (two names for an instant).
-      if (stats.isFile() && stats.nlink !== 1) {
+      if (stats.isFile() && stats.nlink !== 1 && !last) {
         closeSync(fd);
         return undefined;
       }

@@ -86,8 +86,6 @@ export const R_KEY = 64;
 
 /** Bit 62 of a generation word: the key is absent; the low bits keep the highest value it had. */
 export const ABSENT = 1n << 62n;
-/** Number(ABSENT): any generation word at or above it, read as a number, is absent or corrupt. */
-export const ABSENT_AS_NUMBER = 2 ** 62;
 
 /** Where everything is in a store file of a given capacity. */
 export interface Layout {

@@ -45,7 +45,6 @@ import { nativeAddon, type NativeAddon } from './native';
 import { pause } from './pause';
 import {
   ABSENT,
-  ABSENT_AS_NUMBER,
   DEFAULT_CAPACITY,
   decodeHeader,
   DIGEST_BYTES,
@@ -110,18 +109,22 @@ export interface SharedMemoryStoreOptions {
 /** A binding's view before it has a record, and after its store closed: every key reads as absent. */
 const POISONED = new BigInt64Array([ABSENT]);
 
+/** Generation words at or above this are absent (bit 62) or corrupt; below it they are exact as numbers. */
+const SAFE_WORD_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
+
 /** The store's handle on one key. `view` and `index` point at the key's generation word. */
 class SharedMemoryBinding implements KeyBinding {
   view: BigInt64Array = POISONED;
   index = 0;
-  /** The synced generation; NaN until there is one, so that it never matches. */
-  expected = Number.NaN;
-  /**
-   * `expected` as a generation word, so the hot path compares BigInts
-   * without converting. increment() leaves it behind (making a BigInt there
-   * would double its cost); the first isStale() after catches it up.
-   */
+  /** The synced generation as a word, for the hot path's comparison; -1 (never stored) until there is one. */
   expectedWord = -1n;
+  /**
+   * The word an increment returned, not yet folded into `expectedWord`.
+   * increment() only records it: adding one and converting to a number
+   * there would make the hot path of markUpdated() markedly slower. The
+   * next isStale() or `synced` folds it in.
+   */
+  incrementedFrom: bigint | null = null;
   /** Record number, or -1 until the key has been found or created. */
   record = -1;
 
@@ -133,16 +136,27 @@ class SharedMemoryBinding implements KeyBinding {
     private readonly store: SharedMemoryStore,
   ) {}
 
-  isStale(): boolean {
-    const word = Atomics.load(this.view, this.index);
-    return word !== this.expectedWord && this.staleUnlessCaughtUp(word);
+  get synced(): number | null {
+    this.settle();
+    return this.expectedWord < 0n ? null : Number(this.expectedWord);
   }
 
-  /** The stored word differs from `expectedWord`: stale, unless `expected` moved on to it. */
-  private staleUnlessCaughtUp(word: bigint): boolean {
-    if (Number(word) !== this.expected) return true;
-    this.expectedWord = word;
-    return false;
+  isStale(): boolean {
+    const word = Atomics.load(this.view, this.index);
+    return word !== this.expectedWord && this.staleAfterSettling(word);
+  }
+
+  private staleAfterSettling(word: bigint): boolean {
+    this.settle();
+    return word !== this.expectedWord;
+  }
+
+  /** Fold a pending increment into the synced value. */
+  settle(): void {
+    if (this.incrementedFrom !== null) {
+      this.expectedWord = this.incrementedFrom + 1n;
+      this.incrementedFrom = null;
+    }
   }
 
   read(): number | null {
@@ -153,9 +167,12 @@ class SharedMemoryBinding implements KeyBinding {
     return this.store.fetchOrCreateBinding(this, seed);
   }
 
-  increment(): number | null {
-    const previous = Number(Atomics.add(this.view, this.index, 1n));
-    if (previous >= 0 && previous < Number.MAX_SAFE_INTEGER) return (this.expected = previous + 1);
+  increment(): boolean {
+    const previous = Atomics.add(this.view, this.index, 1n);
+    if (previous < SAFE_WORD_LIMIT && previous >= 0n) {
+      this.incrementedFrom = previous;
+      return true;
+    }
     return this.store.incrementOutOfRange(this, previous);
   }
 
@@ -362,15 +379,15 @@ export class SharedMemoryStore implements Store {
       this.#attach(binding, record);
     }
     const value = this.#reviveIfAbsent(binding, seed);
-    binding.expected = value;
     binding.expectedWord = BigInt(value);
+    binding.incrementedFrom = null;
     return value;
   }
 
-  /** @internal The slow path of an increment whose previous value was absent, unbound, or out of range. */
-  incrementOutOfRange(binding: SharedMemoryBinding, previous: number): number | null {
+  /** @internal The slow path of an increment whose previous value was absent, unbound, or out of range: false when absent. */
+  incrementOutOfRange(binding: SharedMemoryBinding, previous: bigint): boolean {
     this.#checkOpen();
-    if (binding.record < 0 || previous >= ABSENT_AS_NUMBER) return null;
+    if (binding.record < 0 || (previous >= 0n && (previous & ABSENT) !== 0n)) return false;
     throw this.#corrupt(`key "${binding.key}" holds generation ${previous}, outside the range a generation can take`);
   }
 

@@ -15,6 +15,9 @@ export interface KeyBinding {
   /** The key, exactly as stored. */
   readonly key: string;
 
+  /** The generation last fetched or set through this binding; `null` before the first. */
+  readonly synced: number | null;
+
   /**
    * Whether the stored generation is absent or differs from the synced
    * value. This is the hot path: it must not allocate, lock, or make a
@@ -34,11 +37,11 @@ export interface KeyBinding {
   fetchOrCreate(seed: number): number;
 
   /**
-   * Atomically add one to the stored generation and return the new value,
-   * which becomes the synced value; or return `null`, changing nothing
-   * visible, when the key is absent.
+   * Atomically add one to the stored generation, which becomes the synced
+   * value, and return `true`; or return `false`, changing nothing visible,
+   * when the key is absent.
    */
-  increment(): number | null;
+  increment(): boolean;
 
   /** Remove the key. Every holder, this one included, then sees it as stale. */
   delete(): void;

@@ -107,21 +107,18 @@ export function seedFrom(clock: () => number): number {
  * misconfiguration.
  */
 export class OutageReporter {
-  #failing = false;
+  /** Whether the last store call failed. A plain field: markUpdated() reads it on its hot path. */
+  failing = false;
 
   constructor(
     private readonly logger: Logger,
     private readonly cacheKey: string,
   ) {}
 
-  get failing(): boolean {
-    return this.#failing;
-  }
-
   failed(error: unknown, action: string): void {
     if (!isFailSafeStoreError(error)) throw error;
-    if (this.#failing) return;
-    this.#failing = true;
+    if (this.failing) return;
+    this.failing = true;
     this.logger.error(
       `generation-sync: unexpected error ${action} synchronization state key "${shortKey(this.cacheKey)}". ` +
         `Is the store available? Until it is, the key reads as expired. Error = ${error.message}`,
@@ -130,8 +127,8 @@ export class OutageReporter {
   }
 
   recovered(): void {
-    if (!this.#failing) return;
-    this.#failing = false;
+    if (!this.failing) return;
+    this.failing = false;
     (this.logger.info ?? this.logger.warn).call(
       this.logger,
       `generation-sync: synchronization state key "${shortKey(this.cacheKey)}" reaches its store again.`,
@@ -185,7 +182,6 @@ export class GenerationSynchronizer {
   readonly #binding: KeyBinding;
   readonly #clock: () => number;
   readonly #outages: OutageReporter;
-  #syncGen: number | null = null;
 
   /**
    * @param cacheKey A stable key naming the state; a string, or a sequence
@@ -207,7 +203,7 @@ export class GenerationSynchronizer {
     this.#outages = new OutageReporter(checked.logger, checked.cacheKey);
     this.#binding = store.bind(checked.cacheKey, { expirationSecs: checked.expirationSecs });
     try {
-      this.#syncGen = this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      this.#binding.fetchOrCreate(seedFrom(this.#clock));
     } catch (error) {
       // A full store is the caller's to fix: say so now rather than expire forever.
       if (error instanceof StoreFullError) throw error;
@@ -217,7 +213,7 @@ export class GenerationSynchronizer {
 
   /** The generation last fetched or set by this instance; `null` if the store could not be reached yet. */
   get syncGen(): number | null {
-    return this.#syncGen;
+    return this.#binding.synced;
   }
 
   /**
@@ -278,9 +274,11 @@ export class GenerationSynchronizer {
    */
   markUpdated(): boolean {
     try {
-      const generation = this.#binding.increment();
-      if (generation === null || this.#outages.failing) return this.#markUpdatedSlowly(generation);
-      this.#syncGen = generation;
+      const incremented = this.#binding.increment();
+      if (incremented && !this.#outages.failing) return true;
+      // The key was cleared (re-create it), or an outage just ended (say so).
+      if (!incremented) this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      this.#outages.recovered();
       return true;
     } catch (error) {
       this.#outages.failed(error, 'marking as updated');
@@ -288,16 +286,9 @@ export class GenerationSynchronizer {
     }
   }
 
-  /** markUpdated() when the key was absent (re-create it) or an outage just ended (say so). */
-  #markUpdatedSlowly(generation: number | null): boolean {
-    this.#syncGen = generation ?? this.#binding.fetchOrCreate(seedFrom(this.#clock));
-    this.#outages.recovered();
-    return true;
-  }
-
   #fetchOrCreate(action: string): boolean {
     try {
-      this.#syncGen = this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      this.#binding.fetchOrCreate(seedFrom(this.#clock));
       this.#outages.recovered();
       return true;
     } catch (error) {
