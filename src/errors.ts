@@ -26,7 +26,8 @@ export type ErrorCode =
   | 'ERR_GENSYNC_STORE_IO'
   | 'ERR_GENSYNC_STORE_UNAVAILABLE'
   | 'ERR_GENSYNC_LOCK_TIMEOUT'
-  | 'ERR_GENSYNC_ADDON_UNAVAILABLE';
+  | 'ERR_GENSYNC_ADDON_UNAVAILABLE'
+  | 'ERR_GENSYNC_DEPENDENCY_MISSING';
 
 interface ErrorDetails {
   /** The store file the error is about, when there is one. */
@@ -126,4 +127,15 @@ export class AddonUnavailableError extends GenerationSyncError {
  */
 export function isFailSafeStoreError(error: unknown): error is StoreError {
   return error instanceof StoreError && !(error instanceof StoreClosedError);
+}
+
+/**
+ * An optional dependency a feature needs is not installed
+ * (`ERR_GENSYNC_DEPENDENCY_MISSING`), such as the `redis` package for
+ * {@link RedisStore}. The message names the package to install.
+ */
+export class DependencyMissingError extends GenerationSyncError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super('ERR_GENSYNC_DEPENDENCY_MISSING', message, details);
+  }
 }

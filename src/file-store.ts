@@ -38,7 +38,7 @@ import {
   storePathArgument,
 } from './filesystem';
 import { pause } from './pause';
-import type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
+import { unixSecond, type BindOptions, type KeyBinding, type Store, type StoreEntry } from './store';
 import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
 
 /** File name of the file store in the default directory. */
@@ -130,8 +130,8 @@ class FileBinding implements KeyBinding {
     return this.store.generationOf(this.key);
   }
 
-  fetchOrCreate(seed: number): number {
-    return (this.#expected = this.store.fetchOrCreate(this.key, seed, this.expirationSecs));
+  fetchOrCreate(now: number): number {
+    return (this.#expected = this.store.fetchOrCreate(this.key, unixSecond(now), this.expirationSecs));
   }
 
   increment(): boolean {

@@ -5,13 +5,16 @@
 // checks that it matches the CommonJS exports.
 export {
   AddonUnavailableError,
+  AsyncGenerationSynchronizer,
   DEFAULT_CACHE_EXPIRATION_SECS,
+  DependencyMissingError,
   FileStore,
   GenerationSyncError,
   GenerationSynchronizer,
   InvalidArgumentError,
   MAX_KEY_LENGTH,
   OutOfRangeError,
+  RedisStore,
   SharedMemoryStore,
   STORE_ENV,
   StoreClosedError,

@@ -4,10 +4,15 @@
  * @packageDocumentation
  */
 
+export {
+  AsyncGenerationSynchronizer,
+  type AsyncGenerationSynchronizerOptions,
+} from './async-synchronizer';
 export { makeCacheKey, MAX_KEY_LENGTH, type MakeCacheKeyOptions } from './cache-key';
 export { defaultStore, defaultStoreChoice, defaultStorePath, STORE_ENV, type DefaultStoreChoice } from './default-store';
 export {
   AddonUnavailableError,
+  DependencyMissingError,
   GenerationSyncError,
   InvalidArgumentError,
   OutOfRangeError,
@@ -20,8 +25,9 @@ export {
   type ErrorCode,
 } from './errors';
 export { FileStore, type FileStoreOptions } from './file-store';
+export { RedisStore, type RedisClientLike, type RedisStoreOptions } from './redis-store';
 export { SharedMemoryStore, type SharedMemoryStoreOptions } from './shm-store';
-export type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
+export type { AsyncKeyBinding, AsyncStore, BindOptions, KeyBinding, Store, StoreEntry } from './store';
 export {
   DEFAULT_CACHE_EXPIRATION_SECS,
   GenerationSynchronizer,

@@ -64,7 +64,7 @@ import {
   RECORD_SIZE,
   type HeaderInfo,
 } from './shm-format';
-import type { BindOptions, KeyBinding, Store, StoreEntry } from './store';
+import { unixSecond, type BindOptions, type KeyBinding, type Store, type StoreEntry } from './store';
 import { optionalInteger, optionsObject, wellFormedString } from './validate';
 
 /** File name of the shared-memory store in the default directory. */
@@ -163,8 +163,8 @@ class SharedMemoryBinding implements KeyBinding {
     return this.store.readBinding(this);
   }
 
-  fetchOrCreate(seed: number): number {
-    return this.store.fetchOrCreateBinding(this, seed);
+  fetchOrCreate(now: number): number {
+    return this.store.fetchOrCreateBinding(this, unixSecond(now));
   }
 
   increment(): boolean {

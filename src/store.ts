@@ -31,10 +31,11 @@ export interface KeyBinding {
   /**
    * Return the stored generation, creating it first if the key is absent.
    * Creation is atomic and only-if-absent; a created generation is the
-   * larger of `seed` and one more than any value the key held before in
-   * this store. The result becomes the synced value.
+   * larger of the store's seed for `now` (milliseconds since the epoch) and
+   * one more than any value the key held before in this store. The result
+   * becomes the synced value.
    */
-  fetchOrCreate(seed: number): number;
+  fetchOrCreate(now: number): number;
 
   /**
    * Atomically add one to the stored generation, which becomes the synced
@@ -55,13 +56,14 @@ export interface StoreEntry {
   readonly keyTruncated: boolean;
   /** The generation, or `null` when the key was cleared. */
   readonly generation: number | null;
-  /** When the key was first created. */
-  readonly createdAt: Date;
+  /** When the key was first created; `null` where the store does not record it (Redis). */
+  readonly createdAt: Date | null;
   /**
    * When the key was last created, re-created or cleared. The shared-memory
-   * store does not time increments: reading the clock would triple their cost.
+   * store does not time increments: reading the clock would triple their
+   * cost. `null` where the store does not record it (Redis).
    */
-  readonly updatedAt: Date;
+  readonly updatedAt: Date | null;
 }
 
 /** Per-key settings a synchronizer passes to {@link Store.bind}. */
@@ -86,9 +88,51 @@ export interface Store {
   close(): void;
 }
 
-/** Runtime check that `value` has the shape of a {@link Store}. */
-export function isStore(value: unknown): value is Store {
+/** One synchronizer's handle on one key of an asynchronous store; see {@link KeyBinding}. */
+export interface AsyncKeyBinding {
+  readonly key: string;
+  readonly synced: number | null;
+  isStale(): Promise<boolean>;
+  read(): Promise<number | null>;
+  fetchOrCreate(now: number): Promise<number>;
+  increment(): Promise<boolean>;
+  delete(): Promise<void>;
+}
+
+/** A store that answers asynchronously, over a network: Redis. */
+export interface AsyncStore {
+  /** Short name of the kind of store: `'redis'`. */
+  readonly kind: string;
+  /** Always true: tells an {@link AsyncStore} from a {@link Store}. */
+  readonly asynchronous: true;
+  /** Whether {@link AsyncStore.close} was called. */
+  readonly closed: boolean;
+  /** Get a handle on `key`. Does not create the key. */
+  bind(key: string, options: BindOptions): AsyncKeyBinding;
+  /** A snapshot of every key the store holds, in no particular order. */
+  entries(): Promise<StoreEntry[]>;
+  /** Release the store's resources. */
+  close(): Promise<void>;
+}
+
+/** The seed of a new generation in the local stores: the Unix time in whole seconds, as djblets seeds it. */
+export function unixSecond(now: number): number {
+  return Math.floor(now / 1000);
+}
+
+/** Runtime check that `value` has the shape of a store, synchronous or not. */
+export function isAnyStore(value: unknown): value is Store | AsyncStore {
   if (value === null || typeof value !== 'object') return false;
   const candidate = value as Partial<Record<keyof Store, unknown>>;
   return typeof candidate.bind === 'function' && typeof candidate.close === 'function' && typeof candidate.kind === 'string';
+}
+
+/** Runtime check for a synchronous {@link Store}. */
+export function isSyncStore(value: unknown): value is Store {
+  return isAnyStore(value) && (value as { asynchronous?: unknown }).asynchronous !== true;
+}
+
+/** Runtime check for an {@link AsyncStore}. */
+export function isAsyncStore(value: unknown): value is AsyncStore {
+  return isAnyStore(value) && (value as { asynchronous?: unknown }).asynchronous === true;
 }

@@ -8,7 +8,7 @@
 import { makeCacheKey } from './cache-key';
 import { defaultStore } from './default-store';
 import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from './errors';
-import { isStore, type KeyBinding, type Store } from './store';
+import { isAnyStore, isSyncStore, type KeyBinding, type Store } from './store';
 import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
 
 /** One year, djblets' default lifetime of a synchronization key. */
@@ -74,7 +74,7 @@ export interface CheckedOptions {
 /** @internal Check the options both synchronizer classes take, except the store. */
 export function checkSynchronizerOptions(
   cacheKey: string | readonly string[],
-  options: GenerationSynchronizerOptions,
+  options: Omit<GenerationSynchronizerOptions, 'store'>,
 ): CheckedOptions {
   const normalize = optionalBoolean(options.normalizeCacheKey, 'normalizeCacheKey', true);
   const key = normalize
@@ -92,13 +92,13 @@ export function checkSynchronizerOptions(
   return { cacheKey: key, expirationSecs, logger, clock };
 }
 
-/** @internal The seed of a new generation: the current Unix time in whole seconds. */
-export function seedFrom(clock: () => number): number {
+/** @internal Read the clock, checking that it gives milliseconds since the epoch; stores derive seeds from it. */
+export function readClock(clock: () => number): number {
   const now = clock();
-  if (typeof now !== 'number' || !Number.isFinite(now) || now < 0 || now > Number.MAX_SAFE_INTEGER) {
+  if (typeof now !== 'number' || !Number.isFinite(now) || now < 0 || now > Number.MAX_SAFE_INTEGER / 1000) {
     throw new OutOfRangeError(`The clock returned ${describe(now)}; it must return milliseconds since the epoch, like Date.now().`);
   }
-  return Math.floor(now / 1000);
+  return now;
 }
 
 /**
@@ -190,10 +190,11 @@ export class GenerationSynchronizer {
   constructor(cacheKey: string | readonly string[], options?: GenerationSynchronizerOptions) {
     const opts = optionsObject(options, 'GenerationSynchronizer options');
     const checked = checkSynchronizerOptions(cacheKey, opts);
-    const store = opts.store ?? defaultStore();
-    if (!isStore(store)) {
+    const store: unknown = opts.store ?? defaultStore();
+    if (!isSyncStore(store)) {
+      const what = isAnyStore(store) ? `the asynchronous ${store.kind} store` : describe(store);
       throw new InvalidArgumentError(
-        `Option "store" must be a synchronous store such as SharedMemoryStore, not ${describe(store)}. ` +
+        `Option "store" must be a synchronous store such as SharedMemoryStore or FileStore, not ${what}. ` +
           'Asynchronous stores such as RedisStore work with AsyncGenerationSynchronizer.',
       );
     }
@@ -203,7 +204,7 @@ export class GenerationSynchronizer {
     this.#outages = new OutageReporter(checked.logger, checked.cacheKey);
     this.#binding = store.bind(checked.cacheKey, { expirationSecs: checked.expirationSecs });
     try {
-      this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      this.#binding.fetchOrCreate(readClock(this.#clock));
     } catch (error) {
       // A full store is the caller's to fix: say so now rather than expire forever.
       if (error instanceof StoreFullError) throw error;
@@ -277,7 +278,7 @@ export class GenerationSynchronizer {
       const incremented = this.#binding.increment();
       if (incremented && !this.#outages.failing) return true;
       // The key was cleared (re-create it), or an outage just ended (say so).
-      if (!incremented) this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      if (!incremented) this.#binding.fetchOrCreate(readClock(this.#clock));
       this.#outages.recovered();
       return true;
     } catch (error) {
@@ -288,7 +289,7 @@ export class GenerationSynchronizer {
 
   #fetchOrCreate(action: string): boolean {
     try {
-      this.#binding.fetchOrCreate(seedFrom(this.#clock));
+      this.#binding.fetchOrCreate(readClock(this.#clock));
       this.#outages.recovered();
       return true;
     } catch (error) {

@@ -2,7 +2,7 @@
 // notification between processes, and racing creation of one new key.
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { GenerationSynchronizer } from 'generation-sync';
+import { AsyncGenerationSynchronizer, type AsyncStore, type Store } from 'generation-sync';
 
 import { startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { STORE_KINDS } from './stores';
@@ -34,31 +34,38 @@ async function ask(worker: Worker, message: Record<string, unknown>): Promise<Re
 /** Per store kind: processes × increments for the exact-total test. */
 const HAMMER: Record<string, { processes: number; increments: number }> = {
   shm: { processes: 4, increments: 250_000 },
+  file: { processes: 4, increments: 2_000 },
+  redis: { processes: 4, increments: 2_000 },
 };
+
+/** The current generation of `key`, read through a fresh synchronizer of the right class. */
+async function generationOf(store: Store | AsyncStore, key: string): Promise<number | null> {
+  return (await AsyncGenerationSynchronizer.create(key, { store })).syncGen;
+}
 
 describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
   it('N processes × M markUpdated() on one key end at exactly base + N·M', async () => {
-    const { processes, increments } = HAMMER[kind.name] ?? { processes: 4, increments: 2_000 };
+    const { processes, increments } = HAMMER[kind.name] as { processes: number; increments: number };
     const dir = tempDir();
-    const store = kind.open(dir);
-    const base = new GenerationSynchronizer('hammered', { store }).syncGen as number;
-    const group = await startWorkers(processes, kind.workerArgs(dir));
+    const store = await kind.open(dir);
+    const base = (await generationOf(store, 'hammered')) as number;
+    const group = await startWorkers(processes, await kind.workerArgs(dir));
     const startAt = Date.now() + 300;
     const replies = await Promise.all(group.map((worker) => ask(worker, { cmd: 'hammer', key: 'hammered', count: increments, startAt })));
 
     expect(replies.map((reply) => reply.failures)).toEqual(group.map(() => 0));
     const total = base + processes * increments;
-    expect(new GenerationSynchronizer('hammered', { store }).syncGen).toBe(total);
+    expect(await generationOf(store, 'hammered')).toBe(total);
     // Whoever made the last increment holds the final value; nobody holds more.
     const finals = replies.map((reply) => reply.syncGen as number);
     expect(Math.max(...finals)).toBe(total);
     for (const value of finals) expect(value).toBeGreaterThanOrEqual(base + increments);
-    store.close();
+    await store.close();
   });
 
   it('one process bumps, the others see isExpired() and refresh to the same value', async () => {
     const dir = tempDir();
-    const [bumper, ...watchers] = await startWorkers(4, kind.workerArgs(dir));
+    const [bumper, ...watchers] = await startWorkers(4, await kind.workerArgs(dir));
     const initial = await ask(bumper as Worker, { cmd: 'sync', key: 'settings' });
     for (const watcher of watchers) expect((await ask(watcher, { cmd: 'sync', key: 'settings' })).syncGen).toBe(initial.syncGen);
 
@@ -93,7 +100,7 @@ describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
 
   it('processes creating the same new key at the same moment get one slot and one value', async () => {
     const dir = tempDir();
-    const group = await startWorkers(8, kind.workerArgs(dir));
+    const group = await startWorkers(8, await kind.workerArgs(dir));
     const rounds = 20;
     for (let round = 0; round < rounds; round++) {
       const key = `new-key-${round}`;
@@ -105,9 +112,9 @@ describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
       const values = new Set(replies.map((reply) => reply.syncGen));
       expect(values.size, `round ${round}: ${[...values].join(', ')}`).toBe(1);
     }
-    const store = kind.open(dir);
-    const keys = store.entries().map((entry) => entry.key);
+    const store = await kind.open(dir);
+    const keys = (await store.entries()).map((entry) => entry.key);
     expect(keys.sort()).toEqual(Array.from({ length: rounds }, (_, i) => `new-key-${i}`).sort());
-    store.close();
+    await store.close();
   });
 });

@@ -1,25 +1,106 @@
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
-import { FileStore, SharedMemoryStore, type Store } from 'generation-sync';
+import {
+  AsyncGenerationSynchronizer,
+  FileStore,
+  GenerationSynchronizer,
+  RedisStore,
+  SharedMemoryStore,
+  type AsyncGenerationSynchronizerOptions,
+  type AsyncStore,
+  type GenerationSynchronizerOptions,
+  type Store,
+} from 'generation-sync';
+
+import { sharedRedisServer } from './redis-server';
 
 /** A kind of store the conformance tests run against, and how worker processes open it. */
 export interface StoreKind {
-  readonly name: string;
-  /** Open (creating) the store of this kind that lives in `dir`. */
-  open(dir: string): Store;
+  readonly name: 'shm' | 'file' | 'redis';
+  /** Whether the store is asynchronous (usable only through AsyncGenerationSynchronizer). */
+  readonly asynchronous: boolean;
+  /** Open (creating) the store of this kind that belongs to `dir`, a fresh directory per test. */
+  open(dir: string): Promise<Store | AsyncStore>;
   /** Arguments for test/fixtures/store.mjs to open the same store in another process. */
-  workerArgs(dir: string): string[];
+  workerArgs(dir: string): Promise<string[]>;
+  /** The generation a key created at `ms` (milliseconds since the epoch) starts at. */
+  seedFor(ms: number): number;
 }
 
 export const STORE_KINDS: readonly StoreKind[] = [
   {
     name: 'shm',
-    open: (dir) => SharedMemoryStore.open(join(dir, 'generations.shm')),
-    workerArgs: (dir) => ['shm', join(dir, 'generations.shm')],
+    asynchronous: false,
+    open: async (dir) => SharedMemoryStore.open(join(dir, 'generations.shm')),
+    workerArgs: async (dir) => ['shm', join(dir, 'generations.shm')],
+    seedFor: (ms) => Math.floor(ms / 1000),
   },
   {
     name: 'file',
-    open: (dir) => FileStore.open(join(dir, 'generations.json')),
-    workerArgs: (dir) => ['file', join(dir, 'generations.json')],
+    asynchronous: false,
+    open: async (dir) => FileStore.open(join(dir, 'generations.json')),
+    workerArgs: async (dir) => ['file', join(dir, 'generations.json')],
+    seedFor: (ms) => Math.floor(ms / 1000),
+  },
+  {
+    name: 'redis',
+    asynchronous: true,
+    // One server per test process; each test gets its own namespace, named after its directory.
+    open: async (dir) => RedisStore.connect({ url: (await sharedRedisServer()).url, namespace: `${basename(dir)}:` }),
+    workerArgs: async (dir) => ['redis', (await sharedRedisServer()).url, `${basename(dir)}:`],
+    seedFor: (ms) => Math.floor(ms * 1000),
   },
 ];
+
+/** A synchronizer seen through promises, so one suite runs against both classes. */
+export interface Synchronizer {
+  readonly cacheKey: string;
+  readonly syncGen: number | null;
+  isExpired(): Promise<boolean>;
+  refresh(): Promise<boolean>;
+  clear(): Promise<boolean>;
+  markUpdated(): Promise<boolean>;
+}
+
+/** One synchronizer class over one store kind. */
+export interface Subject {
+  readonly name: string;
+  readonly kind: StoreKind;
+  create(key: string | readonly string[], options: AsyncGenerationSynchronizerOptions): Promise<Synchronizer>;
+}
+
+function promised(sync: GenerationSynchronizer): Synchronizer {
+  return {
+    get cacheKey() {
+      return sync.cacheKey;
+    },
+    get syncGen() {
+      return sync.syncGen;
+    },
+    isExpired: async () => sync.isExpired(),
+    refresh: async () => sync.refresh(),
+    clear: async () => sync.clear(),
+    markUpdated: async () => sync.markUpdated(),
+  };
+}
+
+/** Every synchronizer class over every store it works with. */
+export const SUBJECTS: readonly Subject[] = STORE_KINDS.flatMap((kind) => {
+  const viaAsync: Subject = {
+    name: `AsyncGenerationSynchronizer on ${kind.name}`,
+    kind,
+    create: (key, options) => AsyncGenerationSynchronizer.create(key, options),
+  };
+  if (kind.asynchronous) return [viaAsync];
+  const viaSync: Subject = {
+    name: `GenerationSynchronizer on ${kind.name}`,
+    kind,
+    create: async (key, options) => promised(new GenerationSynchronizer(key, options as GenerationSynchronizerOptions)),
+  };
+  return [viaSync, viaAsync];
+});
+
+/** Close a store of any kind. */
+export async function closeStore(store: Store | AsyncStore): Promise<void> {
+  await store.close();
+}

@@ -1,0 +1,482 @@
+/**
+ * Generations in Redis, for processes on many hosts.
+ *
+ * @module
+ */
+
+import { createHash } from 'node:crypto';
+
+import { DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreFormatError, StoreUnavailableError } from './errors';
+import type { Logger } from './synchronizer';
+import type { AsyncKeyBinding, AsyncStore, BindOptions, StoreEntry } from './store';
+import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
+
+/**
+ * The part of a `redis` (node-redis 5 or newer) client this store uses. A
+ * client made by `createClient()` from the `redis` package fits.
+ */
+export interface RedisClientLike {
+  readonly isOpen: boolean;
+  readonly isReady: boolean;
+  connect(): Promise<unknown>;
+  sendCommand(args: ReadonlyArray<string>, options?: { timeout?: number }): Promise<unknown>;
+  on(event: string, listener: (...args: never[]) => void): unknown;
+  off(event: string, listener: (...args: never[]) => void): unknown;
+  close(): Promise<void>;
+  destroy(): void;
+}
+
+/** Options of {@link RedisStore.connect}. */
+export interface RedisStoreOptions {
+  /**
+   * Where the server is: `redis[s]://[[user][:password]@]host[:port][/db]`.
+   * Ignored when `client` is given.
+   * @default 'redis://127.0.0.1:6379'
+   */
+  readonly url?: string | undefined;
+  /**
+   * A client to use instead of making one. The store does not close it.
+   * For outages to be reported promptly, create it with
+   * `disableOfflineQueue: true`, so commands fail while it reconnects
+   * instead of waiting.
+   */
+  readonly client?: RedisClientLike | undefined;
+  /**
+   * Prefix of every key this store writes, so that it shares a database
+   * with other data safely.
+   * @default 'generation-sync:'
+   */
+  readonly namespace?: string | undefined;
+  /**
+   * How long any one command may take, in milliseconds, before it counts as
+   * an outage.
+   * @default 500
+   */
+  readonly commandTimeoutMs?: number | undefined;
+  /**
+   * How long {@link RedisStore.connect} waits for the first connection. If
+   * the server is not reachable by then, the store is returned anyway and
+   * keeps reconnecting in the background; until it succeeds every key reads
+   * as expired.
+   * @default 2000
+   */
+  readonly connectTimeoutMs?: number | undefined;
+  /**
+   * Where losing and regaining the connection is reported, once each per
+   * outage.
+   * @default console
+   */
+  readonly logger?: Logger | undefined;
+}
+
+const DEFAULT_URL = 'redis://127.0.0.1:6379';
+const DEFAULT_NAMESPACE = 'generation-sync:';
+const DEFAULT_COMMAND_TIMEOUT_MS = 500;
+const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
+/** Reconnection backoff: 50 ms, doubling, at most 1 s. */
+const RECONNECT_FIRST_MS = 50;
+const RECONNECT_MAX_MS = 1000;
+const SCAN_BATCH = 1000;
+
+/** A generation is created from the clock in microseconds here; see {@link RedisStore}. */
+const MICROSECONDS_PER_MS = 1000;
+
+// Stored values: a generation (an integer >= 0), or a tombstone -(g + 1)
+// for a cleared key whose highest generation was g. Each script reads and
+// writes one key atomically. Numbers are written with %.0f: Lua's default
+// formatting of large numbers loses digits.
+const FETCH_OR_CREATE = `
+local raw = redis.call('GET', KEYS[1])
+local seed = tonumber(ARGV[1])
+if raw then
+  local value = tonumber(raw)
+  if value == nil or value ~= math.floor(value) then
+    return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
+  end
+  if value >= 0 then return value end
+  if -value > seed then seed = -value end
+end
+redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[2])
+return seed
+`;
+
+const INCREMENT = `
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local value = tonumber(raw)
+if value == nil or value ~= math.floor(value) then
+  return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
+end
+if value < 0 then return false end
+return redis.call('INCR', KEYS[1])
+`;
+
+const CLEAR = `
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local value = tonumber(raw)
+if value == nil or value ~= math.floor(value) then
+  return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
+end
+if value < 0 then return 0 end
+redis.call('SET', KEYS[1], string.format('%.0f', -value - 1), 'KEEPTTL')
+return 1
+`;
+
+interface Script {
+  readonly source: string;
+  readonly sha: string;
+}
+
+const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
+const SCRIPTS = { fetchOrCreate: script(FETCH_OR_CREATE), increment: script(INCREMENT), clear: script(CLEAR) };
+
+class RedisBinding implements AsyncKeyBinding {
+  #expected = Number.NaN;
+
+  constructor(
+    readonly key: string,
+    private readonly store: RedisStore,
+    private readonly expirationSecs: number,
+  ) {}
+
+  get synced(): number | null {
+    return Number.isNaN(this.#expected) ? null : this.#expected;
+  }
+
+  async isStale(): Promise<boolean> {
+    return (await this.store.generationOf(this.key)) !== this.#expected;
+  }
+
+  read(): Promise<number | null> {
+    return this.store.generationOf(this.key);
+  }
+
+  async fetchOrCreate(now: number): Promise<number> {
+    return (this.#expected = await this.store.fetchOrCreate(this.key, Math.floor(now * MICROSECONDS_PER_MS), this.expirationSecs));
+  }
+
+  async increment(): Promise<boolean> {
+    const generation = await this.store.increment(this.key);
+    if (generation === null) return false;
+    this.#expected = generation;
+    return true;
+  }
+
+  delete(): Promise<void> {
+    return this.store.delete(this.key);
+  }
+}
+
+/**
+ * Generations in Redis, through the `redis` client package, for processes
+ * on many hosts. Use it with {@link AsyncGenerationSynchronizer}.
+ *
+ * Creation is one atomic script (`GET`, then `SET … EX` only if absent),
+ * increments are `INCR` only when the key exists, and keys expire
+ * `cacheExpirationSecs` after creation. Every command has a timeout; while
+ * the server is unreachable, every key reads as expired and updates report
+ * that they did not reach the store, and the client reconnects by itself.
+ *
+ * Generations never repeat for a key:
+ *
+ * - `clear()` leaves a tombstone holding the highest generation, so the
+ *   re-created key continues above it.
+ * - Across a `FLUSHALL`, an eviction, or a restart without persistence,
+ *   Redis forgets everything, so new generations are seeded from the clock
+ *   in **microseconds** (not seconds, as in the local stores). A key
+ *   re-created after data loss therefore starts above every value it had,
+ *   as long as it was incremented less than once per microsecond on
+ *   average since it was first created (Redis itself cannot go much past
+ *   a few hundred thousand increments per second), and as long as the
+ *   clocks of the hosts that create keys agree to within the time between
+ *   the loss and the re-creation. A replica promoted after a failover may
+ *   have missed the last increments; those generations can come back once.
+ *
+ * @example
+ * const store = await RedisStore.connect({ url: 'redis://cache.internal:6379' });
+ * const sync = await AsyncGenerationSynchronizer.create('site-settings', { store });
+ */
+export class RedisStore implements AsyncStore {
+  readonly kind = 'redis';
+  readonly asynchronous = true;
+  /** Where the server is, when the store made its own client. */
+  readonly url: string | undefined;
+  /** Prefix of every key this store writes. */
+  readonly namespace: string;
+  readonly #client: RedisClientLike;
+  readonly #ownsClient: boolean;
+  readonly #commandTimeoutMs: number;
+  readonly #logger: Logger;
+  #connected = false;
+  #closed = false;
+  #lostAt: number | undefined;
+  readonly #onError = (error: Error): void => this.#connectionLost(error);
+  readonly #onReady = (): void => this.#connectionBack();
+
+  private constructor(client: RedisClientLike, ownsClient: boolean, url: string | undefined, namespace: string, commandTimeoutMs: number, logger: Logger) {
+    this.#client = client;
+    this.#ownsClient = ownsClient;
+    this.url = url;
+    this.namespace = namespace;
+    this.#commandTimeoutMs = commandTimeoutMs;
+    this.#logger = logger;
+  }
+
+  /**
+   * Connect to Redis. Resolves once connected, or after `connectTimeoutMs`
+   * with a store that keeps reconnecting (and reads every key as expired
+   * until it succeeds), so that an application can start while Redis is
+   * down. Throws {@link DependencyMissingError} when the `redis` package is
+   * not installed, and a typed error for bad options.
+   */
+  static async connect(options?: RedisStoreOptions): Promise<RedisStore> {
+    const opts = optionsObject(options, 'RedisStore options');
+    const namespace = opts.namespace === undefined ? DEFAULT_NAMESPACE : wellFormedString(opts.namespace, 'Option "namespace"');
+    const commandTimeoutMs = optionalInteger(opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS, { min: 1, max: 2 ** 31 - 1 });
+    const connectTimeoutMs = optionalInteger(opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
+    const logger = opts.logger ?? console;
+    if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
+      throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
+    }
+
+    let client: RedisClientLike;
+    let url: string | undefined;
+    if (opts.client !== undefined) {
+      if (typeof opts.client !== 'object' || opts.client === null || typeof opts.client.sendCommand !== 'function') {
+        throw new InvalidArgumentError(`Option "client" must be a client from the redis package's createClient(), not ${describe(opts.client)}.`);
+      }
+      client = opts.client;
+    } else {
+      url = opts.url === undefined ? DEFAULT_URL : checkUrl(opts.url);
+      client = createOwnClient(url, connectTimeoutMs);
+    }
+
+    const store = new RedisStore(client, opts.client === undefined, url, namespace, commandTimeoutMs, logger);
+    client.on('error', store.#onError);
+    client.on('ready', store.#onReady);
+    if (client.isReady) {
+      store.#connected = true;
+      return store;
+    }
+    if (!client.isOpen) {
+      // connect() settles when the first connection succeeds or the client gives up; either way we do not wait past the timeout.
+      client.connect().then(
+        () => undefined,
+        (error: unknown) => store.#connectionLost(error as Error),
+      );
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, connectTimeoutMs);
+      function done(): void {
+        clearTimeout(timer);
+        client.off('ready', done);
+        resolve();
+      }
+      client.on('ready', done);
+      if (client.isReady) done();
+    });
+    if (!client.isReady) store.#connectionLost(new Error(`not connected within ${connectTimeoutMs} ms`));
+    return store;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  bind(key: string, options: BindOptions): AsyncKeyBinding {
+    this.#checkOpen();
+    return new RedisBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
+  }
+
+  /** Every key under this store's namespace, found with `SCAN`. */
+  async entries(): Promise<StoreEntry[]> {
+    this.#checkOpen();
+    const entries: StoreEntry[] = [];
+    const pattern = `${escapeGlob(this.namespace)}*`;
+    let cursor = '0';
+    do {
+      const [next, keys] = (await this.#command(['SCAN', cursor, 'MATCH', pattern, 'COUNT', String(SCAN_BATCH)])) as [string, string[]];
+      cursor = next;
+      if (keys.length === 0) continue;
+      const values = (await this.#command(['MGET', ...keys])) as Array<string | null>;
+      keys.forEach((redisKey, index) => {
+        const raw = values[index];
+        if (raw === null || raw === undefined) return;
+        const value = parseStored(raw, redisKey);
+        entries.push({
+          key: redisKey.slice(this.namespace.length),
+          keyTruncated: false,
+          generation: value >= 0 ? value : null,
+          createdAt: null,
+          updatedAt: null,
+        });
+      });
+    } while (cursor !== '0');
+    return entries;
+  }
+
+  /** Disconnect (only the client this store made; a client passed in stays open). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#client.off('error', this.#onError);
+    this.#client.off('ready', this.#onReady);
+    if (!this.#ownsClient) return;
+    // A client never connected (or reconnecting) has nothing to flush: drop it.
+    if (this.#client.isReady) {
+      try {
+        await this.#client.close();
+        return;
+      } catch {
+        // fall through to destroy
+      }
+    }
+    this.#client.destroy();
+  }
+
+  /** @internal The live generation of `key`, or null when absent. */
+  async generationOf(key: string): Promise<number | null> {
+    const raw = (await this.#command(['GET', this.#redisKey(key)])) as string | null;
+    if (raw === null) return null;
+    const value = parseStored(raw, this.#redisKey(key));
+    return value >= 0 ? value : null;
+  }
+
+  /** @internal */
+  async fetchOrCreate(key: string, seed: number, expirationSecs: number): Promise<number> {
+    return checkReply(await this.#script(SCRIPTS.fetchOrCreate, key, [String(seed), String(expirationSecs)]), this.#redisKey(key));
+  }
+
+  /** @internal The incremented generation, or null (nothing changed) when the key is absent. */
+  async increment(key: string): Promise<number | null> {
+    const reply = await this.#script(SCRIPTS.increment, key, []);
+    return reply === null ? null : checkReply(reply, this.#redisKey(key));
+  }
+
+  /** @internal */
+  async delete(key: string): Promise<void> {
+    await this.#script(SCRIPTS.clear, key, []);
+  }
+
+  #redisKey(key: string): string {
+    return this.namespace + key;
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new StoreClosedError(`The Redis store${this.url ? ` at ${redactUrl(this.url)}` : ''} was closed.`);
+  }
+
+  async #script(entry: Script, key: string, args: string[]): Promise<unknown> {
+    const redisKey = this.#redisKey(key);
+    try {
+      return await this.#command(['EVALSHA', entry.sha, '1', redisKey, ...args], true);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw this.#translate(error);
+    }
+    return this.#command(['EVAL', entry.source, '1', redisKey, ...args]);
+  }
+
+  /** Send one command with a timeout; translate failures into typed errors (unless `raw`). */
+  async #command(args: string[], raw = false): Promise<unknown> {
+    this.#checkOpen();
+    try {
+      return await this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
+    } catch (error) {
+      if (raw) throw error;
+      throw this.#translate(error);
+    }
+  }
+
+  #translate(error: unknown): Error {
+    if (error instanceof StoreFormatError || error instanceof StoreClosedError) return error;
+    const message = error instanceof Error ? error.message : String(error);
+    if (message.startsWith('GENSYNC_CORRUPT')) {
+      return new StoreFormatError(
+        'ERR_GENSYNC_CORRUPT_FILE',
+        `A generation key in Redis holds something that is not a generation (${message.slice('GENSYNC_CORRUPT '.length)}). ` +
+          'Another program may be writing under this namespace: give this store its own "namespace".',
+      );
+    }
+    return new StoreUnavailableError(
+      'ERR_GENSYNC_STORE_UNAVAILABLE',
+      `Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} did not answer: ${message}.`,
+      { cause: error },
+    );
+  }
+
+  #connectionLost(error: Error): void {
+    if (this.#closed || this.#lostAt !== undefined) return;
+    this.#lostAt = Date.now();
+    const wasConnected = this.#connected;
+    this.#logger.error(
+      `generation-sync: ${wasConnected ? 'lost the connection to' : 'cannot connect to'} Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} ` +
+        `(${error.message}). Reconnecting; until then every key reads as expired and updates report failure.`,
+    );
+  }
+
+  #connectionBack(): void {
+    this.#connected = true;
+    if (this.#lostAt === undefined) return;
+    const downMs = Date.now() - this.#lostAt;
+    this.#lostAt = undefined;
+    (this.#logger.info ?? this.#logger.warn).call(
+      this.#logger,
+      `generation-sync: connected to Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} again after ${downMs} ms.`,
+    );
+  }
+}
+
+function createOwnClient(url: string, connectTimeoutMs: number): RedisClientLike {
+  let redis: { createClient(options: Record<string, unknown>): RedisClientLike };
+  try {
+    redis = require('redis') as typeof redis;
+  } catch (cause) {
+    throw new DependencyMissingError('RedisStore needs the "redis" package: install it with "npm install redis".', { cause });
+  }
+  return redis.createClient({
+    url,
+    // Fail fast while disconnected rather than queue: a queued INCR could run long after we reported failure.
+    disableOfflineQueue: true,
+    socket: {
+      connectTimeout: Math.max(connectTimeoutMs, 1),
+      reconnectStrategy: (retries: number) => Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS),
+    },
+  });
+}
+
+function checkUrl(url: unknown): string {
+  if (typeof url !== 'string' || !/^rediss?:\/\//.test(url)) {
+    throw new InvalidArgumentError(`Option "url" must be a redis:// or rediss:// URL, not ${describe(url)}.`);
+  }
+  return url;
+}
+
+/** A URL without its password, for messages. */
+function redactUrl(url: string): string {
+  return url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
+}
+
+function escapeGlob(text: string): string {
+  return text.replace(/[*?[\]\\]/g, (ch) => `\\${ch}`);
+}
+
+function parseStored(raw: string, redisKey: string): number {
+  const value = Number(raw);
+  if (!/^-?\d+$/.test(raw) || !Number.isSafeInteger(value)) {
+    throw new StoreFormatError(
+      'ERR_GENSYNC_CORRUPT_FILE',
+      `The Redis key ${redisKey} holds ${JSON.stringify(raw.slice(0, 40))}, not a generation. ` +
+        'Another program may be writing under this namespace: give this store its own "namespace".',
+    );
+  }
+  return value;
+}
+
+function checkReply(reply: unknown, redisKey: string): number {
+  const value = typeof reply === 'number' ? reply : Number(reply);
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new StoreFormatError('ERR_GENSYNC_CORRUPT_FILE', `Redis answered ${describe(reply)} for ${redisKey}, not a generation.`);
+  }
+  return value;
+}
