@@ -20,8 +20,9 @@ export interface RedisClientLike {
   readonly isReady: boolean;
   connect(): Promise<unknown>;
   sendCommand(args: ReadonlyArray<string>, options?: { timeout?: number }): Promise<unknown>;
-  on(event: string, listener: (...args: never[]) => void): unknown;
-  off(event: string, listener: (...args: never[]) => void): unknown;
+  // Listener arguments are `any` to accept EventEmitter's own signature.
+  on(event: string, listener: (...args: any[]) => void): unknown;
+  off(event: string, listener: (...args: any[]) => void): unknown;
   close(): Promise<void>;
   destroy(): void;
 }
@@ -211,6 +212,8 @@ export class RedisStore implements AsyncStore {
   #connected = false;
   #closed = false;
   #lostAt: number | undefined;
+  /** A command that timed out and has not been answered yet. */
+  #stalled: Promise<unknown> | undefined;
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => this.#connectionBack();
 
@@ -377,14 +380,39 @@ export class RedisStore implements AsyncStore {
     return this.#command(['EVAL', entry.source, '1', redisKey, ...args]);
   }
 
-  /** Send one command with a timeout; translate failures into typed errors (unless `raw`). */
+  /**
+   * Send one command, bounded by the command timeout; translate failures
+   * into typed errors (unless `raw`). node-redis's own `timeout` stops
+   * counting once a command is written, so a server that stops answering
+   * (stopped, or a network that drops packets) would hang it: we race it
+   * against our own timer. While a timed-out command is still unanswered,
+   * further commands fail at once instead of piling up behind it.
+   */
   async #command(args: string[], raw = false): Promise<unknown> {
     this.#checkOpen();
+    if (this.#stalled !== undefined) {
+      throw this.#translate(new Error(`Redis has not answered a command for more than ${this.#commandTimeoutMs} ms`));
+    }
+    const pending = this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new CommandTimeout(this.#commandTimeoutMs)), this.#commandTimeoutMs);
+      timer.unref();
+    });
     try {
-      return await this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
+      return await Promise.race([pending, deadline]);
     } catch (error) {
+      if (error instanceof CommandTimeout) {
+        this.#stalled = pending;
+        const settled = (): void => {
+          if (this.#stalled === pending) this.#stalled = undefined;
+        };
+        pending.then(settled, settled);
+      }
       if (raw) throw error;
       throw this.#translate(error);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -424,6 +452,12 @@ export class RedisStore implements AsyncStore {
       this.#logger,
       `generation-sync: connected to Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} again after ${downMs} ms.`,
     );
+  }
+}
+
+class CommandTimeout extends Error {
+  constructor(ms: number) {
+    super(`no answer within ${ms} ms`);
   }
 }
 

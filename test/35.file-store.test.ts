@@ -104,7 +104,10 @@ describe('FileStore files', () => {
     let last = 0;
     const done = writer.next();
     let finished = false;
-    void done.then(() => (finished = true));
+    const finish = (): void => {
+      finished = true;
+    };
+    done.then(finish, finish);
     while (!finished) {
       const text = readFileSync(path, 'utf8');
       expect(() => JSON.parse(text)).not.toThrow();

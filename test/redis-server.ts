@@ -2,6 +2,7 @@
 // no persistence, killed and restarted on demand.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer, Socket } from 'node:net';
+import { inject } from 'vitest';
 
 export class RedisServer {
   #child: ChildProcess | undefined;
@@ -52,10 +53,10 @@ export class RedisServer {
     await exited;
   }
 
-  /** Run a command with redis-cli against this server. */
+  /** Run a command with redis-cli against this server (bounded: a stopped server must not hang the test). */
   cli(...args: string[]): string {
-    const result = spawnSync('redis-cli', ['-p', String(this.port), ...args], { encoding: 'utf8' });
-    if (result.status !== 0) throw new Error(`redis-cli ${args.join(' ')} failed: ${result.stderr}`);
+    const result = spawnSync('redis-cli', ['-p', String(this.port), ...args], { encoding: 'utf8', timeout: 5000 });
+    if (result.status !== 0) throw new Error(`redis-cli ${args.join(' ')} failed: ${result.stderr || result.error?.message}`);
     return result.stdout.trim();
   }
 
@@ -90,21 +91,19 @@ function answersPing(port: number): Promise<boolean> {
   });
 }
 
-let shared: Promise<RedisServer> | undefined;
+/**
+ * The server that vitest's global setup started for the whole run
+ * (test/support/global-setup.ts), for tests that only need a server to
+ * exist. Tests that kill or restart a server start their own.
+ */
+export function sharedRedisUrl(): string {
+  const url = inject('redisUrl');
+  if (typeof url !== 'string') throw new Error('no shared redis-server: is test/support/global-setup.ts configured?');
+  return url;
+}
 
-/** One server per test process, started on first use and killed when the process exits. */
-export function sharedRedisServer(): Promise<RedisServer> {
-  shared ??= RedisServer.start().then((server) => {
-    process.once('exit', () => {
-      if (server.pid !== undefined) {
-        try {
-          process.kill(server.pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }
-    });
-    return server;
-  });
-  return shared;
+declare module 'vitest' {
+  export interface ProvidedContext {
+    redisUrl: string;
+  }
 }

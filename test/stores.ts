@@ -12,7 +12,7 @@ import {
   type Store,
 } from 'generation-sync';
 
-import { sharedRedisServer } from './redis-server';
+import { sharedRedisUrl } from './redis-server';
 
 /** A kind of store the conformance tests run against, and how worker processes open it. */
 export interface StoreKind {
@@ -45,9 +45,9 @@ export const STORE_KINDS: readonly StoreKind[] = [
   {
     name: 'redis',
     asynchronous: true,
-    // One server per test process; each test gets its own namespace, named after its directory.
-    open: async (dir) => RedisStore.connect({ url: (await sharedRedisServer()).url, namespace: `${basename(dir)}:` }),
-    workerArgs: async (dir) => ['redis', (await sharedRedisServer()).url, `${basename(dir)}:`],
+    // One server for the whole run; each test gets its own namespace, named after its directory.
+    open: async (dir) => RedisStore.connect({ url: sharedRedisUrl(), namespace: `${basename(dir)}:` }),
+    workerArgs: async (dir) => ['redis', sharedRedisUrl(), `${basename(dir)}:`],
     seedFor: (ms) => Math.floor(ms * 1000),
   },
 ];

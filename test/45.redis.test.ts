@@ -1,0 +1,258 @@
+// RedisStore against a real redis-server: outages, restarts, FLUSHALL,
+// timeouts, foreign data and bad options.
+import { cpSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from 'redis';
+
+import {
+  AsyncGenerationSynchronizer,
+  GenerationSynchronizer,
+  InvalidArgumentError,
+  OutOfRangeError,
+  RedisStore,
+  type Logger,
+} from 'generation-sync';
+
+import { recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { RedisServer } from './redis-server';
+
+interface Report {
+  syncGen: number | null;
+  expired: boolean;
+  checks: number;
+  expiredChecks: number;
+  logLines: string[];
+  unhandled: string[];
+}
+
+let server: RedisServer;
+let namespaceCounter = 0;
+const namespace = (): string => `test-${process.pid}-${namespaceCounter++}:`;
+const workers: Worker[] = [];
+
+beforeAll(async () => {
+  server = await RedisServer.start();
+});
+afterAll(async () => {
+  await server.stop();
+});
+afterEach(async () => {
+  stopAll(workers.splice(0));
+  // Every test leaves the server running for the next one.
+  if (!(await isUp())) await server.restart();
+});
+
+async function isUp(): Promise<boolean> {
+  try {
+    return server.cli('PING') === 'PONG';
+  } catch {
+    return false;
+  }
+}
+
+async function ask<T>(worker: Worker, message: Record<string, unknown>): Promise<T> {
+  worker.send(message);
+  return worker.next<T>(30_000);
+}
+
+async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+describe('RedisStore outages', () => {
+  it('survives redis-server being SIGKILLed mid-run and restarted: no process throws, checks answer true while it is down, all agree again after', async () => {
+    const ns = namespace();
+    const monitors = Array.from({ length: 3 }, () => startWorker('redis-monitor.mjs', [server.url, ns]));
+    workers.push(...monitors);
+    await Promise.all(monitors.map((monitor) => monitor.next()));
+    const [first] = monitors as [Worker];
+    const bumped = await ask<{ bumped: boolean; syncGen: number }>(first, { cmd: 'probe', bump: true });
+    expect(bumped.bumped).toBe(true);
+    const before = bumped.syncGen;
+
+    await server.kill('SIGKILL');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    for (const monitor of monitors) {
+      const probe = await ask<{ expired: boolean; bumped: boolean; ms: number }>(monitor, { cmd: 'probe', bump: true });
+      expect(probe.expired).toBe(true);
+      expect(probe.bumped).toBe(false);
+      expect(probe.ms).toBeLessThan(5000);
+    }
+    // Still down a while later: still answering, still alive.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    for (const monitor of monitors) expect((await ask<{ expired: boolean }>(monitor, { cmd: 'probe' })).expired).toBe(true);
+    expect(monitors.every((monitor) => monitor.child.exitCode === null)).toBe(true);
+
+    const restartedAt = Date.now();
+    await server.restart(); // empty: no persistence
+    const agreed = await waitFor('every process to agree again', 10_000, async () => {
+      const reports = await Promise.all(monitors.map((monitor) => ask<Report>(monitor, { cmd: 'report' })));
+      const values = new Set(reports.map((report) => report.syncGen));
+      return values.size === 1 && reports.every((report) => !report.expired) ? reports : undefined;
+    });
+    expect(Date.now() - restartedAt).toBeLessThan(10_000);
+    // The key was lost with the server; it was re-created above every value held before.
+    expect(agreed[0]?.syncGen).toBeGreaterThan(before);
+    for (const report of agreed) {
+      expect(report.unhandled).toEqual([]);
+      const lost = report.logLines.filter((line) => line.includes('lost the connection to Redis'));
+      const back = report.logLines.filter((line) => line.includes('connected to Redis') && line.includes('again'));
+      expect(lost).toHaveLength(1);
+      expect(back).toHaveLength(1);
+      // The synchronizer reports the outage once, not once per check, and its end once.
+      const failures = report.logLines.filter((line) => line.includes('synchronization state key "monitored"') && line.startsWith('error'));
+      expect(failures).toHaveLength(1);
+    }
+
+    // And they keep synchronizing: a bump in one reaches the others.
+    const bump = await ask<{ bumped: boolean; syncGen: number }>(first, { cmd: 'probe', bump: true });
+    expect(bump.bumped).toBe(true);
+    await waitFor('the bump to reach every process', 5000, async () => {
+      const reports = await Promise.all(monitors.map((monitor) => ask<Report>(monitor, { cmd: 'report' })));
+      return reports.every((report) => report.syncGen === bump.syncGen) ? true : undefined;
+    });
+    for (const monitor of monitors) await ask(monitor, { cmd: 'stop' });
+    expect(await Promise.all(monitors.map((monitor) => monitor.exited))).toEqual([0, 0, 0]);
+  });
+
+  it('bounds every command by the timeout when the server stops answering (SIGSTOP), and recovers on SIGCONT', async () => {
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace(), commandTimeoutMs: 200, logger });
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+    const pid = server.pid as number;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const started = Date.now();
+      expect(await sync.isExpired()).toBe(true);
+      expect(await sync.markUpdated()).toBe(false);
+      expect(Date.now() - started).toBeLessThan(3000);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await waitFor('the server to answer again', 5000, async () => ((await sync.refresh()) ? true : undefined));
+    expect(await sync.isExpired()).toBe(false);
+    expect(await sync.markUpdated()).toBe(true);
+    await store.close();
+  });
+
+  it('starts while Redis is down, reading keys as expired, and works once it comes up', async () => {
+    await server.kill();
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace(), connectTimeoutMs: 200, logger });
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+    expect(sync.syncGen).toBeNull();
+    expect(await sync.isExpired()).toBe(true);
+    expect(logger.lines.filter((line) => line.includes('cannot connect to Redis'))).toHaveLength(1);
+    await server.restart();
+    await waitFor('the store to reconnect', 5000, async () => ((await sync.refresh()) ? true : undefined));
+    expect(sync.syncGen).not.toBeNull();
+    expect(await sync.isExpired()).toBe(false);
+    await store.close();
+  });
+
+  it('FLUSHALL while holders exist: they see expired, and the re-created generation is higher than any they held', async () => {
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace() });
+    const holders = await Promise.all(Array.from({ length: 5 }, () => AsyncGenerationSynchronizer.create('flushed', { store })));
+    for (const [i, holder] of holders.entries()) {
+      for (let j = 0; j <= i * 20; j++) await holder.markUpdated();
+    }
+    const held = holders.map((holder) => holder.syncGen as number);
+    server.cli('FLUSHALL');
+    for (const holder of holders) expect(await holder.isExpired()).toBe(true);
+    await holders[0]?.refresh();
+    for (const holder of holders.slice(1)) await holder.refresh();
+    const recreated = holders[0]?.syncGen as number;
+    expect(recreated).toBeGreaterThan(Math.max(...held));
+    for (const holder of holders) {
+      expect(holder.syncGen).toBe(recreated);
+      expect(await holder.isExpired()).toBe(false);
+    }
+    await store.close();
+  });
+
+  it('keeps a tombstone on clear, with the key\'s expiry, so the next generation continues above it', async () => {
+    const ns = namespace();
+    const store = await RedisStore.connect({ url: server.url, namespace: ns });
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, cacheExpirationSecs: 100 });
+    await sync.markUpdated();
+    const high = sync.syncGen as number;
+    expect(Number(server.cli('TTL', `${ns}k`))).toBeGreaterThan(90);
+    await sync.clear();
+    expect(server.cli('GET', `${ns}k`)).toBe(String(-(high + 1)));
+    expect(Number(server.cli('TTL', `${ns}k`))).toBeGreaterThan(90);
+    expect((await store.entries()).map((entry) => entry.generation)).toEqual([null]);
+    const later = await AsyncGenerationSynchronizer.create('k', { store, clock: () => 0 });
+    expect(later.syncGen).toBe(high + 1);
+    await store.close();
+  });
+
+  it('treats a foreign value under its namespace as a store failure: expired and logged, never thrown', async () => {
+    const ns = namespace();
+    const store = await RedisStore.connect({ url: server.url, namespace: ns });
+    const logger = recordingLogger();
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+    server.cli('SET', `${ns}k`, 'not-a-number');
+    expect(await sync.isExpired()).toBe(true);
+    expect(await sync.markUpdated()).toBe(false);
+    expect(await sync.refresh()).toBe(false);
+    expect(logger.lines).toHaveLength(1);
+    expect(logger.lines[0]).toMatch(/holds "not-a-number", not a generation.*own "namespace"/);
+    await expect(store.entries()).rejects.toMatchObject({ code: 'ERR_GENSYNC_CORRUPT_FILE' });
+    await store.close();
+  });
+
+  it('uses a client the application passes in, and leaves it open on close', async () => {
+    const client = createClient({ url: server.url, disableOfflineQueue: true });
+    await client.connect();
+    const store = await RedisStore.connect({ client, namespace: namespace() });
+    const a = await AsyncGenerationSynchronizer.create('shared', { store });
+    const b = await AsyncGenerationSynchronizer.create('shared', { store });
+    await a.markUpdated();
+    expect(await b.isExpired()).toBe(true);
+    await store.close();
+    expect(client.isReady).toBe(true);
+    expect(await client.ping()).toBe('PONG');
+    client.destroy();
+  });
+});
+
+describe('RedisStore arguments', () => {
+  it('rejects bad options with errors that name them, and refuses the synchronous class', async () => {
+    await expect(RedisStore.connect({ url: 'http://localhost' })).rejects.toThrow(InvalidArgumentError);
+    await expect(RedisStore.connect({ url: 'http://localhost' })).rejects.toThrow(/"url" must be a redis:\/\/ or rediss:\/\/ URL/);
+    await expect(RedisStore.connect({ commandTimeoutMs: 0 })).rejects.toThrow(OutOfRangeError);
+    await expect(RedisStore.connect({ namespace: 5 as unknown as string })).rejects.toThrow(/namespace/);
+    await expect(RedisStore.connect({ client: {} as never })).rejects.toThrow(/"client" must be a client/);
+    await expect(RedisStore.connect({ logger: {} as Logger })).rejects.toThrow(/"logger"/);
+
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace() });
+    expect(() => new GenerationSynchronizer('k', { store: store as never })).toThrow(/synchronous store .* not the asynchronous redis store/);
+    await store.close();
+    await expect(AsyncGenerationSynchronizer.create('k', { store })).rejects.toMatchObject({ code: 'ERR_GENSYNC_STORE_CLOSED' });
+  });
+
+  it('says which package to install when redis is missing', () => {
+    const dir = tempDir('gensync-noredis-');
+    cpSync(join(ROOT, 'dist'), join(dir, 'dist'), { recursive: true });
+    cpSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
+    mkdirSync(join(dir, 'node_modules'));
+    for (const name of readdirSync(join(ROOT, 'node_modules'))) {
+      if (name !== 'redis' && name !== '@redis') symlinkSync(join(ROOT, 'node_modules', name), join(dir, 'node_modules', name));
+    }
+    const script = `
+      require(${JSON.stringify(join(dir, 'dist', 'index.js'))}).RedisStore.connect()
+        .then(() => console.log('connected'), (error) => console.log(JSON.stringify({ code: error.code, message: error.message })));
+    `;
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as { code: string; message: string };
+    expect(out.code).toBe('ERR_GENSYNC_DEPENDENCY_MISSING');
+    expect(out.message).toMatch(/npm install redis/);
+  });
+});
