@@ -5,7 +5,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { FileStore, GenerationSynchronizer, SharedMemoryStore } from 'generation-sync';
+import { createClient } from 'redis';
+
+import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
 
 /** Time `body(ops)` `reps` times after `warmup` untimed runs; returns ns/op for each timed run. */
 function measure(body, { reps, ops, warmup = 2 }) {
@@ -17,6 +19,31 @@ function measure(body, { reps, ops, warmup = 2 }) {
     samples.push(Number(process.hrtime.bigint() - start) / ops);
   }
   return samples;
+}
+
+/** measure() for bodies that return a promise: each operation is a round trip. */
+async function measureAsync(body, { reps, ops, warmup = 1 }) {
+  for (let i = 0; i < warmup; i++) await body(ops);
+  const samples = [];
+  for (let i = 0; i < reps; i++) {
+    const start = process.hrtime.bigint();
+    await body(ops);
+    samples.push(Number(process.hrtime.bigint() - start) / ops);
+  }
+  return samples;
+}
+
+/** The redis-server the runner started for this run (see run.mjs). */
+function benchRedisUrl() {
+  const url = process.env.GENSYNC_BENCH_REDIS_URL;
+  if (!url) throw new Error('GENSYNC_BENCH_REDIS_URL is not set; run the Redis contenders through bench/run.mjs');
+  return url;
+}
+
+async function benchRedisClient() {
+  const client = createClient({ url: benchRedisUrl() });
+  await client.connect();
+  return client;
 }
 
 /** A fresh temporary directory, removed at exit. */
@@ -63,6 +90,7 @@ export const contenders = {
   'shm isExpired()': {
     ops: 5_000_000,
     baseline: 'floor: Atomics.load',
+    fasterThan: ['redis: GET', 'redis isExpired()'],
     run(options) {
       const sync = new GenerationSynchronizer('bench-key', { store: temporaryShmStore() });
       return measure((ops) => {
@@ -86,6 +114,7 @@ export const contenders = {
   'shm markUpdated()': {
     ops: 5_000_000,
     baseline: 'floor: Atomics.add',
+    fasterThan: ['redis: INCR', 'redis markUpdated()'],
     run(options) {
       const sync = new GenerationSynchronizer('bench-key', { store: temporaryShmStore() });
       return measure((ops) => {
@@ -128,6 +157,67 @@ export const contenders = {
         for (let i = 0; i < ops; i++) if (!sync.markUpdated()) failures++;
         sink += failures;
       }, { ...options, warmup: 1 });
+    },
+  },
+  'redis: GET': {
+    ops: 5_000,
+    needs: 'redis',
+    async run(options) {
+      const client = await benchRedisClient();
+      await client.set('bench:get', '1700000000');
+      const samples = await measureAsync(async (ops) => {
+        let stale = 0;
+        for (let i = 0; i < ops; i++) if ((await client.get('bench:get')) !== '1700000000') stale++;
+        sink += stale;
+      }, options);
+      client.destroy();
+      return samples;
+    },
+  },
+  'redis isExpired()': {
+    ops: 5_000,
+    needs: 'redis',
+    baseline: 'redis: GET',
+    async run(options) {
+      const store = await RedisStore.connect({ url: benchRedisUrl(), namespace: `bench-${process.pid}:` });
+      const sync = await AsyncGenerationSynchronizer.create('bench-key', { store });
+      const samples = await measureAsync(async (ops) => {
+        let stale = 0;
+        for (let i = 0; i < ops; i++) if (await sync.isExpired()) stale++;
+        sink += stale;
+      }, options);
+      await store.close();
+      return samples;
+    },
+  },
+  'redis: INCR': {
+    ops: 5_000,
+    needs: 'redis',
+    async run(options) {
+      const client = await benchRedisClient();
+      const samples = await measureAsync(async (ops) => {
+        let last = 0;
+        for (let i = 0; i < ops; i++) last = await client.incr('bench:incr');
+        sink += last & 1;
+      }, options);
+      client.destroy();
+      return samples;
+    },
+  },
+  'redis markUpdated()': {
+    ops: 5_000,
+    needs: 'redis',
+    baseline: 'redis: INCR',
+    async run(options) {
+      const store = await RedisStore.connect({ url: benchRedisUrl(), namespace: `bench-${process.pid}:` });
+      const sync = await AsyncGenerationSynchronizer.create('bench-key', { store });
+      const samples = await measureAsync(async (ops) => {
+        let failures = 0;
+        for (let i = 0; i < ops; i++) if (!(await sync.markUpdated())) failures++;
+        sink += failures;
+      }, options);
+      await store.close();
+      return samples;
     },
   },
 };

@@ -15,7 +15,11 @@ import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
+import { createRequire } from 'node:module';
+
 import { contenders } from './contenders.mjs';
+
+const { RedisServer } = createRequire(import.meta.url)('../test/support/redis-server.cjs');
 
 const { values: args } = parseArgs({
   options: {
@@ -35,22 +39,38 @@ function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+const env = { ...process.env };
+
 /** Run one contender in a fresh process; returns the median ns/op of its repetitions. */
 function runContender(name) {
   const ops = String(Math.max(1, Math.round(contenders[name].ops * Number(args.scale))));
-  const output = execFileSync(process.execPath, [contenderScript, name, args.reps, ops], { encoding: 'utf8' });
+  const output = execFileSync(process.execPath, [contenderScript, name, args.reps, ops], { encoding: 'utf8', env });
   return median(JSON.parse(output.trim().split('\n').at(-1)).samples);
 }
 
 const selected = Object.keys(contenders).filter((name) => !args.only || name.includes(args.only));
 // A baseline runs whenever a selected contender needs it.
-const names = [...new Set(selected.flatMap((name) => [contenders[name].baseline, name].filter(Boolean)))];
+let names = [...new Set(selected.flatMap((name) => [contenders[name].baseline, name].filter(Boolean)))];
+
+// Contenders that need Redis get a redis-server of their own on a free loopback port.
+let redis;
+if (names.some((name) => contenders[name].needs === 'redis')) {
+  if (RedisServer.available()) {
+    redis = await RedisServer.start();
+    env.GENSYNC_BENCH_REDIS_URL = redis.url;
+  } else {
+    console.log('redis-server is not installed: skipping the Redis contenders (apt-get install -y redis-server)\n');
+    names = names.filter((name) => contenders[name].needs !== 'redis');
+  }
+}
 const rounds = Number(args.rounds);
 const perRound = new Map(names.map((name) => [name, []]));
 for (let round = 0; round < rounds; round++) {
   const order = names.map((_, i) => names[(i + round) % names.length]);
   for (const name of order) perRound.get(name).push(runContender(name));
 }
+
+await redis?.stop();
 
 const results = {};
 for (const name of names) {
@@ -95,6 +115,23 @@ for (const [index, row] of rows.entries()) {
   if (index === 0) console.log(widths.map((width) => '-'.repeat(width)).join('  '));
 }
 
+// Cross-checks: how much faster a contender is than alternatives measured in the same rounds.
+const comparisons = [];
+for (const name of names) {
+  for (const other of contenders[name].fasterThan ?? []) {
+    if (!perRound.has(other)) continue;
+    const ratios = perRound.get(name).map((time, round) => perRound.get(other)[round] / time);
+    comparisons.push({ contender: name, than: other, times: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) });
+  }
+}
+if (comparisons.length > 0) {
+  console.log('');
+  for (const c of comparisons) {
+    const fmt = (x) => Math.round(x).toLocaleString('en-US');
+    console.log(`${c.contender} is ${fmt(c.times)}× faster than ${c.than} (rounds ${fmt(c.min)}–${fmt(c.max)}×)`);
+  }
+}
+
 if (args.json) {
-  writeFileSync(args.json, JSON.stringify({ machine, rounds, reps: Number(args.reps), scale: Number(args.scale), results }, null, 2) + '\n');
+  writeFileSync(args.json, JSON.stringify({ machine, rounds, reps: Number(args.reps), scale: Number(args.scale), results, comparisons }, null, 2) + '\n');
 }

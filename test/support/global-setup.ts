@@ -1,6 +1,6 @@
 // Vitest global setup: one redis-server for the whole run, on a free
 // loopback port with no persistence, stopped when the run ends.
-import { RedisServer } from '../redis-server';
+import { RedisServer } from './redis-server.cjs';
 
 export default async function setup(project: { provide(key: 'redisUrl', value: string): void }): Promise<() => Promise<void>> {
   const server = await RedisServer.start();
