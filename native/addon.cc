@@ -2,18 +2,23 @@
 //
 // Only what JavaScript cannot do itself lives here: map a file MAP_SHARED
 // and hand it to JS as an external ArrayBuffer, reserve a file's blocks,
-// take and release a kernel lock on it, and rename without replacing.
+// take, test and release kernel locks on byte ranges of it, rename without
+// replacing, and wait for / wake a futex word in the mapping from a
+// dedicated thread.
 // Every argument is checked in TypeScript before it reaches this file; the
 // checks below only keep a wrong call from crashing the process.
 
 #include <napi.h>
 #include <uv.h>
 
+#include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <ctime>
 #include <string>
+#include <thread>
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -22,6 +27,11 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#define GENSYNC_HAVE_FUTEX 1
+#endif
 
 namespace {
 
@@ -122,45 +132,79 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// One non-blocking attempt at the creation lock. Returns 0, or an errno.
-// Linux OFD locks and BSD flock both belong to the open file description:
-// the kernel drops them when the holder dies, and closing some other fd of
-// the same file (a user's fs.readFileSync) does not.
-int TryLock(int fd) {
+// Locks are Linux OFD locks on one byte each: the kernel drops them when the
+// holder dies, and closing some other fd of the same file (a user's
+// fs.readFileSync) does not. Byte 0 is the key-creation lock; other bytes
+// are shared locks that mark watchers. Without OFD locks (macOS, BSD),
+// flock on the whole file serves the creation lock and there are no
+// range locks.
 #if defined(F_OFD_SETLK)
+constexpr bool kRangeLocks = true;
+
+int RangeLock(int fd, int command, short type, off_t offset) {
   struct flock request;
   std::memset(&request, 0, sizeof(request));
-  request.l_type = F_WRLCK;
+  request.l_type = type;
   request.l_whence = SEEK_SET;
-  request.l_start = kCreationLockByte;
+  request.l_start = offset;
   request.l_len = 1;
-  if (fcntl(fd, F_OFD_SETLK, &request) == 0) return 0;
-  return errno;
-#else
-  if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
-  return errno;
-#endif
+  return fcntl(fd, command, &request) == 0 ? 0 : errno;
 }
+
+int TryLock(int fd, off_t offset, bool exclusive) {
+  return RangeLock(fd, F_OFD_SETLK, exclusive ? F_WRLCK : F_RDLCK, offset);
+}
+
+int Unlock(int fd, off_t offset) { return RangeLock(fd, F_OFD_SETLK, F_UNLCK, offset); }
+#else
+constexpr bool kRangeLocks = false;
+
+int TryLock(int fd, off_t offset, bool exclusive) {
+  if (offset != kCreationLockByte) return ENOTSUP;
+  return flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0 ? 0 : errno;
+}
+
+int Unlock(int fd, off_t offset) {
+  if (offset != kCreationLockByte) return ENOTSUP;
+  return flock(fd, LOCK_UN) == 0 ? 0 : errno;
+}
+#endif
 
 bool IsContended(int err) { return err == EAGAIN || err == EACCES || err == EWOULDBLOCK; }
 
-// lock(fd, timeoutMs) -> boolean: true once held, false if another process
-// still held it when the timeout passed.
+bool GetOffset(const Napi::CallbackInfo& info, size_t index, off_t* offset) {
+  if (info.Length() <= index || !info[index].IsNumber()) {
+    Napi::TypeError::New(info.Env(), "offset must be a number").ThrowAsJavaScriptException();
+    return false;
+  }
+  double value = info[index].As<Napi::Number>().DoubleValue();
+  if (!(value >= 0) || value > 9007199254740991.0) {
+    Napi::RangeError::New(info.Env(), "offset must be a non-negative safe integer").ThrowAsJavaScriptException();
+    return false;
+  }
+  *offset = static_cast<off_t>(value);
+  return true;
+}
+
+// lock(fd, offset, exclusive, timeoutMs) -> boolean: true once held, false
+// if another holder still conflicted when the timeout passed.
 Napi::Value Lock(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;
-  if (!GetFd(info, 0, &fd)) return env.Undefined();
-  if (info.Length() < 2 || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "timeout must be a number").ThrowAsJavaScriptException();
+  off_t offset;
+  if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return env.Undefined();
+  if (info.Length() < 4 || !info[2].IsBoolean() || !info[3].IsNumber()) {
+    Napi::TypeError::New(env, "exclusive must be a boolean and timeout a number").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  double timeout_ms = info[1].As<Napi::Number>().DoubleValue();
+  bool exclusive = info[2].As<Napi::Boolean>().Value();
+  double timeout_ms = info[3].As<Napi::Number>().DoubleValue();
 
   struct timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
   long backoff_ns = kLockBackoffMinNs;
   for (;;) {
-    int err = TryLock(fd);
+    int err = TryLock(fd, offset, exclusive);
     if (err == 0) return Napi::Boolean::New(env, true);
     if (err == EINTR) continue;
     if (!IsContended(err)) {
@@ -177,22 +221,40 @@ Napi::Value Lock(const Napi::CallbackInfo& info) {
   }
 }
 
-Napi::Value Unlock(const Napi::CallbackInfo& info) {
+// unlock(fd, offset)
+Napi::Value UnlockRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;
-  if (!GetFd(info, 0, &fd)) return env.Undefined();
-#if defined(F_OFD_SETLK)
+  off_t offset;
+  if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return env.Undefined();
+  int err = Unlock(fd, offset);
+  if (err != 0) ThrowErrno(env, err, "fcntl(F_OFD_SETLK)");
+  return env.Undefined();
+}
+
+// lockedByOthers(fd, offset) -> boolean: whether any other open file
+// description (in this process or another) holds a lock on the byte.
+Napi::Value LockedByOthers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  off_t offset;
+  if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return env.Undefined();
+#if defined(F_OFD_GETLK)
   struct flock request;
   std::memset(&request, 0, sizeof(request));
-  request.l_type = F_UNLCK;
+  request.l_type = F_WRLCK;
   request.l_whence = SEEK_SET;
-  request.l_start = kCreationLockByte;
+  request.l_start = offset;
   request.l_len = 1;
-  if (fcntl(fd, F_OFD_SETLK, &request) != 0) ThrowErrno(env, errno, "fcntl(F_OFD_SETLK)");
+  if (fcntl(fd, F_OFD_GETLK, &request) != 0) {
+    ThrowErrno(env, errno, "fcntl(F_OFD_GETLK)");
+    return env.Undefined();
+  }
+  return Napi::Boolean::New(env, request.l_type != F_UNLCK);
 #else
-  if (flock(fd, LOCK_UN) != 0) ThrowErrno(env, errno, "flock");
-#endif
+  ThrowErrno(env, ENOTSUP, "fcntl(F_OFD_GETLK)");
   return env.Undefined();
+#endif
 }
 
 // renameNoReplace(from, to): publish a fully built file under its final
@@ -218,11 +280,144 @@ Napi::Value RenameNoReplace(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// --- Change notification --------------------------------------------------
+//
+// A u32 word in the mapping is the store's notification sequence. A process
+// that changes a watched key adds one to it (from JS, with Atomics) and calls
+// wake(); each process with watchers runs one Watcher: a dedicated thread
+// that sleeps in FUTEX_WAIT on the word and, when it changes, calls back
+// into JS through a thread-safe function. Process-shared futexes work on
+// shared file mappings: the kernel keys them by inode and offset.
+
+bool GetWord(const Napi::CallbackInfo& info, uint32_t** word) {
+  if (info.Length() < 2 || !info[0].IsArrayBuffer() || !info[1].IsNumber()) {
+    Napi::TypeError::New(info.Env(), "expected an ArrayBuffer and a byte offset").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+  double offset = info[1].As<Napi::Number>().DoubleValue();
+  if (!(offset >= 0) || static_cast<size_t>(offset) % sizeof(uint32_t) != 0 ||
+      static_cast<size_t>(offset) + sizeof(uint32_t) > buffer.ByteLength()) {
+    Napi::RangeError::New(info.Env(), "offset must be an aligned offset inside the buffer").ThrowAsJavaScriptException();
+    return false;
+  }
+  *word = reinterpret_cast<uint32_t*>(static_cast<char*>(buffer.Data()) + static_cast<size_t>(offset));
+  return true;
+}
+
+#if defined(GENSYNC_HAVE_FUTEX)
+long Futex(uint32_t* word, int op, uint32_t value) {
+  return syscall(SYS_futex, word, op, value, nullptr, nullptr, 0);
+}
+#endif
+
+// wake(buffer, byteOffset): wake every thread, in every process, waiting on the word.
+Napi::Value Wake(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t* word;
+  if (!GetWord(info, &word)) return env.Undefined();
+#if defined(GENSYNC_HAVE_FUTEX)
+  if (Futex(word, FUTEX_WAKE, INT_MAX) < 0) ThrowErrno(env, errno, "futex(FUTEX_WAKE)");
+#endif
+  return env.Undefined();
+}
+
+// new Watcher(buffer, byteOffset, callback): calls callback() on the JS
+// thread, soon after the word changes. It never keeps the event loop alive.
+// stop() ends the thread; so does the environment shutting down.
+class Watcher : public Napi::ObjectWrap<Watcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Watcher", {InstanceMethod("stop", &Watcher::Stop)});
+  }
+
+  explicit Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(info) {
+    Napi::Env env = info.Env();
+#if !defined(GENSYNC_HAVE_FUTEX)
+    Napi::Error::New(env, "futexes are not available on this platform").ThrowAsJavaScriptException();
+#else
+    if (!GetWord(info, &word_)) return;
+    if (info.Length() < 3 || !info[2].IsFunction()) {
+      Napi::TypeError::New(env, "callback must be a function").ThrowAsJavaScriptException();
+      return;
+    }
+    // Keep the mapping alive while the thread reads it.
+    buffer_ = Napi::Persistent(info[0].As<Napi::ArrayBuffer>());
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "generation-sync watcher", kQueueLength, 1);
+    tsfn_.Unref(env);
+    env_ = env;
+    napi_add_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
+    running_ = true;
+    thread_ = std::thread([this]() { Run(); });
+#endif
+  }
+
+  ~Watcher() override { Shutdown(true); }
+
+ private:
+  static void OnEnvironmentCleanup(void* self) { static_cast<Watcher*>(self)->Shutdown(false); }
+
+  // One pending call is enough: the callback reads the latest state.
+  static constexpr size_t kQueueLength = 1;
+
+  void Run() {
+#if defined(GENSYNC_HAVE_FUTEX)
+    uint32_t seen = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
+    while (!stopping_.load()) {
+      Futex(word_, FUTEX_WAIT, seen);
+      uint32_t now = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
+      if (stopping_.load()) break;
+      if (now != seen) {
+        seen = now;
+        // napi_queue_full means a call is already pending; it will see this change too.
+        tsfn_.NonBlockingCall();
+      }
+    }
+#endif
+  }
+
+  // `removeHook` is false when called from the environment's cleanup hook itself.
+  void Shutdown(bool removeHook) {
+    if (!running_) return;
+    running_ = false;
+    if (removeHook) napi_remove_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
+    stopping_.store(true);
+#if defined(GENSYNC_HAVE_FUTEX)
+    Futex(word_, FUTEX_WAKE, INT_MAX);
+#endif
+    if (thread_.joinable()) thread_.join();
+    tsfn_.Release();
+    buffer_.Reset();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    Shutdown(true);
+    return info.Env().Undefined();
+  }
+
+  uint32_t* word_ = nullptr;
+  napi_env env_ = nullptr;
+  std::atomic<bool> stopping_{false};
+  bool running_ = false;
+  std::thread thread_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::Reference<Napi::ArrayBuffer> buffer_;
+};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("map", Napi::Function::New(env, Map, "map"));
   exports.Set("allocate", Napi::Function::New(env, Allocate, "allocate"));
   exports.Set("lock", Napi::Function::New(env, Lock, "lock"));
-  exports.Set("unlock", Napi::Function::New(env, Unlock, "unlock"));
+  exports.Set("unlock", Napi::Function::New(env, UnlockRange, "unlock"));
+  exports.Set("lockedByOthers", Napi::Function::New(env, LockedByOthers, "lockedByOthers"));
+  exports.Set("rangeLocks", Napi::Boolean::New(env, kRangeLocks));
+  exports.Set("wake", Napi::Function::New(env, Wake, "wake"));
+  exports.Set("Watcher", Watcher::Define(env));
+#if defined(GENSYNC_HAVE_FUTEX)
+  exports.Set("futex", Napi::Boolean::New(env, true));
+#else
+  exports.Set("futex", Napi::Boolean::New(env, false));
+#endif
   exports.Set("renameNoReplace", Napi::Function::New(env, RenameNoReplace, "renameNoReplace"));
   return exports;
 }

@@ -15,6 +15,7 @@ import {
   type GenerationSynchronizerOptions,
 } from './synchronizer';
 import { describe, optionsObject } from './validate';
+import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from './watch';
 
 /** Options of {@link AsyncGenerationSynchronizer.create}: those of {@link GenerationSynchronizer}, with any store. */
 export interface AsyncGenerationSynchronizerOptions extends Omit<GenerationSynchronizerOptions, 'store'> {
@@ -165,6 +166,38 @@ export class AsyncGenerationSynchronizer {
     return this.#attempt('marking as updated', async () => {
       if (!(await this.#binding.increment())) await this.#binding.fetchOrCreate(readClock(this.#clock));
     });
+  }
+
+  /**
+   * Call `listener` soon after the generation of this key changes in any
+   * process — a bump, a clear, a re-creation — until the returned function
+   * is called (or disposed of with `using`). The listener gets the new
+   * generation and the one it saw before (at first, {@link syncGen}); it is
+   * called at once if the key already differs from {@link syncGen}. Changes
+   * in a burst may arrive as one call with the latest generation. The
+   * listener does not refresh this synchronizer: reload, then call
+   * {@link refresh}, as after {@link isExpired}.
+   *
+   * On the shared-memory store this is a real wake-up (a futex, on Linux);
+   * on the file store an `fs.watch` with a poll behind it; on Redis a
+   * pub/sub message. Watching never keeps the process alive by itself.
+   *
+   * @example
+   * const unwatch = sync.watch(({ generation }) => reloadSettings());
+   * // later
+   * unwatch();
+   */
+  watch(listener: (change: GenerationChange) => void): Unwatch {
+    return watchKey(this.store, this.cacheKey, this.syncGen, listener);
+  }
+
+  /**
+   * Resolve with the next change of this key (see {@link watch}): at once if
+   * it already differs from {@link syncGen}. Resolves `null` after
+   * `timeoutMs`; rejects with the signal's reason if `signal` aborts.
+   */
+  waitForChange(options?: WaitForChangeOptions): Promise<GenerationChange | null> {
+    return waitForKeyChange(this.store, this.cacheKey, this.syncGen, options);
   }
 
   async #attempt(action: string, operation: () => Promise<void>): Promise<boolean> {

@@ -16,10 +16,12 @@ import {
   renameSync,
   statSync,
   unlinkSync,
+  watch,
   writeSync,
+  type FSWatcher,
   type Stats,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
 import { StoreClosedError, StoreError, StoreFormatError } from './errors';
 import { acquireFileLock } from './file-lock';
@@ -38,8 +40,9 @@ import {
   storePathArgument,
 } from './filesystem';
 import { pause } from './pause';
-import { unixSecond, type BindOptions, type KeyBinding, type Store, type StoreEntry } from './store';
+import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
 import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
+import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
 
 /** File name of the file store in the default directory. */
 export const FILE_STORE_NAME = 'generations.json';
@@ -56,6 +59,8 @@ const MIN_STALE_LOCK_MS = 2000;
 /** Attempts to read a file another process is publishing with link + unlink at that moment. */
 const READ_ATTEMPTS = 5;
 const READ_RETRY_PAUSE_MS = 2;
+/** How often watchers re-check their keys in case a file-system event was missed. */
+export const WATCH_SAFETY_POLL_MS = 500;
 
 /** Options of {@link FileStore.open}. */
 export interface FileStoreOptions {
@@ -183,6 +188,9 @@ export class FileStore implements Store {
   readonly #clock: () => number;
   #snapshot: Snapshot = NO_FILE;
   #closed = false;
+  readonly #watched = new WatchList<string>();
+  #fsWatcher: FSWatcher | undefined;
+  #safetyPoll: NodeJS.Timeout | undefined;
 
   private constructor(path: string, mode: number, lockTimeoutMs: number, staleLockMs: number, clock: () => number) {
     this.path = path;
@@ -238,11 +246,79 @@ export class FileStore implements Store {
     }));
   }
 
+  /**
+   * Call `listener` soon after the generation of `key` changes, in any
+   * process, until the returned function is called (see {@link Store.watch}).
+   * An `fs.watch` on the store's directory reports replacements of the file
+   * at once; a check every 500 ms catches anything it misses (some
+   * filesystems and containers do not deliver inotify events). Neither keeps
+   * the process alive.
+   */
+  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void {
+    this.#checkOpen();
+    const checked = wellFormedString(key, 'key');
+    const watched = this.#watched.get(checked) ?? this.#startWatching(checked);
+    const { behind, remove } = this.#watched.register(watched, since, this.generationOf(checked), listener);
+    if (behind) queueMicrotask(() => this.#deliver());
+    return () => {
+      if (remove() && this.#watched.size === 0) this.#stopWatching();
+    };
+  }
+
   /** Close the file. Bindings made from this store then throw {@link StoreClosedError}. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#stopWatching();
+    this.#watched.clear();
     this.#replaceSnapshot(NO_FILE);
+  }
+
+  #startWatching(key: string): WatchedKey<string> {
+    const watched = this.#watched.open(key, key);
+    if (this.#safetyPoll === undefined) {
+      const check = (): void => this.#deliver();
+      this.#safetyPoll = setInterval(check, WATCH_SAFETY_POLL_MS);
+      this.#safetyPoll.unref();
+      try {
+        const name = basename(this.path);
+        this.#fsWatcher = watch(dirname(this.path), { persistent: false }, (_event, filename) => {
+          if (filename === null || filename === name) check();
+        });
+        // The directory may vanish or the watch limit be reached: the safety poll carries on.
+        this.#fsWatcher.on('error', () => this.#closeFsWatcher());
+      } catch {
+        this.#fsWatcher = undefined;
+      }
+    }
+    return watched;
+  }
+
+  #stopWatching(): void {
+    clearInterval(this.#safetyPoll);
+    this.#safetyPoll = undefined;
+    this.#closeFsWatcher();
+  }
+
+  #closeFsWatcher(): void {
+    this.#fsWatcher?.close();
+    this.#fsWatcher = undefined;
+  }
+
+  /** Give every listener whose key changed the current generation. */
+  #deliver(): void {
+    if (this.#closed) return;
+    const failures: unknown[] = [];
+    for (const watched of this.#watched.values()) {
+      let generation: number | null;
+      try {
+        generation = this.generationOf(watched.key);
+      } catch {
+        continue; // the file is unreadable just now: the synchronizers report it
+      }
+      deliver(watched, generation, failures);
+    }
+    rethrowLater(failures);
   }
 
   /** @internal The live generation of `key`, or null when absent or expired. */

@@ -6,6 +6,7 @@
 export {
   AddonUnavailableError,
   AsyncGenerationSynchronizer,
+  AsyncSynchronizedValue,
   DEFAULT_CACHE_EXPIRATION_SECS,
   DependencyMissingError,
   FileStore,
@@ -17,6 +18,7 @@ export {
   RedisStore,
   SharedMemoryStore,
   STORE_ENV,
+  SynchronizedValue,
   StoreClosedError,
   StoreError,
   StoreFormatError,

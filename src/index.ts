@@ -27,10 +27,12 @@ export {
 export { FileStore, type FileStoreOptions } from './file-store';
 export { RedisStore, type RedisClientLike, type RedisStoreOptions } from './redis-store';
 export { SharedMemoryStore, type SharedMemoryStoreOptions } from './shm-store';
-export type { AsyncKeyBinding, AsyncStore, BindOptions, KeyBinding, Store, StoreEntry } from './store';
+export type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from './store';
+export { AsyncSynchronizedValue, SynchronizedValue } from './synchronized-value';
 export {
   DEFAULT_CACHE_EXPIRATION_SECS,
   GenerationSynchronizer,
   type GenerationSynchronizerOptions,
   type Logger,
 } from './synchronizer';
+export type { GenerationChange, Unwatch, WaitForChangeOptions } from './watch';

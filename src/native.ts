@@ -16,21 +16,37 @@ import { join, resolve } from 'node:path';
 
 import { AddonUnavailableError } from './errors';
 
+/** A native thread waiting for a futex word to change. */
+export interface NativeWatcher {
+  /** End the thread. Idempotent. */
+  stop(): void;
+}
+
 /** What the addon exports; see `native/addon.cc`. */
 export interface NativeAddon {
   /** Map `length` bytes of `fd` MAP_SHARED; unmapped when the buffer is collected. */
   map(fd: number, length: number): ArrayBuffer;
   /** Reserve every block of the first `length` bytes of `fd`. */
   allocate(fd: number, length: number): void;
-  /** Take the key-creation lock on `fd`; false if still held by another after `timeoutMs`. */
-  lock(fd: number, timeoutMs: number): boolean;
-  /** Release the key-creation lock on `fd`. */
-  unlock(fd: number): void;
+  /** Lock the byte at `offset` of `fd`; false if another holder still conflicts after `timeoutMs`. */
+  lock(fd: number, offset: number, exclusive: boolean, timeoutMs: number): boolean;
+  /** Release this file description's lock on the byte at `offset`. */
+  unlock(fd: number, offset: number): void;
+  /** Whether another open file description holds a lock on the byte at `offset`. */
+  lockedByOthers(fd: number, offset: number): boolean;
+  /** Whether byte-range locks (Linux OFD locks) are available; otherwise only the creation lock is. */
+  readonly rangeLocks: boolean;
   /** Rename, failing with EEXIST rather than replacing an existing file. */
   renameNoReplace(from: string, to: string): void;
+  /** Wake every thread, in every process, waiting on the u32 at `byteOffset` of `buffer`. */
+  wake(buffer: ArrayBuffer, byteOffset: number): void;
+  /** Whether futexes are available (Linux); otherwise watching falls back to polling. */
+  readonly futex: boolean;
+  /** A thread that calls `onChange` (on the JS thread) soon after the u32 at `byteOffset` changes. */
+  Watcher: new (buffer: ArrayBuffer, byteOffset: number, onChange: () => void) => NativeWatcher;
 }
 
-const ADDON_FUNCTIONS = ['map', 'allocate', 'lock', 'unlock', 'renameNoReplace'] as const;
+const ADDON_FUNCTIONS = ['map', 'allocate', 'lock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
 
 /** The package's root directory (this file is `dist/native.js`). */
 export const PACKAGE_ROOT = resolve(__dirname, '..');

@@ -8,8 +8,9 @@ import { createHash } from 'node:crypto';
 
 import { DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreFormatError, StoreUnavailableError } from './errors';
 import type { Logger } from './synchronizer';
-import type { AsyncKeyBinding, AsyncStore, BindOptions, StoreEntry } from './store';
+import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from './store';
 import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
+import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
 
 /**
  * The part of a `redis` (node-redis 5 or newer) client this store uses. A
@@ -25,6 +26,9 @@ export interface RedisClientLike {
   off(event: string, listener: (...args: any[]) => void): unknown;
   close(): Promise<void>;
   destroy(): void;
+  /** A second connection like this one (for pub/sub). */
+  duplicate?(overrides?: Record<string, unknown>): RedisClientLike;
+  subscribe?(channel: string, listener: (message: string, channel: string) => void): Promise<unknown>;
 }
 
 /** Options of {@link RedisStore.connect}. */
@@ -68,6 +72,13 @@ export interface RedisStoreOptions {
    * @default console
    */
   readonly logger?: Logger | undefined;
+  /**
+   * How often watchers re-read their keys, in milliseconds, besides the
+   * change messages. Messages are lost while the subscriber is disconnected
+   * and nothing is published on a `FLUSHALL` or an expiry; this catches those.
+   * @default 5000
+   */
+  readonly watchPollMs?: number | undefined;
 }
 
 const DEFAULT_URL = 'redis://127.0.0.1:6379';
@@ -78,14 +89,16 @@ const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
 const RECONNECT_FIRST_MS = 50;
 const RECONNECT_MAX_MS = 1000;
 const SCAN_BATCH = 1000;
+const DEFAULT_WATCH_POLL_MS = 5000;
 
 /** A generation is created from the clock in microseconds here; see {@link RedisStore}. */
 const MICROSECONDS_PER_MS = 1000;
 
 // Stored values: a generation (an integer >= 0), or a tombstone -(g + 1)
 // for a cleared key whose highest generation was g. Each script reads and
-// writes one key atomically. Numbers are written with %.0f: Lua's default
-// formatting of large numbers loses digits.
+// writes one key atomically, and announces a change on the store's channel
+// (the last argument) for watchers. Numbers are written with %.0f: Lua's
+// default formatting of large numbers loses digits.
 const FETCH_OR_CREATE = `
 local raw = redis.call('GET', KEYS[1])
 local seed = tonumber(ARGV[1])
@@ -98,6 +111,7 @@ if raw then
   if -value > seed then seed = -value end
 end
 redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], KEYS[1])
 return seed
 `;
 
@@ -109,7 +123,9 @@ if value == nil or value ~= math.floor(value) then
   return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
 end
 if value < 0 then return false end
-return redis.call('INCR', KEYS[1])
+local generation = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return generation
 `;
 
 const CLEAR = `
@@ -121,6 +137,7 @@ if value == nil or value ~= math.floor(value) then
 end
 if value < 0 then return 0 end
 redis.call('SET', KEYS[1], string.format('%.0f', -value - 1), 'KEEPTTL')
+redis.call('PUBLISH', ARGV[1], KEYS[1])
 return 1
 `;
 
@@ -214,15 +231,25 @@ export class RedisStore implements AsyncStore {
   #lostAt: number | undefined;
   /** A command that timed out and has not been answered yet. */
   #stalled: Promise<unknown> | undefined;
+  /** The pub/sub channel on which every change in this namespace is announced. */
+  readonly #channel: string;
+  readonly #watchPollMs: number;
+  readonly #connectTimeoutMs: number;
+  readonly #watched = new WatchList<{ running: boolean; again: boolean }>();
+  #subscriber: RedisClientLike | undefined;
+  #watchPoll: NodeJS.Timeout | undefined;
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => this.#connectionBack();
 
-  private constructor(client: RedisClientLike, ownsClient: boolean, url: string | undefined, namespace: string, commandTimeoutMs: number, logger: Logger) {
+  private constructor(client: RedisClientLike, ownsClient: boolean, url: string | undefined, namespace: string, timing: Timing, logger: Logger) {
     this.#client = client;
     this.#ownsClient = ownsClient;
     this.url = url;
     this.namespace = namespace;
-    this.#commandTimeoutMs = commandTimeoutMs;
+    this.#channel = `${namespace}changes`;
+    this.#commandTimeoutMs = timing.commandTimeoutMs;
+    this.#connectTimeoutMs = timing.connectTimeoutMs;
+    this.#watchPollMs = timing.watchPollMs;
     this.#logger = logger;
   }
 
@@ -238,6 +265,7 @@ export class RedisStore implements AsyncStore {
     const namespace = opts.namespace === undefined ? DEFAULT_NAMESPACE : wellFormedString(opts.namespace, 'Option "namespace"');
     const commandTimeoutMs = optionalInteger(opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS, { min: 1, max: 2 ** 31 - 1 });
     const connectTimeoutMs = optionalInteger(opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
+    const watchPollMs = optionalInteger(opts.watchPollMs, 'watchPollMs', DEFAULT_WATCH_POLL_MS, { min: 10, max: 2 ** 31 - 1 });
     const logger = opts.logger ?? console;
     if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
       throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
@@ -255,7 +283,7 @@ export class RedisStore implements AsyncStore {
       client = createOwnClient(url, connectTimeoutMs);
     }
 
-    const store = new RedisStore(client, opts.client === undefined, url, namespace, commandTimeoutMs, logger);
+    const store = new RedisStore(client, opts.client === undefined, url, namespace, { commandTimeoutMs, connectTimeoutMs, watchPollMs }, logger);
     client.on('error', store.#onError);
     client.on('ready', store.#onReady);
     if (client.isReady) {
@@ -319,10 +347,32 @@ export class RedisStore implements AsyncStore {
     return entries;
   }
 
+  /**
+   * Call `listener` soon after the generation of `key` changes, in any
+   * process on any host, until the returned function is called (see
+   * {@link Store.watch}). Every change is announced on a pub/sub channel;
+   * the store listens on a second connection and re-reads the key, so a
+   * message is only a hint. After the subscriber reconnects, and every
+   * `watchPollMs`, all watched keys are re-read, because messages sent
+   * while disconnected are lost and `FLUSHALL` announces nothing.
+   */
+  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void {
+    this.#checkOpen();
+    const checked = wellFormedString(key, 'key');
+    const watched = this.#watched.get(checked) ?? this.#startWatching(checked);
+    const { remove } = this.#watched.register(watched, since, undefined, listener);
+    void this.#refreshWatched(watched);
+    return () => {
+      if (remove() && this.#watched.size === 0) this.#stopWatching();
+    };
+  }
+
   /** Disconnect (only the client this store made; a client passed in stays open). */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#stopWatching();
+    this.#watched.clear();
     this.#client.off('error', this.#onError);
     this.#client.off('ready', this.#onReady);
     if (!this.#ownsClient) return;
@@ -348,22 +398,92 @@ export class RedisStore implements AsyncStore {
 
   /** @internal */
   async fetchOrCreate(key: string, seed: number, expirationSecs: number): Promise<number> {
-    return checkReply(await this.#script(SCRIPTS.fetchOrCreate, key, [String(seed), String(expirationSecs)]), this.#redisKey(key));
+    return checkReply(await this.#script(SCRIPTS.fetchOrCreate, key, [String(seed), String(expirationSecs), this.#channel]), this.#redisKey(key));
   }
 
   /** @internal The incremented generation, or null (nothing changed) when the key is absent. */
   async increment(key: string): Promise<number | null> {
-    const reply = await this.#script(SCRIPTS.increment, key, []);
+    const reply = await this.#script(SCRIPTS.increment, key, [this.#channel]);
     return reply === null ? null : checkReply(reply, this.#redisKey(key));
   }
 
   /** @internal */
   async delete(key: string): Promise<void> {
-    await this.#script(SCRIPTS.clear, key, []);
+    await this.#script(SCRIPTS.clear, key, [this.#channel]);
   }
 
   #redisKey(key: string): string {
     return this.namespace + key;
+  }
+
+  #startWatching(key: string): WatchedKey<{ running: boolean; again: boolean }> {
+    const watched = this.#watched.open(key, { running: false, again: false });
+    if (this.#subscriber !== undefined) return watched;
+    const subscriber = this.#makeSubscriber();
+    this.#subscriber = subscriber;
+    // Errors are the main connection's to report; the subscriber reconnects by itself.
+    subscriber.on('error', () => undefined);
+    subscriber.on('ready', () => this.#refreshAll());
+    const onMessage = (message: string): void => {
+      if (!message.startsWith(this.namespace)) return;
+      const entry = this.#watched.get(message.slice(this.namespace.length));
+      if (entry !== undefined) void this.#refreshWatched(entry);
+    };
+    const subscribed = subscriber.isOpen ? Promise.resolve() : subscriber.connect();
+    subscribed
+      .then(() => subscriber.subscribe?.(this.#channel, onMessage))
+      .then(() => this.#refreshAll())
+      .catch(() => undefined); // retried by the client; the poll covers the gap
+    this.#watchPoll = setInterval(() => this.#refreshAll(), this.#watchPollMs);
+    this.#watchPoll.unref();
+    return watched;
+  }
+
+  #makeSubscriber(): RedisClientLike {
+    // Subscribing may wait for the connection: queueing is safe here, unlike for INCR.
+    if (this.#ownsClient) return createOwnClient(this.url as string, this.#connectTimeoutMs, false);
+    if (typeof this.#client.duplicate !== 'function' || typeof this.#client.subscribe !== 'function') {
+      throw new InvalidArgumentError('Watching needs a client with duplicate() and subscribe(), as the redis package\'s clients have.');
+    }
+    return this.#client.duplicate({ disableOfflineQueue: false });
+  }
+
+  #stopWatching(): void {
+    clearInterval(this.#watchPoll);
+    this.#watchPoll = undefined;
+    this.#subscriber?.destroy();
+    this.#subscriber = undefined;
+  }
+
+  #refreshAll(): void {
+    for (const entry of this.#watched.values()) void this.#refreshWatched(entry);
+  }
+
+  /** Re-read a watched key and tell its listeners; one read at a time per key, repeated if asked again meanwhile. */
+  async #refreshWatched(entry: WatchedKey<{ running: boolean; again: boolean }>): Promise<void> {
+    const state = entry.target;
+    if (state.running) {
+      state.again = true;
+      return;
+    }
+    state.running = true;
+    try {
+      do {
+        state.again = false;
+        if (this.#closed) return;
+        let generation: number | null;
+        try {
+          generation = await this.generationOf(entry.key);
+        } catch {
+          return; // an outage: the next message, reconnection or poll tries again
+        }
+        const failures: unknown[] = [];
+        deliver(entry, generation, failures);
+        rethrowLater(failures);
+      } while (state.again);
+    } finally {
+      state.running = false;
+    }
   }
 
   #checkOpen(): void {
@@ -455,13 +575,19 @@ export class RedisStore implements AsyncStore {
   }
 }
 
+interface Timing {
+  readonly commandTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly watchPollMs: number;
+}
+
 class CommandTimeout extends Error {
   constructor(ms: number) {
     super(`no answer within ${ms} ms`);
   }
 }
 
-function createOwnClient(url: string, connectTimeoutMs: number): RedisClientLike {
+function createOwnClient(url: string, connectTimeoutMs: number, failWhileOffline = true): RedisClientLike {
   let redis: { createClient(options: Record<string, unknown>): RedisClientLike };
   try {
     redis = require('redis') as typeof redis;
@@ -471,7 +597,7 @@ function createOwnClient(url: string, connectTimeoutMs: number): RedisClientLike
   return redis.createClient({
     url,
     // Fail fast while disconnected rather than queue: a queued INCR could run long after we reported failure.
-    disableOfflineQueue: true,
+    disableOfflineQueue: failWhileOffline,
     socket: {
       connectTimeout: Math.max(connectTimeoutMs, 1),
       reconnectStrategy: (retries: number) => Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS),

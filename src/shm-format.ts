@@ -14,7 +14,8 @@
  * a half-made key. Records are claimed densely, in order, under the
  * creation lock, and are never freed: a cleared key keeps its record with
  * the ABSENT bit set on its generation, which is how a re-created key
- * continues above every value it had before.
+ * continues above every value it had before. A watched key has the WATCHED
+ * bit set as well.
  *
  * All multi-byte fields are in the machine's byte order, which the header
  * records; every 64-bit field is 8-byte aligned.
@@ -68,6 +69,21 @@ const CHECKSUM_BYTES = 8;
 export const H_RECORD_COUNT = 64;
 /** Record number + 1 of a creation in progress (u32, atomic); 0 when none. */
 export const H_PENDING_RECORD = 68;
+/**
+ * Notification sequence (u32, atomic; a futex word): a process that changes
+ * a watched key adds one to it and wakes the processes waiting on it.
+ */
+export const H_NOTIFY_SEQ = 72;
+
+/** Byte 0 of the file carries the key-creation lock (exclusive, OFD). */
+export const CREATION_LOCK_BYTE = 0;
+/**
+ * A process watching record r holds a shared OFD lock on byte
+ * WATCH_LOCK_BASE + r (past the end of the file; the kernel allows that),
+ * so any process can ask whether a key still has watchers, and a watcher
+ * that dies stops counting at once.
+ */
+export const WATCH_LOCK_BASE = 2 ** 32;
 
 // Record fields (byte offsets within a record).
 /** Generation (i64, atomic). */
@@ -86,6 +102,15 @@ export const R_KEY = 64;
 
 /** Bit 62 of a generation word: the key is absent; the low bits keep the highest value it had. */
 export const ABSENT = 1n << 62n;
+/**
+ * Bit 61 of a generation word: some process watches the key, so whoever
+ * changes it must wake the watchers. Keeping the flag in the word costs the
+ * hot path nothing: an increment that returns a flagged word simply leaves
+ * its fast path.
+ */
+export const WATCHED = 1n << 61n;
+/** The value bits of a generation word. */
+export const VALUE_MASK = WATCHED - 1n;
 
 /** Where everything is in a store file of a given capacity. */
 export interface Layout {

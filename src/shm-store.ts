@@ -41,14 +41,16 @@ import {
   OPEN_NEW,
   preparedDefaultDirectory,
 } from './filesystem';
-import { nativeAddon, type NativeAddon } from './native';
+import { nativeAddon, type NativeAddon, type NativeWatcher } from './native';
 import { pause } from './pause';
 import {
   ABSENT,
+  CREATION_LOCK_BYTE,
   DEFAULT_CAPACITY,
   decodeHeader,
   DIGEST_BYTES,
   encodeHeader,
+  H_NOTIFY_SEQ,
   H_PENDING_RECORD,
   H_RECORD_COUNT,
   HEADER_SIZE,
@@ -62,10 +64,14 @@ import {
   R_KEY_LENGTH,
   R_UPDATED_AT,
   RECORD_SIZE,
+  VALUE_MASK,
+  WATCH_LOCK_BASE,
+  WATCHED,
   type HeaderInfo,
 } from './shm-format';
-import { unixSecond, type BindOptions, type KeyBinding, type Store, type StoreEntry } from './store';
+import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
 import { optionalInteger, optionsObject, wellFormedString } from './validate';
+import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
 
 /** File name of the shared-memory store in the default directory. */
 export const SHM_FILE_NAME = 'generations.shm';
@@ -109,8 +115,13 @@ export interface SharedMemoryStoreOptions {
 /** A binding's view before it has a record, and after its store closed: every key reads as absent. */
 const POISONED = new BigInt64Array([ABSENT]);
 
-/** Generation words at or above this are absent (bit 62) or corrupt; below it they are exact as numbers. */
+/** Generation words at or above this are flagged (absent, watched) or corrupt; below it they are exact as numbers. */
 const SAFE_WORD_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
+const NOT_WATCHED = ~WATCHED;
+
+/** How often watchers check their keys where futexes or range locks are not available (macOS, BSD). */
+export const WATCH_POLL_INTERVAL_MS = 25;
+
 
 /** The store's handle on one key. `view` and `index` point at the key's generation word. */
 class SharedMemoryBinding implements KeyBinding {
@@ -146,9 +157,10 @@ class SharedMemoryBinding implements KeyBinding {
     return word !== this.expectedWord && this.staleAfterSettling(word);
   }
 
+  /** A differing word: stale unless a pending increment or the WATCHED flag explains the difference. */
   private staleAfterSettling(word: bigint): boolean {
     this.settle();
-    return word !== this.expectedWord;
+    return word !== this.expectedWord && (word & NOT_WATCHED) !== this.expectedWord;
   }
 
   /** Fold a pending increment into the synced value. */
@@ -208,12 +220,15 @@ export class SharedMemoryStore implements Store {
   readonly #lockTimeoutMs: number;
   #fd: number;
   #closed = false;
+  #buffer: ArrayBuffer;
   #gens: BigInt64Array;
   #u32: Uint32Array;
   #f64: Float64Array;
   #bytes: Buffer;
   readonly #bindings = new Set<WeakRef<SharedMemoryBinding>>();
   readonly #finalizer = new FinalizationRegistry<WeakRef<SharedMemoryBinding>>((ref) => this.#bindings.delete(ref));
+  readonly #watched = new WatchList<SharedMemoryBinding>();
+  #notifier: NativeWatcher | undefined;
 
   private constructor(path: string, fd: number, header: HeaderInfo, buffer: ArrayBuffer, addon: NativeAddon, lockTimeoutMs: number) {
     this.path = path;
@@ -221,6 +236,7 @@ export class SharedMemoryStore implements Store {
     this.#header = header;
     this.#addon = addon;
     this.#lockTimeoutMs = lockTimeoutMs;
+    this.#buffer = buffer;
     this.#gens = new BigInt64Array(buffer);
     this.#u32 = new Uint32Array(buffer);
     this.#f64 = new Float64Array(buffer);
@@ -325,12 +341,36 @@ export class SharedMemoryStore implements Store {
       entries.push({
         key: this.#bytes.toString('utf8', base + R_KEY, base + R_KEY + inline),
         keyTruncated: length > INLINE_KEY_BYTES,
-        generation: (word & ABSENT) !== 0n ? null : Number(word),
+        generation: this.#generationOf(word),
         createdAt: new Date(this.#f64[(base + R_CREATED_AT) / 8] ?? 0),
         updatedAt: new Date(this.#f64[(base + R_UPDATED_AT) / 8] ?? 0),
       });
     }
     return entries;
+  }
+
+  /**
+   * Call `listener` with the generation of `key` (null when absent) soon
+   * after it changes, in any process, until the returned function is
+   * called. A burst of changes may arrive as one call with the latest
+   * generation. `since` is the generation the listener already knows: if
+   * the key differs from it now, the listener is called at once; if
+   * undefined, the current generation is taken as known.
+   *
+   * On Linux this is a real wake-up: the changing process wakes a futex in
+   * the file, and one native thread per store waits on it, never blocking
+   * the event loop or the thread pool and never keeping the process alive.
+   * While any process watches a key, changes to that key cost a system call
+   * more. Elsewhere, watchers check their keys every 25 ms.
+   */
+  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void {
+    this.#checkOpen();
+    const watched = this.#watched.get(key) ?? this.#startWatching(key);
+    const { behind, remove } = this.#watched.register(watched, since, this.readBinding(watched.target), listener);
+    if (behind) queueMicrotask(() => this.#deliver());
+    return () => {
+      if (remove()) this.#stopWatching(watched.target);
+    };
   }
 
   /**
@@ -342,6 +382,9 @@ export class SharedMemoryStore implements Store {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#stopNotifier();
+    // Closing the descriptor below releases this instance's watch locks.
+    this.#watched.clear();
     for (const ref of this.#bindings) {
       const binding = ref.deref();
       if (binding !== undefined) {
@@ -351,6 +394,7 @@ export class SharedMemoryStore implements Store {
     }
     this.#bindings.clear();
     this.#gens = POISONED;
+    this.#buffer = new ArrayBuffer(0);
     this.#u32 = new Uint32Array(0);
     this.#f64 = new Float64Array(0);
     this.#bytes = Buffer.alloc(0);
@@ -366,8 +410,7 @@ export class SharedMemoryStore implements Store {
       if (record < 0) return null;
       this.#attach(binding, record);
     }
-    const word = Atomics.load(binding.view, binding.index);
-    return (word & ABSENT) !== 0n ? null : this.#checkedGeneration(word);
+    return this.#generationOf(Atomics.load(binding.view, binding.index));
   }
 
   /** @internal */
@@ -387,8 +430,13 @@ export class SharedMemoryStore implements Store {
   /** @internal The slow path of an increment whose previous value was absent, unbound, or out of range: false when absent. */
   incrementOutOfRange(binding: SharedMemoryBinding, previous: bigint): boolean {
     this.#checkOpen();
-    if (binding.record < 0 || (previous >= 0n && (previous & ABSENT) !== 0n)) return false;
-    throw this.#corrupt(`key "${binding.key}" holds generation ${previous}, outside the range a generation can take`);
+    if (binding.record < 0) return false;
+    if (previous < 0n) throw this.#corrupt(`key "${binding.key}" holds generation word ${previous}`);
+    // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
+    if ((previous & ABSENT) !== 0n) return false;
+    binding.incrementedFrom = BigInt(this.#checkedGeneration(previous & VALUE_MASK));
+    if ((previous & WATCHED) !== 0n) this.#notify(binding);
+    return true;
   }
 
   /** @internal */
@@ -399,8 +447,94 @@ export class SharedMemoryStore implements Store {
       if (record < 0) return;
       this.#attach(binding, record);
     }
-    Atomics.or(binding.view, binding.index, ABSENT);
+    const previous = Atomics.or(binding.view, binding.index, ABSENT);
     this.#stamp(binding.record, R_UPDATED_AT);
+    if ((previous & (ABSENT | WATCHED)) === WATCHED) this.#notify(binding);
+  }
+
+  /** The first watcher of `key` in this instance: make sure it has a record, mark it watched, start listening. */
+  #startWatching(key: string): WatchedKey<SharedMemoryBinding> {
+    const binding = this.bind(key) as SharedMemoryBinding;
+    let record = this.#find(binding);
+    if (record < 0) record = this.#withCreationLock(() => this.#findOrCreateRecord(binding, null));
+    this.#attach(binding, record);
+    if (this.#addon.rangeLocks) {
+      this.#withCreationLock(() => {
+        this.#addon.lock(this.#fd, WATCH_LOCK_BASE + record, false, this.#lockTimeoutMs);
+        Atomics.or(binding.view, binding.index, WATCHED);
+      });
+    }
+    const watched = this.#watched.open(key, binding);
+    this.#startNotifier();
+    return watched;
+  }
+
+  /** The last watcher of a key in this instance is gone. */
+  #stopWatching(binding: SharedMemoryBinding): void {
+    if (this.#watched.size === 0) this.#stopNotifier();
+    if (this.#closed || !this.#addon.rangeLocks) return;
+    this.#addon.unlock(this.#fd, WATCH_LOCK_BASE + binding.record);
+    this.#clearWatchedFlagIfUnwatched(binding);
+  }
+
+  /** Clear a key's WATCHED flag when no process watches it any more (also after a watcher died). */
+  #clearWatchedFlagIfUnwatched(binding: SharedMemoryBinding): void {
+    try {
+      this.#withCreationLock(() => {
+        if (this.#watched.get(binding.key) === undefined && !this.#addon.lockedByOthers(this.#fd, WATCH_LOCK_BASE + binding.record)) {
+          Atomics.and(binding.view, binding.index, NOT_WATCHED);
+        }
+      });
+    } catch (error) {
+      // A stuck creation lock only leaves the flag set: changes then wake nobody, at a small cost.
+      if (!(error instanceof StoreUnavailableError)) throw error;
+    }
+  }
+
+  /**
+   * Tell every watcher of every process that the key of `binding` changed.
+   * If nobody watches it any more (a watcher died without unwatching),
+   * clear its flag so that later changes skip this.
+   */
+  #notify(binding: SharedMemoryBinding): void {
+    Atomics.add(this.#u32, H_NOTIFY_SEQ / 4, 1);
+    this.#addon.wake(this.#buffer, H_NOTIFY_SEQ);
+    if (this.#watched.get(binding.key) === undefined && !this.#addon.lockedByOthers(this.#fd, WATCH_LOCK_BASE + binding.record)) {
+      this.#clearWatchedFlagIfUnwatched(binding);
+    }
+  }
+
+  #startNotifier(): void {
+    if (this.#notifier !== undefined) return;
+    const deliver = (): void => this.#deliver();
+    if (this.#addon.futex && this.#addon.rangeLocks) {
+      this.#notifier = new this.#addon.Watcher(this.#buffer, H_NOTIFY_SEQ, deliver);
+    } else {
+      const timer = setInterval(deliver, WATCH_POLL_INTERVAL_MS);
+      timer.unref();
+      this.#notifier = { stop: () => clearInterval(timer) };
+    }
+  }
+
+  #stopNotifier(): void {
+    this.#notifier?.stop();
+    this.#notifier = undefined;
+  }
+
+  /** Give every listener whose key changed the current generation. */
+  #deliver(): void {
+    if (this.#closed) return;
+    const failures: unknown[] = [];
+    for (const watched of this.#watched.values()) {
+      let generation: number | null;
+      try {
+        generation = this.readBinding(watched.target);
+      } catch {
+        continue; // a damaged record: the synchronizers report it
+      }
+      deliver(watched, generation, failures);
+    }
+    rethrowLater(failures);
   }
 
   #checkOpen(): void {
@@ -450,7 +584,7 @@ export class SharedMemoryStore implements Store {
   }
 
   #withCreationLock<T>(action: () => T): T {
-    if (!this.#addon.lock(this.#fd, this.#lockTimeoutMs)) {
+    if (!this.#addon.lock(this.#fd, CREATION_LOCK_BYTE, true, this.#lockTimeoutMs)) {
       throw new StoreUnavailableError(
         'ERR_GENSYNC_LOCK_TIMEOUT',
         `Another process held the key-creation lock of ${this.path} for more than ${this.#lockTimeoutMs} ms. ` +
@@ -462,7 +596,7 @@ export class SharedMemoryStore implements Store {
       this.#recoverInterruptedCreation();
       return action();
     } finally {
-      this.#addon.unlock(this.#fd);
+      this.#addon.unlock(this.#fd, CREATION_LOCK_BYTE);
     }
   }
 
@@ -499,8 +633,12 @@ export class SharedMemoryStore implements Store {
     return false;
   }
 
-  /** Under the creation lock: find the key again, or claim, fill and publish a new record. */
-  #findOrCreateRecord(binding: SharedMemoryBinding, seed: number): number {
+  /**
+   * Under the creation lock: find the key again, or claim, fill and publish
+   * a new record — holding `seed`, or absent when `seed` is null (a key that
+   * is watched before it is created).
+   */
+  #findOrCreateRecord(binding: SharedMemoryBinding, seed: number | null): number {
     const existing = this.#find(binding);
     if (existing >= 0) return existing;
 
@@ -523,7 +661,7 @@ export class SharedMemoryStore implements Store {
     this.#u32[(base + R_KEY_LENGTH) / 4] = binding.keyBytes.length;
     binding.digest.copy(this.#bytes, base + R_DIGEST);
     binding.keyBytes.copy(this.#bytes, base + R_KEY, 0, Math.min(binding.keyBytes.length, INLINE_KEY_BYTES));
-    Atomics.store(this.#gens, (base + R_GENERATION) / 8, BigInt(seed));
+    Atomics.store(this.#gens, (base + R_GENERATION) / 8, seed === null ? ABSENT : BigInt(seed));
 
     const mask = tableSize - 1;
     let position = binding.tag & mask;
@@ -546,12 +684,14 @@ export class SharedMemoryStore implements Store {
   #reviveIfAbsent(binding: SharedMemoryBinding, seed: number): number {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const word = Atomics.load(binding.view, binding.index);
-      if ((word & ABSENT) === 0n) return this.#checkedGeneration(word);
-      const highest = word & (ABSENT - 1n);
-      const next = BigInt(seed) > highest ? BigInt(seed) : highest + 1n;
-      if (Atomics.compareExchange(binding.view, binding.index, word, next) === word) {
+      if ((word & ABSENT) === 0n) return this.#checkedGeneration(word & VALUE_MASK);
+      const highest = word & VALUE_MASK;
+      const value = BigInt(seed) > highest ? BigInt(seed) : highest + 1n;
+      const watched = word & WATCHED;
+      if (Atomics.compareExchange(binding.view, binding.index, word, value | watched) === word) {
         this.#stamp(binding.record, R_UPDATED_AT);
-        return this.#checkedGeneration(next);
+        if (watched !== 0n) this.#notify(binding);
+        return this.#checkedGeneration(value);
       }
     }
     throw new StoreUnavailableError(
@@ -561,11 +701,18 @@ export class SharedMemoryStore implements Store {
     );
   }
 
-  #checkedGeneration(word: bigint): number {
-    if (word < 0n || word > BigInt(Number.MAX_SAFE_INTEGER)) {
-      throw this.#corrupt(`a generation word holds ${word}, outside the range a generation can take`);
+  /** A generation word's value, or null when absent; flags removed and range checked. */
+  #generationOf(word: bigint): number | null {
+    if (word < 0n) throw this.#corrupt(`a generation word holds ${word}`);
+    return (word & ABSENT) !== 0n ? null : this.#checkedGeneration(word & VALUE_MASK);
+  }
+
+  /** A generation value (no flags), checked to be exact as a number. */
+  #checkedGeneration(value: bigint): number {
+    if (value < 0n || value > SAFE_WORD_LIMIT) {
+      throw this.#corrupt(`a generation word holds ${value}, outside the range a generation can take`);
     }
-    return Number(word);
+    return Number(value);
   }
 
   #stamp(record: number, field: number): void {

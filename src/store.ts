@@ -72,6 +72,12 @@ export interface BindOptions {
   readonly expirationSecs: number;
 }
 
+/**
+ * Called by {@link Store.watch} with a key's generation, or `null` when the
+ * key is absent, whenever it differs from the last one this listener saw.
+ */
+export type GenerationListener = (generation: number | null) => void;
+
 /** A store that answers synchronously: shared memory, or a file. */
 export interface Store {
   /** Short name of the kind of store: `'shm'`, `'file'`, … */
@@ -84,6 +90,14 @@ export interface Store {
   bind(key: string, options: BindOptions): KeyBinding;
   /** A snapshot of every key the store holds, in no particular order. */
   entries(): StoreEntry[];
+  /**
+   * Call `listener` soon after the generation of `key` changes in any
+   * process, until the returned function is called. Changes in a burst may
+   * arrive as one call with the latest generation. `since` is the
+   * generation the listener already knows (the listener is called at once
+   * if the key differs from it); undefined takes the current one.
+   */
+  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void;
   /** Release the store's resources. Bindings made from it then report every key as stale. */
   close(): void;
 }
@@ -111,6 +125,8 @@ export interface AsyncStore {
   bind(key: string, options: BindOptions): AsyncKeyBinding;
   /** A snapshot of every key the store holds, in no particular order. */
   entries(): Promise<StoreEntry[]>;
+  /** As {@link Store.watch}. */
+  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void;
   /** Release the store's resources. */
   close(): Promise<void>;
 }

@@ -10,6 +10,7 @@ import { defaultStore } from './default-store';
 import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from './errors';
 import { isAnyStore, isSyncStore, type KeyBinding, type Store } from './store';
 import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
+import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from './watch';
 
 /** One year, djblets' default lifetime of a synchronization key. */
 export const DEFAULT_CACHE_EXPIRATION_SECS = 60 * 60 * 24 * 365;
@@ -285,6 +286,38 @@ export class GenerationSynchronizer {
       this.#outages.failed(error, 'marking as updated');
       return false;
     }
+  }
+
+  /**
+   * Call `listener` soon after the generation of this key changes in any
+   * process — a bump, a clear, a re-creation — until the returned function
+   * is called (or disposed of with `using`). The listener gets the new
+   * generation and the one it saw before (at first, {@link syncGen}); it is
+   * called at once if the key already differs from {@link syncGen}. Changes
+   * in a burst may arrive as one call with the latest generation. The
+   * listener does not refresh this synchronizer: reload, then call
+   * {@link refresh}, as after {@link isExpired}.
+   *
+   * On the shared-memory store this is a real wake-up (a futex, on Linux);
+   * on the file store an `fs.watch` with a poll behind it; on Redis a
+   * pub/sub message. Watching never keeps the process alive by itself.
+   *
+   * @example
+   * const unwatch = sync.watch(({ generation }) => reloadSettings());
+   * // later
+   * unwatch();
+   */
+  watch(listener: (change: GenerationChange) => void): Unwatch {
+    return watchKey(this.store, this.cacheKey, this.syncGen, listener);
+  }
+
+  /**
+   * Resolve with the next change of this key (see {@link watch}): at once if
+   * it already differs from {@link syncGen}. Resolves `null` after
+   * `timeoutMs`; rejects with the signal's reason if `signal` aborts.
+   */
+  waitForChange(options?: WaitForChangeOptions): Promise<GenerationChange | null> {
+    return waitForKeyChange(this.store, this.cacheKey, this.syncGen, options);
   }
 
   #fetchOrCreate(action: string): boolean {

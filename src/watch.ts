@@ -1,0 +1,192 @@
+/**
+ * Change notification: the bookkeeping every store's `watch()` shares, and
+ * the `watch()` / `waitForChange()` of the synchronizers.
+ *
+ * @module
+ */
+
+import { InvalidArgumentError } from './errors';
+import type { GenerationListener } from './store';
+import { describe, optionalInteger, optionsObject } from './validate';
+
+/** One listener of a watched key, and the generation it last saw (undefined: not read yet; the first read sets it). */
+export interface WatchRegistration {
+  readonly listener: GenerationListener;
+  last: number | null | undefined;
+}
+
+/** A watched key: the store's handle on it (`target`) and its listeners. */
+export interface WatchedKey<T> {
+  readonly key: string;
+  readonly target: T;
+  readonly registrations: Set<WatchRegistration>;
+}
+
+/** The keys one store instance watches. */
+export class WatchList<T> {
+  readonly #entries = new Map<string, WatchedKey<T>>();
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  values(): IterableIterator<WatchedKey<T>> {
+    return this.#entries.values();
+  }
+
+  get(key: string): WatchedKey<T> | undefined {
+    return this.#entries.get(key);
+  }
+
+  /** Start watching `key` with `target` (the first listener of a key). */
+  open(key: string, target: T): WatchedKey<T> {
+    const entry: WatchedKey<T> = { key, target, registrations: new Set() };
+    this.#entries.set(key, entry);
+    return entry;
+  }
+
+  /**
+   * Add a listener knowing `since` (or the `current` generation when
+   * undefined; a store that cannot read synchronously passes undefined for
+   * `current`, and its next read sets the baseline). Returns whether the
+   * listener may already be behind, so should be checked now, and a
+   * function that removes it and says whether the key lost its last
+   * listener (the caller then stops watching the key).
+   */
+  register(
+    entry: WatchedKey<T>,
+    since: number | null | undefined,
+    current: number | null | undefined,
+    listener: GenerationListener,
+  ): { readonly behind: boolean; readonly remove: () => boolean } {
+    if (typeof listener !== 'function') throw new InvalidArgumentError('The watch listener must be a function.');
+    const registration: WatchRegistration = { listener, last: since === undefined ? current : since };
+    entry.registrations.add(registration);
+    let active = true;
+    return {
+      behind: current === undefined || registration.last !== current,
+      remove: () => {
+        if (!active) return false;
+        active = false;
+        entry.registrations.delete(registration);
+        if (entry.registrations.size > 0 || this.#entries.get(entry.key) !== entry) return false;
+        this.#entries.delete(entry.key);
+        return true;
+      },
+    };
+  }
+
+  clear(): void {
+    this.#entries.clear();
+  }
+}
+
+/**
+ * Tell each listener of `entry` that lags behind `generation`. Errors thrown
+ * by listeners are collected into `failures` so that the other listeners
+ * still run; see {@link rethrowLater}.
+ */
+export function deliver(entry: WatchedKey<unknown>, generation: number | null, failures: unknown[]): void {
+  for (const registration of entry.registrations) {
+    if (registration.last === generation) continue;
+    const first = registration.last === undefined;
+    registration.last = generation;
+    if (first) continue;
+    try {
+      registration.listener(generation);
+    } catch (error) {
+      failures.push(error);
+    }
+  }
+}
+
+/** Like an EventEmitter listener's, a watch listener's error is not swallowed: rethrow each one on its own. */
+export function rethrowLater(failures: readonly unknown[]): void {
+  for (const error of failures) {
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+}
+
+/** What a watch listener is told: the key's new generation, and the one it had seen before. */
+export interface GenerationChange {
+  /** The generation now stored, or `null` when the key was cleared. */
+  readonly generation: number | null;
+  /** The generation this listener saw last (at first, the synchronizer's `syncGen` when watching began). */
+  readonly previous: number | null;
+}
+
+/** Stops a watch. Call it, or let `using` dispose of it. */
+export type Unwatch = (() => void) & Disposable;
+
+/** Options of `waitForChange()`. */
+export interface WaitForChangeOptions {
+  /** Stop waiting when this signal aborts; the promise rejects with the signal's reason. */
+  readonly signal?: AbortSignal | undefined;
+  /** Stop waiting after this many milliseconds; the promise resolves `null`. */
+  readonly timeoutMs?: number | undefined;
+}
+
+/** Anything with a `watch()` like the stores'. */
+interface Watchable {
+  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void;
+}
+
+/** @internal The watch() of both synchronizer classes. */
+export function watchKey(store: Watchable, key: string, since: number | null, listener: (change: GenerationChange) => void): Unwatch {
+  if (typeof listener !== 'function') throw new InvalidArgumentError('watch() needs a listener function.');
+  let previous = since;
+  const stop = store.watch(key, since, (generation) => {
+    const change: GenerationChange = { generation, previous };
+    previous = generation;
+    listener(change);
+  });
+  const unwatch = (): void => stop();
+  return Object.assign(unwatch, { [Symbol.dispose]: unwatch });
+}
+
+/** @internal The waitForChange() of both synchronizer classes. */
+export function waitForKeyChange(
+  store: Watchable,
+  key: string,
+  since: number | null,
+  options: WaitForChangeOptions | undefined,
+): Promise<GenerationChange | null> {
+  const { signal, timeoutMs } = optionsObject(options, 'waitForChange options');
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
+  }
+  const timeout = timeoutMs === undefined ? undefined : optionalInteger(timeoutMs, 'timeoutMs', 0, { min: 0, max: 2 ** 31 - 1 });
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    let unwatch: Unwatch | undefined;
+    let settled = false;
+    const finish = (): void => {
+      settled = true;
+      unwatch?.();
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const onAbort = (): void => {
+      finish();
+      reject(signal?.reason);
+    };
+    unwatch = watchKey(store, key, since, (change) => {
+      finish();
+      resolve(change);
+    });
+    if (settled) unwatch();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (timeout !== undefined) {
+      timer = setTimeout(() => {
+        finish();
+        resolve(null);
+      }, timeout);
+    }
+  });
+}
