@@ -282,12 +282,13 @@ Napi::Value RenameNoReplace(const Napi::CallbackInfo& info) {
 
 // --- Change notification --------------------------------------------------
 //
-// A u32 word in the mapping is the store's notification sequence. A process
+// A u32 word in the file is the store's notification sequence. A process
 // that changes a watched key adds one to it (from JS, with Atomics) and calls
 // wake(); each process with watchers runs one Watcher: a dedicated thread
 // that sleeps in FUTEX_WAIT on the word and, when it changes, calls back
 // into JS through a thread-safe function. Process-shared futexes work on
-// shared file mappings: the kernel keys them by inode and offset.
+// shared file mappings: the kernel keys them by inode and offset, so
+// different mappings of the same page (JS's and the Watcher's own) meet.
 
 bool GetWord(const Napi::CallbackInfo& info, uint32_t** word) {
   if (info.Length() < 2 || !info[0].IsArrayBuffer() || !info[1].IsNumber()) {
@@ -322,9 +323,12 @@ Napi::Value Wake(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// new Watcher(buffer, byteOffset, callback): calls callback() on the JS
-// thread, soon after the word changes. It never keeps the event loop alive.
-// stop() ends the thread; so does the environment shutting down.
+// new Watcher(fd, byteOffset, callback): calls callback() on the JS thread,
+// soon after the u32 at byteOffset of the file changes. It maps that page of
+// the file itself, so its thread never touches memory whose lifetime JS
+// controls (at exit, Node frees ArrayBuffers before cleanup hooks run). It
+// never keeps the event loop alive. stop() ends the thread; so does the
+// environment shutting down.
 class Watcher : public Napi::ObjectWrap<Watcher> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -336,19 +340,36 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 #if !defined(GENSYNC_HAVE_FUTEX)
     Napi::Error::New(env, "futexes are not available on this platform").ThrowAsJavaScriptException();
 #else
-    if (!GetWord(info, &word_)) return;
+    int fd;
+    off_t offset;
+    if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return;
     if (info.Length() < 3 || !info[2].IsFunction()) {
       Napi::TypeError::New(env, "callback must be a function").ThrowAsJavaScriptException();
       return;
     }
-    // Keep the mapping alive while the thread reads it.
-    buffer_ = Napi::Persistent(info[0].As<Napi::ArrayBuffer>());
+    if (offset % static_cast<off_t>(sizeof(uint32_t)) != 0) {
+      Napi::RangeError::New(env, "offset must be aligned to 4 bytes").ThrowAsJavaScriptException();
+      return;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    off_t page_start = offset - offset % page;
+    void* address = mmap(nullptr, static_cast<size_t>(page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, page_start);
+    if (address == MAP_FAILED) {
+      ThrowErrno(env, errno, "mmap");
+      return;
+    }
+    mapping_ = address;
+    mapping_length_ = static_cast<size_t>(page);
+    word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(address) + (offset - page_start));
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "generation-sync watcher", kQueueLength, 1);
     tsfn_.Unref(env);
     env_ = env;
     napi_add_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
+    // Read the word now, on the JS thread: a change made right after this
+    // constructor returns must count as a change, however late the thread starts.
+    uint32_t seen = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
     running_ = true;
-    thread_ = std::thread([this]() { Run(); });
+    thread_ = std::thread([this, seen]() { Run(seen); });
 #endif
   }
 
@@ -359,10 +380,10 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 
   // One pending call is enough: the callback reads the latest state.
   static constexpr size_t kQueueLength = 1;
+  static constexpr long kStopRetryNs = 50 * 1000;  // 50 us
 
-  void Run() {
+  void Run(uint32_t seen) {
 #if defined(GENSYNC_HAVE_FUTEX)
-    uint32_t seen = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
     while (!stopping_.load()) {
       Futex(word_, FUTEX_WAIT, seen);
       uint32_t now = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
@@ -374,6 +395,7 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
       }
     }
 #endif
+    exited_.store(true);
   }
 
   // `removeHook` is false when called from the environment's cleanup hook itself.
@@ -383,11 +405,18 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
     if (removeHook) napi_remove_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
     stopping_.store(true);
 #if defined(GENSYNC_HAVE_FUTEX)
-    Futex(word_, FUTEX_WAKE, INT_MAX);
+    // A wake sent before the thread enters FUTEX_WAIT is lost, so repeat it
+    // until the thread has left its loop (normally the first wake does).
+    while (!exited_.load()) {
+      Futex(word_, FUTEX_WAKE, INT_MAX);
+      struct timespec pause = {0, kStopRetryNs};
+      nanosleep(&pause, nullptr);
+    }
 #endif
     if (thread_.joinable()) thread_.join();
     tsfn_.Release();
-    buffer_.Reset();
+    munmap(mapping_, mapping_length_);
+    mapping_ = nullptr;
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {
@@ -395,13 +424,15 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
     return info.Env().Undefined();
   }
 
+  void* mapping_ = nullptr;
+  size_t mapping_length_ = 0;
   uint32_t* word_ = nullptr;
   napi_env env_ = nullptr;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> exited_{false};
   bool running_ = false;
   std::thread thread_;
   Napi::ThreadSafeFunction tsfn_;
-  Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -42,8 +42,8 @@ export interface NativeAddon {
   wake(buffer: ArrayBuffer, byteOffset: number): void;
   /** Whether futexes are available (Linux); otherwise watching falls back to polling. */
   readonly futex: boolean;
-  /** A thread that calls `onChange` (on the JS thread) soon after the u32 at `byteOffset` changes. */
-  Watcher: new (buffer: ArrayBuffer, byteOffset: number, onChange: () => void) => NativeWatcher;
+  /** A thread that calls `onChange` (on the JS thread) soon after the u32 at `byteOffset` of file `fd` changes. */
+  Watcher: new (fd: number, byteOffset: number, onChange: () => void) => NativeWatcher;
 }
 
 const ADDON_FUNCTIONS = ['map', 'allocate', 'lock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;

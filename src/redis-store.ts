@@ -431,8 +431,15 @@ export class RedisStore implements AsyncStore {
     };
     const subscribed = subscriber.isOpen ? Promise.resolve() : subscriber.connect();
     subscribed
-      .then(() => subscriber.subscribe?.(this.#channel, onMessage))
-      .then(() => this.#refreshAll())
+      .then(async () => {
+        // Watching may have stopped while this connection was being made.
+        if (this.#subscriber !== subscriber) {
+          subscriber.destroy();
+          return;
+        }
+        await subscriber.subscribe?.(this.#channel, onMessage);
+        this.#refreshAll();
+      })
       .catch(() => undefined); // retried by the client; the poll covers the gap
     this.#watchPoll = setInterval(() => this.#refreshAll(), this.#watchPollMs);
     this.#watchPoll.unref();

@@ -508,7 +508,7 @@ export class SharedMemoryStore implements Store {
     if (this.#notifier !== undefined) return;
     const deliver = (): void => this.#deliver();
     if (this.#addon.futex && this.#addon.rangeLocks) {
-      this.#notifier = new this.#addon.Watcher(this.#buffer, H_NOTIFY_SEQ, deliver);
+      this.#notifier = new this.#addon.Watcher(this.#fd, H_NOTIFY_SEQ, deliver);
     } else {
       const timer = setInterval(deliver, WATCH_POLL_INTERVAL_MS);
       timer.unref();

@@ -53,7 +53,7 @@ export class SynchronizedValue<T> {
     // Take the generation first, then load: a change during the load then
     // shows as expired on the next get(), instead of being lost.
     this.synchronizer.refresh();
-    return this.#store(this.#load());
+    return this.#reload();
   }
 
   /**
@@ -63,13 +63,15 @@ export class SynchronizedValue<T> {
    */
   invalidate(): T {
     this.synchronizer.markUpdated();
-    return this.#store(this.#load());
+    return this.#reload();
   }
 
-  #store(value: T): T {
-    this.#value = value;
+  /** Load; if the loader throws, the next get() loads again whatever the generation says. */
+  #reload(): T {
+    this.#loaded = false;
+    this.#value = this.#load();
     this.#loaded = true;
-    return value;
+    return this.#value;
   }
 }
 
@@ -122,6 +124,7 @@ export class AsyncSynchronizedValue<T> {
   #startReload(takeGeneration: () => Promise<boolean>): Promise<T> {
     const reload = (async () => {
       await takeGeneration();
+      this.#loaded = false; // a failed load must not leave the old value looking current
       const value = await this.#load();
       this.#value = value;
       this.#loaded = true;

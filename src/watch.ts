@@ -153,12 +153,13 @@ export function waitForKeyChange(
   since: number | null,
   options: WaitForChangeOptions | undefined,
 ): Promise<GenerationChange | null> {
-  const { signal, timeoutMs } = optionsObject(options, 'waitForChange options');
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
-  }
-  const timeout = timeoutMs === undefined ? undefined : optionalInteger(timeoutMs, 'timeoutMs', 0, { min: 0, max: 2 ** 31 - 1 });
+  // Validation happens inside the executor, so bad options reject like every other failure of a promise API.
   return new Promise((resolve, reject) => {
+    const { signal, timeoutMs } = optionsObject(options, 'waitForChange options');
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
+    }
+    const timeout = timeoutMs === undefined ? undefined : optionalInteger(timeoutMs, 'timeoutMs', 0, { min: 0, max: 2 ** 31 - 1 });
     if (signal?.aborted) {
       reject(signal.reason);
       return;

@@ -8,8 +8,11 @@ import {
   SharedMemoryStore,
   type AsyncGenerationSynchronizerOptions,
   type AsyncStore,
+  type GenerationChange,
   type GenerationSynchronizerOptions,
   type Store,
+  type Unwatch,
+  type WaitForChangeOptions,
 } from 'generation-sync';
 
 import { sharedRedisUrl } from './redis-server';
@@ -60,6 +63,8 @@ export interface Synchronizer {
   refresh(): Promise<boolean>;
   clear(): Promise<boolean>;
   markUpdated(): Promise<boolean>;
+  watch(listener: (change: GenerationChange) => void): Unwatch;
+  waitForChange(options?: WaitForChangeOptions): Promise<GenerationChange | null>;
 }
 
 /** One synchronizer class over one store kind. */
@@ -81,6 +86,8 @@ function promised(sync: GenerationSynchronizer): Synchronizer {
     refresh: async () => sync.refresh(),
     clear: async () => sync.clear(),
     markUpdated: async () => sync.markUpdated(),
+    watch: (listener) => sync.watch(listener),
+    waitForChange: (options) => sync.waitForChange(options),
   };
 }
 

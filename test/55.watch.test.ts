@@ -1,0 +1,264 @@
+// Push, not poll: watch() and waitForChange() on every store, in one process
+// and across real processes; SynchronizedValue and its async twin.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import {
+  AsyncSynchronizedValue,
+  SynchronizedValue,
+  type AsyncGenerationSynchronizerOptions,
+  type AsyncStore,
+  type GenerationChange,
+  type Store,
+} from 'generation-sync';
+
+import { recordingLogger, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
+
+const workers: Worker[] = [];
+afterEach(() => stopAll(workers.splice(0)));
+
+async function eventually<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+describe.each(SUBJECTS)('watching with $name', (subject) => {
+  let store: Store | AsyncStore;
+  const make = (key: string, options: AsyncGenerationSynchronizerOptions = {}): Promise<Synchronizer> =>
+    subject.create(key, { store, logger: recordingLogger(), ...options });
+
+  beforeEach(async () => {
+    store = await subject.kind.open(tempDir());
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  it('calls the listener with the new and the previous generation on a bump and on a clear, until unwatched', async () => {
+    const watcher = await make('watched');
+    const changer = await make('watched');
+    const changes: GenerationChange[] = [];
+    const unwatch = watcher.watch((change) => changes.push(change));
+    const start = watcher.syncGen;
+
+    await changer.markUpdated();
+    await eventually('the bump', () => (changes.length >= 1 ? true : undefined));
+    expect(changes[0]).toEqual({ generation: changer.syncGen, previous: start });
+
+    await changer.clear();
+    await eventually('the clear', () => (changes.length >= 2 ? true : undefined));
+    expect(changes[1]).toEqual({ generation: null, previous: changer.syncGen });
+
+    unwatch[Symbol.dispose]();
+    unwatch(); // idempotent
+    await changer.refresh();
+    await changer.markUpdated();
+    const other = await make('watched');
+    const seen = await other.waitForChange({ timeoutMs: 0 });
+    expect(seen).toBeNull();
+    await other.markUpdated();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(changes).toHaveLength(2);
+    // The listener does not refresh the synchronizer; the application does.
+    expect(await watcher.isExpired()).toBe(true);
+  });
+
+  it('waitForChange resolves with the next change, at once when already changed, null on timeout, and honours AbortSignal', async () => {
+    const mine = await make('waited');
+    const theirs = await make('waited');
+
+    expect(await mine.waitForChange({ timeoutMs: 30 })).toBeNull();
+
+    const waiting = mine.waitForChange({ timeoutMs: 10_000 });
+    await theirs.markUpdated();
+    expect(await waiting).toEqual({ generation: theirs.syncGen, previous: mine.syncGen });
+
+    // Already behind: resolves without a new change.
+    expect(await mine.waitForChange({ timeoutMs: 10_000 })).toEqual({ generation: theirs.syncGen, previous: mine.syncGen });
+
+    await mine.refresh();
+    const controller = new AbortController();
+    const aborted = mine.waitForChange({ signal: controller.signal });
+    controller.abort(new Error('no longer needed'));
+    await expect(aborted).rejects.toThrow('no longer needed');
+    await expect(mine.waitForChange({ signal: AbortSignal.abort() })).rejects.toMatchObject({ name: 'AbortError' });
+    await expect(mine.waitForChange({ timeoutMs: -1 })).rejects.toThrow(/"timeoutMs"/);
+  });
+
+  it('coalesces a burst but always ends on the latest generation', async () => {
+    const watcher = await make('burst');
+    const changer = await make('burst');
+    const seen: Array<number | null> = [];
+    const unwatch = watcher.watch(({ generation }) => seen.push(generation));
+    for (let i = 0; i < 200; i++) await changer.markUpdated();
+    await eventually('the last bump', () => (seen.at(-1) === changer.syncGen ? true : undefined));
+    expect(seen.length).toBeLessThanOrEqual(200);
+    for (let i = 1; i < seen.length; i++) expect(seen[i] as number).toBeGreaterThan(seen[i - 1] as number);
+    unwatch();
+  });
+});
+
+describe.each(STORE_KINDS)('watchers in other processes, on the $name store', (kind) => {
+  interface Status {
+    changes: number;
+    last: number | null;
+    timerFires: number;
+  }
+
+  async function watchers(count: number, dir: string, key: string): Promise<Worker[]> {
+    const args = [...(await kind.workerArgs(dir)), key];
+    const started = Array.from({ length: count }, () => startWorker('watcher.mjs', args));
+    workers.push(...started);
+    await Promise.all(started.map((worker) => worker.next()));
+    return started;
+  }
+
+  const status = async (worker: Worker): Promise<Status> => {
+    worker.send({ cmd: 'status' });
+    return worker.next<Status>();
+  };
+
+  it('a bump in one process wakes the watchers in three others, and 10,000 rapid bumps end with all of them on the final generation', async () => {
+    const dir = tempDir();
+    const group = await watchers(3, dir, 'shared-key');
+    const bumper = startWorker('worker.mjs', await kind.workerArgs(dir));
+    workers.push(bumper);
+    await bumper.next();
+
+    bumper.send({ cmd: 'bump', key: 'shared-key' });
+    const { syncGen: first } = await bumper.next<{ syncGen: number }>();
+    await eventually('every watcher to see the bump', async () => {
+      const all = await Promise.all(group.map(status));
+      return all.every((s) => s.last === first && s.changes === 1) ? all : undefined;
+    });
+
+    const count = 10_000;
+    bumper.send({ cmd: 'hammer', key: 'shared-key', count, startAt: 0 });
+    const { syncGen: final, failures } = await bumper.next<{ syncGen: number; failures: number }>(120_000);
+    expect(failures).toBe(0);
+    expect(final).toBe(first + count);
+    const all = await eventually(
+      'every watcher to see the final generation',
+      async () => {
+        const statuses = await Promise.all(group.map(status));
+        return statuses.every((s) => s.last === final) ? statuses : undefined;
+      },
+      20_000,
+    );
+    for (const s of all) {
+      expect(s.changes).toBeGreaterThan(1);
+      expect(s.changes).toBeLessThanOrEqual(count + 1);
+      // The watcher's own timer kept firing: waiting never blocked its event loop.
+      expect(s.timerFires).toBeGreaterThan(0);
+    }
+  });
+
+  it('keeps the event loop free while waiting: a timer keeps firing', async () => {
+    const [watcher] = await watchers(1, tempDir(), 'quiet-key');
+    const fired = await eventually('the watcher\'s timer to fire 20 times', async () => {
+      const s = await status(watcher as Worker);
+      return s.timerFires >= 20 ? s.timerFires : undefined;
+    });
+    expect(fired).toBeGreaterThanOrEqual(20);
+  });
+
+  it('disposing of the last watcher lets the process exit on its own', async () => {
+    const [watcher] = await watchers(1, tempDir(), 'exit-key');
+    (watcher as Worker).send({ cmd: 'unwatch' });
+    await (watcher as Worker).next();
+    const code = await Promise.race([(watcher as Worker).exited, new Promise((resolve) => setTimeout(() => resolve('still running'), 10_000))]);
+    expect(code).toBe(0);
+  });
+
+  if (kind.name !== 'redis') {
+    it('a watch alone never keeps the process alive', async () => {
+      const [watcher] = await watchers(1, tempDir(), 'detached-key');
+      (watcher as Worker).send({ cmd: 'detach' });
+      await (watcher as Worker).next();
+      const code = await Promise.race([(watcher as Worker).exited, new Promise((resolve) => setTimeout(() => resolve('still running'), 10_000))]);
+      expect(code).toBe(0);
+    });
+  }
+});
+
+describe.each(SUBJECTS)('SynchronizedValue on $name', (subject) => {
+  let store: Store | AsyncStore;
+  beforeEach(async () => {
+    store = await subject.kind.open(tempDir());
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  it('loads once, reloads only after a change anywhere, and invalidate() reloads here and expires everywhere', async () => {
+    let version = 1;
+    let loads = 0;
+    const load = (): { version: number } => {
+      loads++;
+      return { version };
+    };
+    if (subject.kind.asynchronous || subject.name.startsWith('Async')) {
+      const a = await AsyncSynchronizedValue.create('value', async () => load(), { store });
+      const b = await AsyncSynchronizedValue.create('value', async () => load(), { store });
+      expect((await a.get()).version).toBe(1);
+      expect((await b.get()).version).toBe(1);
+      expect(await a.get()).toBe(await a.get());
+      expect(loads).toBe(2);
+      version = 2;
+      expect((await a.invalidate()).version).toBe(2);
+      expect((await b.get()).version).toBe(2);
+      expect(loads).toBe(4);
+      // Single flight: concurrent gets after a change share one reload.
+      version = 3;
+      await a.invalidate();
+      const before = loads;
+      const results = await Promise.all(Array.from({ length: 20 }, () => b.get()));
+      expect(results.every((value) => value.version === 3)).toBe(true);
+      expect(loads - before).toBe(1);
+    } else {
+      const a = new SynchronizedValue('value', load, { store: store as Store });
+      const b = new SynchronizedValue('value', load, { store: store as Store });
+      expect(a.get().version).toBe(1);
+      expect(b.get().version).toBe(1);
+      expect(a.get()).toBe(a.get());
+      expect(loads).toBe(2);
+      version = 2;
+      expect(a.invalidate().version).toBe(2);
+      expect(b.get().version).toBe(2);
+      expect(b.get()).toBe(b.get());
+      expect(loads).toBe(4);
+    }
+  });
+
+  it('a loader that fails is retried on the next get(), even though the generation moved on', async () => {
+    let fail = false;
+    let loads = 0;
+    const load = (): string => {
+      loads++;
+      if (fail) throw new Error('database down');
+      return `load ${loads}`;
+    };
+    if (subject.kind.asynchronous || subject.name.startsWith('Async')) {
+      const value = await AsyncSynchronizedValue.create('flaky', async () => load(), { store });
+      expect(await value.get()).toBe('load 1');
+      fail = true;
+      await expect(value.invalidate()).rejects.toThrow('database down');
+      fail = false;
+      expect(await value.get()).toBe('load 3');
+      expect(await value.get()).toBe('load 3');
+    } else {
+      const value = new SynchronizedValue('flaky', load, { store: store as Store });
+      expect(value.get()).toBe('load 1');
+      fail = true;
+      expect(() => value.invalidate()).toThrow('database down');
+      fail = false;
+      expect(value.get()).toBe('load 3');
+      expect(value.get()).toBe('load 3');
+    }
+  });
+});
