@@ -122,6 +122,13 @@ const NOT_WATCHED = ~WATCHED;
 /** How often watchers check their keys where futexes or range locks are not available (macOS, BSD). */
 export const WATCH_POLL_INTERVAL_MS = 25;
 
+/**
+ * How long the notifier thread outlives the last watcher, so that
+ * `waitForChange()` in a loop does not start a thread for every call. The
+ * thread never keeps the process alive, lingering or not.
+ */
+export const NOTIFIER_LINGER_MS = 1000;
+
 
 /** The store's handle on one key. `view` and `index` point at the key's generation word. */
 class SharedMemoryBinding implements KeyBinding {
@@ -229,6 +236,7 @@ export class SharedMemoryStore implements Store {
   readonly #finalizer = new FinalizationRegistry<WeakRef<SharedMemoryBinding>>((ref) => this.#bindings.delete(ref));
   readonly #watched = new WatchList<SharedMemoryBinding>();
   #notifier: NativeWatcher | undefined;
+  #notifierLinger: NodeJS.Timeout | undefined;
 
   private constructor(path: string, fd: number, header: HeaderInfo, buffer: ArrayBuffer, addon: NativeAddon, lockTimeoutMs: number) {
     this.path = path;
@@ -359,7 +367,8 @@ export class SharedMemoryStore implements Store {
    *
    * On Linux this is a real wake-up: the changing process wakes a futex in
    * the file, and one native thread per store waits on it, never blocking
-   * the event loop or the thread pool and never keeping the process alive.
+   * the event loop or the thread pool and never keeping the process alive;
+   * it ends a second after the last watcher is gone.
    * While any process watches a key, changes to that key cost a system call
    * more. Elsewhere, watchers check their keys every 25 ms.
    */
@@ -471,7 +480,7 @@ export class SharedMemoryStore implements Store {
 
   /** The last watcher of a key in this instance is gone. */
   #stopWatching(binding: SharedMemoryBinding): void {
-    if (this.#watched.size === 0) this.#stopNotifier();
+    if (this.#watched.size === 0) this.#stopNotifierSoon();
     if (this.#closed || !this.#addon.rangeLocks) return;
     this.#addon.unlock(this.#fd, WATCH_LOCK_BASE + binding.record);
     this.#clearWatchedFlagIfUnwatched(binding);
@@ -505,6 +514,8 @@ export class SharedMemoryStore implements Store {
   }
 
   #startNotifier(): void {
+    clearTimeout(this.#notifierLinger);
+    this.#notifierLinger = undefined;
     if (this.#notifier !== undefined) return;
     const deliver = (): void => this.#deliver();
     if (this.#addon.futex && this.#addon.rangeLocks) {
@@ -517,8 +528,20 @@ export class SharedMemoryStore implements Store {
   }
 
   #stopNotifier(): void {
+    clearTimeout(this.#notifierLinger);
+    this.#notifierLinger = undefined;
     this.#notifier?.stop();
     this.#notifier = undefined;
+  }
+
+  /** Stop the notifier once no key has been watched for NOTIFIER_LINGER_MS. */
+  #stopNotifierSoon(): void {
+    if (this.#notifier === undefined || this.#notifierLinger !== undefined) return;
+    this.#notifierLinger = setTimeout(() => {
+      this.#notifierLinger = undefined;
+      if (this.#watched.size === 0) this.#stopNotifier();
+    }, NOTIFIER_LINGER_MS);
+    this.#notifierLinger.unref();
   }
 
   /** Give every listener whose key changed the current generation. */

@@ -1,0 +1,218 @@
+#!/usr/bin/env node
+// Cross-process change notification latency: how long after one process
+// changes a key does a listener in another process run?
+//
+// Measured as a ping-pong, so no clocks are compared across processes: A
+// bumps "ping"; B's watcher sees it and bumps "pong"; A's watcher sees that.
+// One-way latency = round trip / 2. The baseline is what a node:cluster
+// application does without this library: a worker messages the primary,
+// which broadcasts to the workers, and the reply travels the same way.
+//
+//   node bench/latency.mjs [--rounds 500] [--only shm|file|redis|cluster] [--json <file>]
+import cluster from 'node:cluster';
+import { fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { writeFileSync } from 'node:fs';
+
+import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
+
+const WARMUP = 50;
+const self = fileURLToPath(import.meta.url);
+
+async function openStore(kind, location) {
+  if (kind === 'shm') return SharedMemoryStore.open(location);
+  if (kind === 'file') return FileStore.open(location);
+  return RedisStore.connect({ url: location, namespace: 'latency:' });
+}
+
+async function synchronizer(store, key) {
+  return store.asynchronous ? AsyncGenerationSynchronizer.create(key, { store }) : new GenerationSynchronizer(key, { store });
+}
+
+/** The far side of the ping-pong: answer every ping with a pong. */
+async function ponger(kind, location) {
+  const store = await openStore(kind, location);
+  const ping = await synchronizer(store, 'ping');
+  const pong = await synchronizer(store, 'pong');
+  ping.watch(() => void pong.markUpdated());
+  process.send('ready');
+  process.on('message', async (message) => {
+    if (message === 'stop') {
+      await store.close();
+      process.exit(0);
+    }
+  });
+}
+
+/** The near side: time `rounds` round trips through the store. */
+async function pinger(kind, location, rounds, waitEachRound) {
+  const store = await openStore(kind, location);
+  const ping = await synchronizer(store, 'ping');
+  const pong = await synchronizer(store, 'pong');
+  if (waitEachRound) return waitForChangeRounds(store, ping, pong, rounds);
+  // One long-lived watcher, as an application has; each round waits for its next call.
+  let answer = () => undefined;
+  const unwatch = pong.watch(() => answer());
+  const times = [];
+  for (let i = 0; i < WARMUP + rounds; i++) {
+    const answered = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no pong within 5 s (round ${i})`)), 5000);
+      answer = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    const start = process.hrtime.bigint();
+    await ping.markUpdated();
+    await answered;
+    if (i >= WARMUP) times.push(Number(process.hrtime.bigint() - start) / 2);
+  }
+  unwatch();
+  await store.close();
+  return times;
+}
+
+/** The same ping-pong, but each round is `await waitForChange()`, as a loop in an application would be. */
+async function waitForChangeRounds(store, ping, pong, rounds) {
+  const times = [];
+  for (let i = 0; i < WARMUP + rounds; i++) {
+    const start = process.hrtime.bigint();
+    const answered = pong.waitForChange({ timeoutMs: 5000 });
+    await ping.markUpdated();
+    if ((await answered) === null) throw new Error(`no pong within 5 s (round ${i})`);
+    await pong.refresh();
+    if (i >= WARMUP) times.push(Number(process.hrtime.bigint() - start) / 2);
+  }
+  await store.close();
+  return times;
+}
+
+async function measureStore(kind, location, rounds, waitEachRound = false) {
+  const child = fork(self, ['--role', 'ponger', '--kind', kind, '--location', location], { stdio: 'inherit' });
+  await new Promise((resolve, reject) => {
+    child.once('message', resolve);
+    child.once('exit', (code) => reject(new Error(`ponger exited with ${code}`)));
+  });
+  try {
+    return await pinger(kind, location, rounds, waitEachRound);
+  } finally {
+    child.send('stop');
+  }
+}
+
+/** node:cluster: worker 1 → primary → broadcast → worker 2 → primary → broadcast → worker 1. */
+async function measureCluster(rounds) {
+  cluster.setupPrimary({ exec: self, args: ['--role', 'cluster-worker', '--rounds', String(rounds)] });
+  const workers = [cluster.fork(), cluster.fork()];
+  const broadcast = (from, message) => {
+    for (const worker of workers) if (worker !== from) worker.send(message);
+  };
+  return new Promise((resolve, reject) => {
+    let ready = 0;
+    for (const worker of workers) {
+      worker.on('message', (message) => {
+        if (message === 'ready' && ++ready === workers.length) workers[0].send('start');
+        else if (message?.times) {
+          for (const w of workers) w.kill();
+          resolve(message.times);
+        } else if (message === 'ping' || message === 'pong') broadcast(worker, message);
+      });
+      worker.on('error', reject);
+    }
+  });
+}
+
+function clusterWorker(rounds) {
+  let resolvePong;
+  process.on('message', async (message) => {
+    if (message === 'ping') process.send('pong');
+    else if (message === 'pong') resolvePong?.();
+    else if (message === 'start') {
+      const times = [];
+      for (let i = 0; i < WARMUP + rounds; i++) {
+        const start = process.hrtime.bigint();
+        const answered = new Promise((resolve) => (resolvePong = resolve));
+        process.send('ping');
+        await answered;
+        if (i >= WARMUP) times.push(Number(process.hrtime.bigint() - start) / 2);
+      }
+      process.send({ times });
+    }
+  });
+  process.send('ready');
+}
+
+function quantile(sorted, q) {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+async function main() {
+  const { values: args } = parseArgs({
+    options: {
+      role: { type: 'string' },
+      kind: { type: 'string' },
+      location: { type: 'string' },
+      rounds: { type: 'string', default: '500' },
+      only: { type: 'string' },
+      json: { type: 'string' },
+    },
+  });
+  if (args.role === 'ponger') return ponger(args.kind, args.location);
+  if (args.role === 'cluster-worker') return clusterWorker(Number(args.rounds));
+
+  const rounds = Number(args.rounds);
+  const dir = mkdtempSync(join(tmpdir(), 'gensync-latency-'));
+  const { RedisServer } = createRequire(import.meta.url)('../test/support/redis-server.cjs');
+  const contenders = [
+    ['node:cluster broadcast via the primary', () => measureCluster(rounds)],
+    ['shm watch (futex)', () => measureStore('shm', join(dir, 'latency.shm'), rounds)],
+    ['shm waitForChange() per round', () => measureStore('shm', join(dir, 'latency-wait.shm'), rounds, true)],
+    ['file watch (fs.watch)', () => measureStore('file', join(dir, 'latency.json'), rounds)],
+    ['redis watch (pub/sub)', async () => {
+      if (!RedisServer.available()) return undefined;
+      const server = await RedisServer.start();
+      try {
+        return await measureStore('redis', server.url, rounds);
+      } finally {
+        await server.stop();
+      }
+    }],
+  ].filter(([name]) => !args.only || name.includes(args.only));
+
+  const results = {};
+  try {
+    for (const [name, run] of contenders) {
+      const times = await run();
+      if (times === undefined) {
+        console.log(`${name}: skipped (redis-server is not installed)`);
+        continue;
+      }
+      const sorted = times.sort((a, b) => a - b);
+      results[name] = { p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99), max: sorted.at(-1), samples: sorted.length };
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  const baseline = results['node:cluster broadcast via the primary'];
+  const us = (ns) => `${(ns / 1000).toFixed(1)} µs`;
+  console.log(`\nnotification latency (one way = round trip / 2), ${rounds} rounds after ${WARMUP} warm-up — ${cpus()[0]?.model} × ${cpus().length}, Node ${process.version}\n`);
+  const rows = [['contender', 'p50', 'p99', 'max', 'p50 vs cluster']];
+  for (const [name, r] of Object.entries(results)) {
+    rows.push([name, us(r.p50), us(r.p99), us(r.max), baseline && name !== 'node:cluster broadcast via the primary' ? `${(r.p50 / baseline.p50).toFixed(2)}×` : '']);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  for (const [i, row] of rows.entries()) {
+    console.log(row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '));
+    if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  }
+  if (args.json) writeFileSync(args.json, JSON.stringify({ rounds, results }, null, 2) + '\n');
+  process.exit(0);
+}
+
+await main();
