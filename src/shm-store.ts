@@ -336,6 +336,23 @@ export class SharedMemoryStore implements Store {
     return new SharedMemoryBinding(key, keyBytes, digest, digest.readUInt32LE(0), this);
   }
 
+  /** How watchers here learn of changes: a futex wake-up, or polling every 25 ms where that is not available. */
+  get watchMechanism(): 'futex' | 'poll' {
+    return this.#addon.futex && this.#addon.rangeLocks ? 'futex' : 'poll';
+  }
+
+  /**
+   * Record now as the last update time of `key` (see {@link StoreEntry.updatedAt}).
+   * Increments do not do this themselves: reading the clock would triple
+   * their cost. The CLI's `bump` does. Does nothing for an absent key.
+   */
+  touch(key: string): void {
+    this.#checkOpen();
+    const binding = this.bind(key) as SharedMemoryBinding;
+    const record = this.#find(binding);
+    if (record >= 0) this.#stamp(record, R_UPDATED_AT);
+  }
+
   /** A snapshot of every key in the store, in creation order. */
   entries(): StoreEntry[] {
     this.#checkOpen();

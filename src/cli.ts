@@ -1,0 +1,456 @@
+#!/usr/bin/env node
+/**
+ * The `generation-sync` command: see and change the shared state from a
+ * shell. Exit codes: 0 success, 1 failure (store unreachable, key absent for
+ * `get`, problems found by `doctor`), 2 bad usage.
+ *
+ * @module
+ */
+
+import { readFileSync, statfsSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { AsyncGenerationSynchronizer } from './async-synchronizer';
+import { makeCacheKey } from './cache-key';
+import { defaultStore, defaultStoreChoice, STORE_ENV } from './default-store';
+import { GenerationSyncError, StoreUnavailableError } from './errors';
+import { FileStore } from './file-store';
+import { currentUid, DIRECTORY_ENV, networkFilesystemName } from './filesystem';
+import { addonStatus, PACKAGE_ROOT } from './native';
+import { RedisStore } from './redis-store';
+import { MAGIC } from './shm-format';
+import { SharedMemoryStore } from './shm-store';
+import type { AsyncStore, Store, StoreEntry } from './store';
+import { DEFAULT_CACHE_EXPIRATION_SECS, type Logger } from './synchronizer';
+
+const USAGE = `Usage: generation-sync <command> [options]
+
+Commands:
+  list              every key in the store, its generation and last update
+  get KEY           print KEY's generation (exit 1 if it is absent)
+  bump KEY          mark KEY updated: every process holding it sees it expired
+  clear KEY         remove KEY: every process reloads; it comes back higher
+  watch KEY         print each change of KEY until interrupted (Ctrl-C)
+  doctor            which store the library would use and why, and its health
+
+Options:
+  --store KIND      shm, file or redis (default: what the library picks,
+                    honouring ${STORE_ENV} and ${DIRECTORY_ENV})
+  --path FILE       the store file (default: the library's default path)
+  --redis-url URL   the Redis server (implies --store redis)
+  --namespace NS    the Redis key namespace (default: generation-sync:)
+  --prefix PART     key prefix part, as the application's keyPrefix (repeatable)
+  --raw             use KEY exactly, without the library's normalization
+  --json            machine-readable output
+  -h, --help        show this help
+  -v, --version     show the version
+
+Keys are normalized as the library normalizes them, so "bump settings" hits the
+key that new GenerationSynchronizer('settings') uses.`;
+
+const KINDS = ['shm', 'file', 'redis'] as const;
+type Kind = (typeof KINDS)[number];
+
+/** Bad usage: exit code 2. */
+class UsageError extends Error {}
+
+/** A failure the command reports with exit code 1 (the message says what and why). */
+class CommandFailure extends Error {}
+
+interface Options {
+  readonly store: Kind | undefined;
+  readonly path: string | undefined;
+  readonly redisUrl: string | undefined;
+  readonly namespace: string | undefined;
+  readonly prefix: string[];
+  readonly raw: boolean;
+  readonly json: boolean;
+}
+
+interface Output {
+  log(line: string): void;
+}
+
+function parse(argv: readonly string[]): { command: string | undefined; args: string[]; options: Options; help: boolean; version: boolean } {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      allowPositionals: true,
+      strict: true,
+      options: {
+        store: { type: 'string' },
+        path: { type: 'string' },
+        'redis-url': { type: 'string' },
+        namespace: { type: 'string' },
+        prefix: { type: 'string', multiple: true },
+        raw: { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+        version: { type: 'boolean', short: 'v', default: false },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const { values, positionals } = parsed;
+  const store = values.store;
+  if (store !== undefined && !(KINDS as readonly string[]).includes(store)) {
+    throw new UsageError(`--store must be one of ${KINDS.join(', ')}, not "${store}".`);
+  }
+  if (values['redis-url'] !== undefined && store !== undefined && store !== 'redis') {
+    throw new UsageError('--redis-url is for the Redis store; it cannot be combined with --store ' + store + '.');
+  }
+  if (values.path !== undefined && (store === 'redis' || values['redis-url'] !== undefined)) {
+    throw new UsageError('--path names a store file; the Redis store has none.');
+  }
+  const [command, ...args] = positionals;
+  return {
+    command,
+    args,
+    help: values.help,
+    version: values.version,
+    options: {
+      store: store as Kind | undefined,
+      path: values.path,
+      redisUrl: values['redis-url'],
+      namespace: values.namespace,
+      prefix: values.prefix ?? [],
+      raw: values.raw,
+      json: values.json,
+    },
+  };
+}
+
+function kindOf(options: Options): Kind | undefined {
+  if (options.store !== undefined) return options.store;
+  if (options.redisUrl !== undefined) return 'redis';
+  if (options.path === undefined) return undefined;
+  // A path without --store: tell the kind by the file's first bytes.
+  let head: Buffer;
+  try {
+    head = readFileSync(options.path).subarray(0, MAGIC.length);
+  } catch {
+    throw new UsageError(`${options.path} does not exist yet: say which store to create there with --store shm or --store file.`);
+  }
+  if (head.equals(MAGIC)) return 'shm';
+  if (head.toString('latin1').trimStart().startsWith('{')) return 'file';
+  throw new CommandFailure(`${options.path} is not a generation-sync store.`);
+}
+
+async function openStore(options: Options): Promise<Store | AsyncStore> {
+  switch (kindOf(options)) {
+    case 'shm':
+      return SharedMemoryStore.open(options.path);
+    case 'file':
+      return FileStore.open(options.path);
+    case 'redis': {
+      const store = await RedisStore.connect({
+        url: options.redisUrl ?? 'redis://127.0.0.1:6379',
+        namespace: options.namespace,
+        connectTimeoutMs: 3000,
+        logger: quietLogger,
+      });
+      return store;
+    }
+    default:
+      return defaultStore();
+  }
+}
+
+/** The library's outage reports become the command's exit status instead. */
+const quietLogger: Logger = { error: () => undefined, warn: () => undefined, info: () => undefined };
+
+function storedKey(key: string, options: Options): string {
+  return options.raw ? key : makeCacheKey(key, { prefix: options.prefix });
+}
+
+function requireKey(command: string, args: string[]): string {
+  if (args.length !== 1 || args[0] === undefined) {
+    throw new UsageError(`${command} takes exactly one KEY${args.length > 1 ? ` (got ${args.length} arguments; quote a key with spaces)` : ''}.`);
+  }
+  return args[0];
+}
+
+function describeStore(store: Store | AsyncStore): string {
+  if (store instanceof RedisStore) return `redis store ${store.url ?? ''} (namespace ${store.namespace})`;
+  return `${store.kind} store ${(store as Store).path}`;
+}
+
+/** A synchronizer on `key`, already normalized by storedKey(). */
+function synchronizerFor(store: Store | AsyncStore, key: string): Promise<AsyncGenerationSynchronizer> {
+  return AsyncGenerationSynchronizer.create(key, { store, normalizeCacheKey: false, logger: quietLogger });
+}
+
+function unreachable(store: Store | AsyncStore, what: string): CommandFailure {
+  return new CommandFailure(`Could not ${what}: the ${describeStore(store)} did not answer. Is it running and reachable?`);
+}
+
+async function list(store: Store | AsyncStore, options: Options, out: Output): Promise<number> {
+  const entries = [...(await store.entries())].sort((a, b) => a.key.localeCompare(b.key));
+  if (options.json) {
+    out.log(JSON.stringify(entries.map(entryJson)));
+    return 0;
+  }
+  if (entries.length === 0) {
+    out.log(`no keys in the ${describeStore(store)}`);
+    return 0;
+  }
+  const rows = [['KEY', 'GENERATION', 'UPDATED']];
+  for (const entry of entries) {
+    rows.push([
+      entry.key + (entry.keyTruncated ? '…' : ''),
+      entry.generation === null ? '(cleared)' : String(entry.generation),
+      entry.updatedAt === null ? '-' : entry.updatedAt.toISOString(),
+    ]);
+  }
+  const widths = [0, 1].map((column) => Math.max(...rows.map((row) => (row[column] as string).length)));
+  for (const row of rows) out.log(`${(row[0] as string).padEnd(widths[0] as number)}  ${(row[1] as string).padEnd(widths[1] as number)}  ${row[2]}`);
+  return 0;
+}
+
+function entryJson(entry: StoreEntry): Record<string, unknown> {
+  return {
+    key: entry.key,
+    keyTruncated: entry.keyTruncated,
+    generation: entry.generation,
+    createdAt: entry.createdAt?.toISOString() ?? null,
+    updatedAt: entry.updatedAt?.toISOString() ?? null,
+  };
+}
+
+async function get(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
+  const binding = store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS });
+  let generation: number | null;
+  try {
+    generation = await binding.read();
+  } catch (error) {
+    if (error instanceof StoreUnavailableError) throw unreachable(store, `read ${key}`);
+    throw error;
+  }
+  if (options.json) out.log(JSON.stringify({ key, generation }));
+  else out.log(generation === null ? `${key} is absent` : String(generation));
+  return generation === null ? 1 : 0;
+}
+
+async function bump(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
+  const sync = await synchronizerFor(store, key);
+  const previous = sync.syncGen;
+  if (!(await sync.markUpdated())) throw unreachable(store, `bump ${sync.cacheKey}`);
+  if (store instanceof SharedMemoryStore) store.touch(sync.cacheKey);
+  if (options.json) out.log(JSON.stringify({ key: sync.cacheKey, generation: sync.syncGen, previous }));
+  else out.log(`${sync.cacheKey}: ${previous ?? '(absent)'} -> ${sync.syncGen}`);
+  return 0;
+}
+
+async function clear(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
+  const binding = store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS });
+  let previous: number | null;
+  try {
+    previous = await binding.read();
+    await binding.delete();
+  } catch (error) {
+    if (error instanceof StoreUnavailableError) throw unreachable(store, `clear ${key}`);
+    throw error;
+  }
+  if (options.json) out.log(JSON.stringify({ key, cleared: previous !== null, previous }));
+  else out.log(previous === null ? `${key} was already absent` : `${key}: ${previous} -> (cleared)`);
+  return 0;
+}
+
+async function watch(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
+  // Watching must not change anything, so no synchronizer (which would create the key): the store's own watch.
+  let previous: number | null;
+  try {
+    previous = await store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS }).read();
+  } catch (error) {
+    if (error instanceof StoreUnavailableError) throw unreachable(store, `read ${key}`);
+    throw error;
+  }
+  if (!options.json) out.log(`watching ${key} (generation ${previous ?? 'absent'}) in the ${describeStore(store)}; Ctrl-C to stop`);
+  const unwatch = store.watch(key, previous, (generation) => {
+    const at = new Date().toISOString();
+    if (options.json) out.log(JSON.stringify({ at, key, generation, previous }));
+    else out.log(`${at}  ${key}  ${previous ?? '(absent)'} -> ${generation ?? '(cleared)'}`);
+    previous = generation;
+  });
+  // A watch never keeps a process alive by itself; here, staying alive is the point.
+  const keepAlive = setInterval(() => undefined, 2 ** 30);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  clearInterval(keepAlive);
+  unwatch();
+  return 0;
+}
+
+interface Problem {
+  readonly problem: string;
+  readonly fix: string;
+}
+
+/** statfs magic numbers of common local filesystems, for doctor's report. */
+const LOCAL_FILESYSTEMS: ReadonlyMap<number, string> = new Map([
+  [0xef53, 'ext4'],
+  [0x01021994, 'tmpfs'],
+  [0x58465342, 'xfs'],
+  [0x9123683e, 'btrfs'],
+  [0x794c7630, 'overlayfs'],
+  [0x2fc12fc1, 'zfs'],
+  [0xf2f52010, 'f2fs'],
+]);
+
+function filesystemOf(path: string): { type: string; network: boolean } {
+  try {
+    const type = statfsSync(path).type;
+    const network = networkFilesystemName(type);
+    return { type: network ?? LOCAL_FILESYSTEMS.get(type) ?? `0x${type.toString(16)}`, network: network !== undefined };
+  } catch {
+    return { type: 'unknown', network: false };
+  }
+}
+
+async function doctor(options: Options, out: Output): Promise<number> {
+  const problems: Problem[] = [];
+  const status = addonStatus();
+  const report: Record<string, unknown> = {
+    version: packageVersion(),
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    addon: 'path' in status ? { loaded: true, path: status.path } : { loaded: false, error: status.error.message },
+  };
+  if ('error' in status) {
+    problems.push({
+      problem: 'the native addon does not load, so the library falls back to the slower file store',
+      fix: 'approve the install script ("npm install-scripts approve generation-sync") and run "npm rebuild generation-sync"',
+    });
+  }
+  try {
+    report.defaultStore = defaultStoreChoice();
+  } catch (error) {
+    problems.push({ problem: (error as Error).message, fix: `set ${STORE_ENV} to shm or file, or unset it` });
+  }
+  report.environment = { [STORE_ENV]: process.env[STORE_ENV] ?? null, [DIRECTORY_ENV]: process.env[DIRECTORY_ENV] ?? null };
+  if (!process.env[DIRECTORY_ENV]) {
+    problems.push({
+      problem: `${DIRECTORY_ENV} is not set, so the store lives under the temp directory, which temp cleaners, PrivateTmp= and containers can hide or remove`,
+      fix: `in production, set ${DIRECTORY_ENV} to a directory on local disk that the application owns`,
+    });
+  }
+
+  let store: Store | AsyncStore | undefined;
+  try {
+    store = await openStore(options);
+    report.store = await storeReport(store, problems);
+  } catch (error) {
+    problems.push({ problem: (error as Error).message, fix: 'see the message' });
+  } finally {
+    await store?.close();
+  }
+  report.problems = problems;
+
+  if (options.json) {
+    out.log(JSON.stringify(report, null, 2));
+  } else {
+    out.log(`generation-sync ${report.version as string} on Node ${process.version}, ${report.platform as string}`);
+    out.log(`native addon: ${'path' in status ? `loaded from ${status.path}` : `NOT loaded — ${status.error.message}`}`);
+    const choice = report.defaultStore as { kind: string; path: string; reason: string } | undefined;
+    if (choice) out.log(`default store: ${choice.kind} at ${choice.path} (${choice.reason})`);
+    const storeInfo = report.store as Record<string, unknown> | undefined;
+    if (storeInfo) for (const [name, value] of Object.entries(storeInfo)) out.log(`  ${name}: ${typeof value === 'object' ? JSON.stringify(value) : String(value)}`);
+    if (problems.length === 0) out.log('no problems found');
+    for (const { problem, fix } of problems) out.log(`problem: ${problem}\n  fix: ${fix}`);
+  }
+  // Advice alone (the temp directory) does not fail the check; anything else does.
+  return problems.some((problem) => !problem.problem.startsWith(`${DIRECTORY_ENV} is not set`)) ? 1 : 0;
+}
+
+async function storeReport(store: Store | AsyncStore, problems: Problem[]): Promise<Record<string, unknown>> {
+  if (store instanceof RedisStore) {
+    const started = performance.now();
+    const keys = (await store.entries()).length;
+    return { kind: 'redis', url: store.url, namespace: store.namespace, keys, roundTripMs: Number((performance.now() - started).toFixed(2)) };
+  }
+  const path = (store as Store).path as string;
+  const stats = statSync(path);
+  const filesystem = filesystemOf(dirname(path));
+  const uid = currentUid();
+  const info: Record<string, unknown> = {
+    kind: store.kind,
+    path,
+    mode: `0${(stats.mode & 0o777).toString(8)}`,
+    owner: uid !== undefined && stats.uid === uid ? `${stats.uid} (this user)` : String(stats.uid),
+    filesystem: filesystem.type,
+    sizeBytes: stats.size,
+  };
+  if (store instanceof SharedMemoryStore) {
+    Object.assign(info, { formatVersion: store.formatVersion, keys: store.size, capacity: store.capacity, watch: store.watchMechanism });
+    if (store.size > store.capacity * 0.9) {
+      problems.push({ problem: `the store holds ${store.size} of its ${store.capacity} keys`, fix: 'create a new store file with a larger "capacity"' });
+    }
+  } else {
+    Object.assign(info, { keys: (await store.entries()).length });
+  }
+  if (filesystem.network) problems.push({ problem: `the store is on ${filesystem.type}`, fix: `move it to local disk (${DIRECTORY_ENV})` });
+  return info;
+}
+
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** Run the command line `argv`; resolves the exit code. */
+export async function run(argv: readonly string[], out: Output = { log: (line) => console.log(line) }): Promise<number> {
+  const { command, args, options, help, version } = parse(argv);
+  if (help) {
+    out.log(USAGE);
+    return 0;
+  }
+  if (version) {
+    out.log(packageVersion());
+    return 0;
+  }
+  if (command === undefined) throw new UsageError('a command is needed.');
+  if (command === 'doctor') {
+    if (args.length > 0) throw new UsageError('doctor takes no arguments.');
+    return doctor(options, out);
+  }
+  const actions: Record<string, typeof get | undefined> = { list: undefined, get, bump, clear, watch };
+  if (!(command in actions)) throw new UsageError(`unknown command "${command}".`);
+  if (command === 'list' && args.length > 0) throw new UsageError('list takes no arguments.');
+  const key = command === 'list' ? '' : requireKey(command, args);
+  const action = actions[command];
+
+  const store = await openStore(options);
+  try {
+    if (command === 'list') return await list(store, options, out);
+    return await (action as typeof get)(store, storedKey(key, options), options, out);
+  } catch (error) {
+    if (error instanceof StoreUnavailableError) throw unreachable(store, command);
+    throw error;
+  } finally {
+    await store.close();
+  }
+}
+
+if (require.main === module) {
+  run(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: unknown) => {
+      if (error instanceof UsageError) {
+        console.error(`generation-sync: ${error.message}\nRun "generation-sync --help" for usage.`);
+        process.exitCode = 2;
+      } else if (error instanceof CommandFailure || error instanceof GenerationSyncError) {
+        console.error(`generation-sync: ${(error as Error).message}`);
+        process.exitCode = 1;
+      } else {
+        console.error(error);
+        process.exitCode = 1;
+      }
+    },
+  );
+}
