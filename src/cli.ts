@@ -268,7 +268,8 @@ async function watch(store: Store | AsyncStore, key: string, options: Options, o
     if (error instanceof StoreUnavailableError) throw unreachable(store, `read ${key}`);
     throw error;
   }
-  if (!options.json) out.log(`watching ${key} (generation ${previous ?? 'absent'}) in the ${describeStore(store)}; Ctrl-C to stop`);
+  if (options.json) out.log(JSON.stringify({ watching: key, generation: previous }));
+  else out.log(`watching ${key} (generation ${previous ?? 'absent'}) in the ${describeStore(store)}; Ctrl-C to stop`);
   const unwatch = store.watch(key, previous, (generation) => {
     const at = new Date().toISOString();
     if (options.json) out.log(JSON.stringify({ at, key, generation, previous }));

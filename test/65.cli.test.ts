@@ -1,0 +1,183 @@
+// The generation-sync CLI against every store: each command, --json output
+// parsed and checked, and bad usage exiting 2 with a helpful message.
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { AsyncGenerationSynchronizer, FileStore, RedisStore, SharedMemoryStore, type AsyncStore, type Store } from 'generation-sync';
+
+import { ROOT, tempDir } from './helpers';
+import { sharedRedisUrl } from './redis-server';
+
+const CLI = join(ROOT, 'dist', 'cli.js');
+
+interface Result {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}): Result {
+  const result = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 30_000 });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function json<T = Record<string, unknown>>(args: string[]): T {
+  const result = cli([...args, '--json']);
+  expect(result.status, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as T;
+}
+
+interface Target {
+  readonly name: string;
+  /** CLI arguments that select this store. */
+  args(dir: string): string[];
+  /** The same store, opened by the library. */
+  open(dir: string): Promise<Store | AsyncStore>;
+}
+
+const TARGETS: Target[] = [
+  {
+    name: 'shm',
+    args: (dir) => ['--store', 'shm', '--path', join(dir, 'g.shm')],
+    open: async (dir) => SharedMemoryStore.open(join(dir, 'g.shm')),
+  },
+  {
+    name: 'file',
+    args: (dir) => ['--store', 'file', '--path', join(dir, 'g.json')],
+    open: async (dir) => FileStore.open(join(dir, 'g.json')),
+  },
+  {
+    name: 'redis',
+    args: (dir) => ['--redis-url', sharedRedisUrl(), '--namespace', `${basename(dir)}:`],
+    open: (dir) => RedisStore.connect({ url: sharedRedisUrl(), namespace: `${basename(dir)}:` }),
+  },
+];
+
+const stores: Array<Store | AsyncStore> = [];
+afterEach(async () => {
+  for (const store of stores.splice(0)) await store.close();
+});
+
+describe.each(TARGETS)('the CLI on the $name store', (target) => {
+  it('bump, get, list and clear hit the same key the library uses', async () => {
+    const dir = tempDir();
+    const args = target.args(dir);
+    const store = await target.open(dir);
+    stores.push(store);
+    const app = await AsyncGenerationSynchronizer.create('settings', { store, keyPrefix: 'example.com' });
+
+    const bumped = json<{ key: string; generation: number; previous: number }>(['bump', 'settings', '--prefix', 'example.com', ...args]);
+    expect(bumped.key).toBe('example.com:settings');
+    expect(bumped.previous).toBe(app.syncGen);
+    expect(bumped.generation).toBe((app.syncGen as number) + 1);
+    expect(await app.isExpired()).toBe(true);
+    await app.refresh();
+    expect(app.syncGen).toBe(bumped.generation);
+
+    expect(json(['get', 'settings', '--prefix', 'example.com', ...args])).toEqual({ key: 'example.com:settings', generation: bumped.generation });
+    expect(cli(['get', 'settings', '--prefix', 'example.com', ...args]).stdout.trim()).toBe(String(bumped.generation));
+
+    json(['bump', 'a b', '--raw', ...args]);
+    const listed = json<Array<{ key: string; generation: number | null }>>(['list', ...args]);
+    expect(listed.map(({ key }) => key).sort()).toEqual(['a b', 'example.com:settings']);
+    expect(listed.find(({ key }) => key === 'example.com:settings')?.generation).toBe(bumped.generation);
+    expect(cli(['list', ...args]).stdout).toMatch(/KEY\s+GENERATION\s+UPDATED\n/);
+
+    expect(json(['clear', 'settings', '--prefix', 'example.com', ...args])).toEqual({
+      key: 'example.com:settings',
+      cleared: true,
+      previous: bumped.generation,
+    });
+    expect(await app.isExpired()).toBe(true);
+    const absent = cli(['get', 'settings', '--prefix', 'example.com', '--json', ...args]);
+    expect(absent.status).toBe(1);
+    expect(JSON.parse(absent.stdout)).toEqual({ key: 'example.com:settings', generation: null });
+    expect(json(['clear', 'settings', '--prefix', 'example.com', ...args])).toMatchObject({ cleared: false });
+  });
+
+  it('watch prints each change until interrupted, and exits 0', async () => {
+    const dir = tempDir();
+    const args = target.args(dir);
+    json(['bump', 'watched', ...args]);
+    const child = spawn(process.execPath, [CLI, 'watch', 'watched', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+    const next = async (): Promise<Record<string, unknown>> => JSON.parse((await lines.next()).value as string) as Record<string, unknown>;
+    try {
+      const ready = await next();
+      expect(ready).toMatchObject({ watching: 'watched' });
+      const bumped = json<{ generation: number }>(['bump', 'watched', ...args]);
+      expect(await next()).toMatchObject({ key: 'watched', generation: bumped.generation, previous: ready.generation });
+      json(['clear', 'watched', ...args]);
+      expect(await next()).toMatchObject({ key: 'watched', generation: null, previous: bumped.generation });
+    } finally {
+      child.kill('SIGINT');
+    }
+    const code = await new Promise((resolve) => child.once('exit', resolve));
+    expect(code).toBe(0);
+  });
+
+  it('doctor reports the store and the environment', () => {
+    const dir = tempDir();
+    json(['bump', 'k', ...target.args(dir)]);
+    const report = json<{ store: Record<string, unknown>; addon: { loaded: boolean }; problems: unknown[]; defaultStore: { kind: string } }>([
+      'doctor',
+      ...target.args(dir),
+    ]);
+    expect(report.addon.loaded).toBe(true);
+    expect(report.defaultStore.kind).toMatch(/^(shm|file)$/);
+    expect(report.store).toMatchObject({ kind: target.name, keys: 1 });
+    if (target.name !== 'redis') {
+      expect(report.store).toMatchObject({ mode: '0600', filesystem: expect.any(String) as unknown, owner: expect.stringContaining('this user') as unknown });
+    }
+    if (target.name === 'shm') expect(report.store).toMatchObject({ formatVersion: 1, capacity: 4096, watch: 'futex' });
+  });
+});
+
+describe('the CLI, misused', () => {
+  const usage: Array<[string, string[], RegExp]> = [
+    ['no command', [], /a command is needed/],
+    ['an unknown command', ['frobnicate'], /unknown command "frobnicate"/],
+    ['get without a key', ['get'], /get takes exactly one KEY/],
+    ['two keys', ['bump', 'a', 'b'], /quote a key with spaces/],
+    ['an unknown option', ['list', '--bogus'], /Unknown option '--bogus'/],
+    ['a bad store kind', ['list', '--store', 'memcached'], /--store must be one of shm, file, redis/],
+    ['a path for Redis', ['list', '--redis-url', 'redis://127.0.0.1:1', '--path', '/tmp/x'], /the Redis store has none/],
+    ['list with arguments', ['list', 'extra'], /list takes no arguments/],
+    ['an option without its value', ['list', '--store'], /argument missing/],
+  ];
+  it.each(usage)('%s exits 2 with a message on stderr', (_name, args, message) => {
+    const result = cli(args, { GENERATION_SYNC_DIR: tempDir() });
+    expect(result.status).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(message);
+    expect(result.stderr).toMatch(/Run "generation-sync --help" for usage/);
+  });
+
+  it('--help and --version exit 0', () => {
+    const help = cli(['--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: generation-sync <command> \[options\]/);
+    const version = cli(['--version']);
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toBe((JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version);
+  });
+
+  it('an unreachable store exits 1 and says so', () => {
+    const result = cli(['get', 'k', '--redis-url', 'redis://127.0.0.1:1']);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toMatch(/did not answer\. Is it running and reachable\?/);
+  });
+
+  it('a path that is not a store exits 1; a missing one asks for --store', () => {
+    const dir = tempDir();
+    const png = join(dir, 'x.png');
+    spawnSync('sh', ['-c', `printf '\\211PNG' > ${png}`]);
+    expect(cli(['list', '--path', png]).stderr).toMatch(/is not a generation-sync store/);
+    const missing = cli(['list', '--path', join(dir, 'none.shm')]);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toMatch(/--store shm or --store file/);
+  });
+});
