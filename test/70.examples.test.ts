@@ -1,0 +1,149 @@
+// The examples are real programs: the node:cluster HTTP service, and the PM2
+// cluster-mode app driven by the CLI under a real PM2 with its own PM2_HOME.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { ROOT, tempDir } from './helpers';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
+    });
+  });
+}
+
+interface Reply {
+  pid: number;
+  generation: number;
+  settings: { version: number; theme: string };
+}
+
+function call(port: number, method: string, body?: string): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    // A new connection per request, so that the cluster spreads them over its workers.
+    const req = request({ host: '127.0.0.1', port, path: '/settings', method, agent: false }, (res) => {
+      let data = '';
+      res.on('data', (chunk: Buffer) => (data += chunk.toString()));
+      res.on('end', () => resolve(JSON.parse(data) as Reply));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+describe('examples/cluster/server.mjs', () => {
+  it('serves cached settings from every worker, and a PUT to one is seen by all on their next request', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [join(ROOT, 'examples', 'cluster', 'server.mjs')], {
+      env: { ...process.env, PORT: String(port), WORKERS: '3', GENERATION_SYNC_DIR: tempDir() },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      await until('the service to listen', () => new Promise<true | undefined>((resolve) => {
+        child.stdout?.once('data', (data: Buffer) => resolve(data.toString().includes('listening') ? true : undefined));
+      }));
+      const before = await until('replies from every worker', async () => {
+        const replies = await Promise.all(Array.from({ length: 12 }, () => call(port, 'GET')));
+        return new Set(replies.map((reply) => reply.pid)).size === 3 ? replies : undefined;
+      });
+      expect(before.every((reply) => reply.settings.version === 1)).toBe(true);
+
+      const put = await call(port, 'PUT', JSON.stringify({ theme: 'dark' }));
+      expect(put.settings).toEqual({ version: 2, theme: 'dark' });
+      // No waiting: the very next request to any worker sees the change.
+      const after = await Promise.all(Array.from({ length: 30 }, () => call(port, 'GET')));
+      expect(new Set(after.map((reply) => reply.pid)).size).toBe(3);
+      for (const reply of after) {
+        expect(reply.settings).toEqual({ version: 2, theme: 'dark' });
+        expect(reply.generation).toBe(put.generation);
+      }
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(0);
+  });
+});
+
+describe('examples/pm2 under real PM2', () => {
+  it('two cluster-mode instances reload when `generation-sync bump` runs, and no daemon is left behind', async () => {
+    const pm2Home = tempDir('gensync-pm2home-');
+    const env = {
+      ...process.env,
+      PM2_HOME: pm2Home,
+      // Keep PM2 quiet and local: no banner, no update checks.
+      PM2_DISCRETE_MODE: 'true',
+      PM2_DISABLE_VERSION_CHECK: 'true',
+      GENERATION_SYNC_DIR: tempDir(),
+      STATUS_DIR: tempDir(),
+      INSTANCES: '2',
+    };
+    const statusDir = env.STATUS_DIR;
+    const pm2 = (...args: string[]): string => {
+      const result = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'pm2', 'bin', 'pm2'), ...args], { env, encoding: 'utf8', timeout: 60_000 });
+      if (result.status !== 0) throw new Error(`pm2 ${args.join(' ')} failed: ${result.stdout}${result.stderr}`);
+      return result.stdout;
+    };
+    const statuses = (): Array<{ instance: string; pid: number; generation: number; reloads: number }> =>
+      readdirSync(statusDir).map((name) => JSON.parse(readFileSync(join(statusDir, name), 'utf8')) as { instance: string; pid: number; generation: number; reloads: number });
+
+    pm2('start', join(ROOT, 'examples', 'pm2', 'ecosystem.config.cjs'));
+    let daemonPid: number | undefined;
+    let appPids: number[] = [];
+    try {
+      daemonPid = Number(readFileSync(join(pm2Home, 'pm2.pid'), 'utf8'));
+      const started = await until('both instances to report', () => {
+        const all = existsSync(statusDir) ? statuses() : [];
+        return all.length === 2 ? all : undefined;
+      });
+      appPids = started.map((status) => status.pid);
+      expect(new Set(started.map((status) => status.generation)).size).toBe(1);
+      const list = JSON.parse(pm2('jlist')) as Array<{ pm2_env: { exec_mode: string; status: string } }>;
+      expect(list.map((app) => [app.pm2_env.exec_mode, app.pm2_env.status])).toEqual([
+        ['cluster_mode', 'online'],
+        ['cluster_mode', 'online'],
+      ]);
+
+      const bump = spawnSync(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'bump', 'settings', '--json'], { env, encoding: 'utf8' });
+      expect(bump.status, bump.stderr).toBe(0);
+      const { generation } = JSON.parse(bump.stdout) as { generation: number };
+      const reloaded = await until('every instance to reload', () => {
+        const all = statuses();
+        return all.every((status) => status.generation === generation) ? all : undefined;
+      });
+      for (const status of reloaded) expect(status.reloads).toBe(2);
+    } finally {
+      pm2('kill');
+    }
+    // The daemon and its instances are gone.
+    await until('PM2 and its instances to exit', () => {
+      const alive = [daemonPid, ...appPids].filter((pid): pid is number => {
+        if (pid === undefined || Number.isNaN(pid)) return false;
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+      return alive.length === 0 ? true : undefined;
+    });
+  });
+});
