@@ -2,8 +2,9 @@
 // A live demo of generation-sync on the default store: a node:cluster
 // primary and four workers each cache a "settings" object. The primary
 // changes the settings every so often and calls markUpdated(); every worker
-// checks isExpired() as it serves (simulated) requests, reloads, refreshes,
-// and reports how long after the change it noticed.
+// is told (watch()), reloads, refreshes, and reports how long after the
+// change it noticed. On a terminal the view redraws in place; piped, it
+// prints one line per event.
 //
 //   npm start                  # about 10 seconds
 //   npm start -- --seconds 30 --workers 8 --interval 500
@@ -17,8 +18,8 @@ import { parseArgs } from 'node:util';
 import { defaultStore, GenerationSynchronizer } from 'generation-sync';
 
 const KEY = ['generation-sync-demo', 'settings'];
-const REQUEST_INTERVAL_MS = 1;
 const LAST_CHANGE_WAIT_MS = 5000;
+const THEMES = ['light', 'dark', 'solarized', 'high-contrast'];
 
 const { values: options } = parseArgs({
   options: {
@@ -40,6 +41,7 @@ for (const [name, value] of [['seconds', seconds], ['workers', workerCount], ['i
 /** Wall-clock milliseconds with sub-millisecond precision, comparable across processes. */
 const preciseNow = () => performance.timeOrigin + performance.now();
 const clockTime = () => new Date().toISOString().slice(11, 23);
+const ms = (value) => (value === undefined ? '-' : `${value.toFixed(2)} ms`);
 
 function readSettings(file) {
   return JSON.parse(readFileSync(file, 'utf8'));
@@ -53,19 +55,39 @@ function writeSettings(file, settings) {
 if (cluster.isPrimary) {
   const dir = mkdtempSync(join(tmpdir(), 'generation-sync-demo-'));
   const settingsFile = join(dir, 'settings.json');
-  const themes = ['light', 'dark', 'solarized', 'high-contrast'];
   let version = 1;
-  writeSettings(settingsFile, { version, theme: themes[0], changedAt: preciseNow() });
+  writeSettings(settingsFile, { version, theme: THEMES[0], changedAt: preciseNow() });
 
   const sync = new GenerationSynchronizer(KEY);
-  console.log(`generation-sync demo: ${workerCount} workers share ${sync.store.path} (${sync.store.kind} store)`);
-  console.log(`key "${sync.cacheKey}" starts at generation ${sync.syncGen}; a change every ${intervalMs} ms for ${seconds} s\n`);
-
+  const live = process.stdout.isTTY === true;
+  const header = [
+    `generation-sync demo: ${workerCount} workers share ${sync.store.path} (${sync.store.kind} store)`,
+    `key "${sync.cacheKey}" starts at generation ${sync.syncGen}; a change every ${intervalMs} ms for ${seconds} s`,
+  ];
+  const workers = new Map(); // cluster id -> { pid, generation, reloads, noticed, reload }
   const latencies = [];
-  const reloadsByWorker = new Map();
-  let ready = 0;
-
+  const reportsByVersion = new Map();
+  let drawnLines = 0;
   let stopping = false;
+
+  const draw = () => {
+    const lines = [
+      ...header,
+      `settings v${version} (theme=${THEMES[version % THEMES.length]}), generation ${sync.syncGen}`,
+      '',
+      'worker  pid      generation   reloads  noticed after  reload took',
+      ...[...workers.entries()].sort(([a], [b]) => a - b).map(([id, w]) =>
+        `${String(id).padEnd(6)}  ${String(w.pid).padEnd(7)}  ${String(w.generation ?? '-').padEnd(11)}  ${String(w.reloads).padEnd(7)}  ${ms(w.noticed).padEnd(13)}  ${ms(w.reload)}`,
+      ),
+    ];
+    process.stdout.write(`${drawnLines > 0 ? `\x1b[${drawnLines}A\x1b[J` : ''}${lines.join('\n')}\n`);
+    drawnLines = lines.length;
+  };
+  const say = (line) => {
+    if (!live) console.log(line);
+  };
+
+  if (!live) console.log(`${header.join('\n')}\n`);
   for (let i = 0; i < workerCount; i++) cluster.fork({ DEMO_SETTINGS: settingsFile });
   cluster.on('exit', (worker, code, signal) => {
     if (!stopping) {
@@ -76,41 +98,45 @@ if (cluster.isPrimary) {
     if (Object.keys(cluster.workers ?? {}).length === 0) rmSync(dir, { recursive: true, force: true });
   });
 
-  const reportsByVersion = new Map();
-  const lastVersionReports = () => (version === 1 ? workerCount : reportsByVersion.get(version) ?? 0);
-
+  let ready = 0;
   cluster.on('message', (worker, message) => {
     if (message.type === 'ready') {
-      ready++;
-      if (ready === workerCount) start();
+      workers.set(worker.id, { pid: worker.process.pid, generation: message.generation, reloads: 0 });
+      if (++ready === workerCount) start();
       return;
     }
     if (message.type === 'reloaded') {
       latencies.push(message.noticedAfterMs);
       reportsByVersion.set(message.version, (reportsByVersion.get(message.version) ?? 0) + 1);
-      reloadsByWorker.set(worker.id, (reloadsByWorker.get(worker.id) ?? 0) + 1);
-      console.log(
+      const state = workers.get(worker.id);
+      Object.assign(state, { generation: message.generation, reloads: state.reloads + 1, noticed: message.noticedAfterMs, reload: message.reloadMs });
+      say(
         `${clockTime()} [worker ${worker.id}] noticed v${message.version} after ${message.noticedAfterMs.toFixed(2)} ms, ` +
           `reloaded in ${message.reloadMs.toFixed(2)} ms, refreshed to generation ${message.generation}`,
       );
+      if (live) draw();
     }
   });
 
   function change() {
     version++;
-    const theme = themes[version % themes.length];
+    const theme = THEMES[version % THEMES.length];
     writeSettings(settingsFile, { version, theme, changedAt: preciseNow() });
     const reached = sync.markUpdated();
-    console.log(`\n${clockTime()} [primary]  saved settings v${version} (theme=${theme}); markUpdated() -> generation ${sync.syncGen}${reached ? '' : ' (store unreachable!)'}`);
+    say(`\n${clockTime()} [primary]  saved settings v${version} (theme=${theme}); markUpdated() -> generation ${sync.syncGen}${reached ? '' : ' (store unreachable!)'}`);
+    if (live) draw();
   }
 
   function start() {
+    if (live) draw();
     const timer = setInterval(change, intervalMs);
     setTimeout(() => {
       clearInterval(timer);
       waitForLastChange(Date.now() + LAST_CHANGE_WAIT_MS);
     }, seconds * 1000);
   }
+
+  const lastVersionReports = () => (version === 1 ? workerCount : reportsByVersion.get(version) ?? 0);
 
   /** Stop once every worker has reported the last change, or when the wait runs out. */
   function waitForLastChange(deadline) {
@@ -125,40 +151,39 @@ if (cluster.isPrimary) {
     const updates = version - 1;
     const sorted = [...latencies].sort((a, b) => a - b);
     const quantile = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : NaN);
-    const perWorker = [...reloadsByWorker.values()];
-    console.log(`\nsummary: ${updates} updates, ${latencies.length} reloads across ${workerCount} workers ` +
-      `(${perWorker.every((n) => n === updates) ? 'every worker saw every update' : `reloads per worker: ${perWorker.join(', ')}`}); ` +
-      `noticed after p50 ${quantile(0.5).toFixed(2)} ms, p99 ${quantile(0.99).toFixed(2)} ms, max ${(sorted.at(-1) ?? NaN).toFixed(2)} ms ` +
-      `(workers check isExpired() every ${REQUEST_INTERVAL_MS} ms)`);
+    const perWorker = [...workers.values()].map((w) => w.reloads);
+    console.log(
+      `\nsummary: ${updates} updates, ${latencies.length} reloads across ${workerCount} workers ` +
+        `(${perWorker.every((n) => n === updates) ? 'every worker saw every update' : `reloads per worker: ${perWorker.join(', ')}`}); ` +
+        `noticed after p50 ${quantile(0.5).toFixed(2)} ms, p99 ${quantile(0.99).toFixed(2)} ms, max ${(sorted.at(-1) ?? NaN).toFixed(2)} ms ` +
+        `(workers are told by watch(), ${sync.store.kind === 'shm' ? 'a futex wake-up' : 'a file-system event'})`,
+    );
   }
 } else {
   const settingsFile = process.env.DEMO_SETTINGS;
   const sync = new GenerationSynchronizer(KEY);
   let settings = readSettings(settingsFile);
 
-  // Stand-in for a request handler: every request checks whether the cached settings are current.
-  function handleRequest() {
-    if (sync.isExpired()) {
-      const noticedAt = preciseNow();
-      settings = readSettings(settingsFile);
-      sync.refresh();
-      process.send({
-        type: 'reloaded',
-        version: settings.version,
-        generation: sync.syncGen,
-        noticedAfterMs: Math.max(0, noticedAt - settings.changedAt),
-        reloadMs: preciseNow() - noticedAt,
-      });
-    }
-  }
+  // Told, not polling: reload as soon as any process changes the generation.
+  const unwatch = sync.watch(() => {
+    const noticedAt = preciseNow();
+    settings = readSettings(settingsFile);
+    sync.refresh();
+    process.send({
+      type: 'reloaded',
+      version: settings.version,
+      generation: sync.syncGen,
+      noticedAfterMs: Math.max(0, noticedAt - settings.changedAt),
+      reloadMs: preciseNow() - noticedAt,
+    });
+  });
 
-  const timer = setInterval(handleRequest, REQUEST_INTERVAL_MS);
   process.on('message', (message) => {
     if (message.type === 'stop') {
-      clearInterval(timer);
+      unwatch();
       defaultStore().close();
       process.disconnect();
     }
   });
-  process.send({ type: 'ready' });
+  process.send({ type: 'ready', generation: sync.syncGen });
 }
