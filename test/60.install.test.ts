@@ -117,6 +117,10 @@ describe('installing the packed package', () => {
     expect(installed.output).toMatch(/generation-sync@0\.1\.0 \(install: node native\/install\.cjs\)/);
     const report = probe(installed.dir);
     expect(report).toMatchObject({ kind: 'shm', reached: true, expired: false, warnings: [] });
+    // The CLI is installed as a bin.
+    const version = spawnSync(join(installed.dir, 'node_modules', '.bin', 'generation-sync'), ['--version'], { encoding: 'utf8' });
+    expect(version.status, version.stderr).toBe(0);
+    expect(version.stdout.trim()).toBe('0.1.0');
   });
 
   it('without a compiler and without a prebuild, installs anyway and falls back to the file store with one warning', () => {
