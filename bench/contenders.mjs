@@ -1,10 +1,13 @@
-// Benchmark contenders. Each runs in its own process (see run.mjs): it is
-// handed a repetition count and an operation count, and returns the time of
-// each repetition in nanoseconds per operation.
+// Benchmark contenders. Each runs in its own process (bench/child.mjs): it
+// is handed a repetition count and an operation count, and returns the time
+// of each repetition in nanoseconds per operation.
+import cluster from 'node:cluster';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
+import { open as openLmdb } from 'lmdb';
 import { createClient } from 'redis';
 
 import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
@@ -31,6 +34,33 @@ async function measureAsync(body, { reps, ops, warmup = 1 }) {
     samples.push(Number(process.hrtime.bigint() - start) / ops);
   }
   return samples;
+}
+
+/** An LMDB environment in a fresh directory holding one counter, as an application would keep one. */
+function temporaryLmdb(options = {}) {
+  const db = openLmdb({ path: join(temporaryDir(), 'lmdb'), ...options });
+  db.putSync('generation', 1_700_000_000);
+  return db;
+}
+
+/**
+ * The worker side of 'cluster: ask the primary': ask for the current
+ * generation over IPC and wait for the answer, `ops` times per repetition.
+ */
+export async function clusterAsker(reps, ops) {
+  let answer;
+  process.on('message', (message) => answer?.(message));
+  const ask = () =>
+    new Promise((resolve) => {
+      answer = resolve;
+      process.send('generation?');
+    });
+  const samples = await measureAsync(async (count) => {
+    let stale = 0;
+    for (let i = 0; i < count; i++) if ((await ask()) !== 1_700_000_000) stale++;
+    sink += stale;
+  }, { reps, ops });
+  process.send({ samples });
 }
 
 /** The redis-server the runner started for this run (see run.mjs). */
@@ -90,7 +120,7 @@ export const contenders = {
   'shm isExpired()': {
     ops: 5_000_000,
     baseline: 'floor: Atomics.load',
-    fasterThan: ['redis: GET', 'redis isExpired()'],
+    fasterThan: ['lmdb: get', 'redis: GET', 'redis isExpired()', 'cluster: ask the primary'],
     run(options) {
       const sync = new GenerationSynchronizer('bench-key', { store: temporaryShmStore() });
       return measure((ops) => {
@@ -114,7 +144,7 @@ export const contenders = {
   'shm markUpdated()': {
     ops: 5_000_000,
     baseline: 'floor: Atomics.add',
-    fasterThan: ['redis: INCR', 'redis markUpdated()'],
+    fasterThan: ['lmdb: increment (write txn, noSync)', 'lmdb: increment (write txn)', 'redis: INCR', 'redis markUpdated()'],
     run(options) {
       const sync = new GenerationSynchronizer('bench-key', { store: temporaryShmStore() });
       return measure((ops) => {
@@ -218,6 +248,55 @@ export const contenders = {
       }, options);
       await store.close();
       return samples;
+    },
+  },
+  'lmdb: get': {
+    ops: 500_000,
+    run(options) {
+      const db = temporaryLmdb();
+      return measure((ops) => {
+        let stale = 0;
+        for (let i = 0; i < ops; i++) if (db.get('generation') !== 1_700_000_000) stale++;
+        sink += stale;
+      }, options);
+    },
+  },
+  'lmdb: increment (write txn, noSync)': {
+    ops: 20_000,
+    run(options) {
+      const db = temporaryLmdb({ noSync: true });
+      return measure((ops) => {
+        for (let i = 0; i < ops; i++) db.transactionSync(() => db.put('generation', db.get('generation') + 1));
+        sink += db.get('generation') & 1;
+      }, options);
+    },
+  },
+  'lmdb: increment (write txn)': {
+    ops: 300,
+    run(options) {
+      const db = temporaryLmdb();
+      return measure((ops) => {
+        for (let i = 0; i < ops; i++) db.transactionSync(() => db.put('generation', db.get('generation') + 1));
+        sink += db.get('generation') & 1;
+      }, { ...options, warmup: 1 });
+    },
+  },
+  'cluster: ask the primary': {
+    ops: 5_000,
+    run({ reps, ops }) {
+      // This process is the primary; one worker asks it, as a worker would ask for the current generation.
+      cluster.setupPrimary({ exec: fileURLToPath(new URL('./child.mjs', import.meta.url)), args: ['cluster-asker', String(reps), String(ops)], silent: true });
+      const worker = cluster.fork();
+      return new Promise((resolve, reject) => {
+        worker.on('message', (message) => {
+          if (message === 'generation?') worker.send(1_700_000_000);
+          else if (message?.samples) {
+            worker.kill();
+            resolve(message.samples);
+          }
+        });
+        worker.on('exit', (code) => code && reject(new Error(`cluster worker exited with ${code}`)));
+      });
     },
   },
 };

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // Cross-process change notification latency: how long after one process
 // changes a key does a listener in another process run?
 //
@@ -7,22 +6,17 @@
 // One-way latency = round trip / 2. The baseline is what a node:cluster
 // application does without this library: a worker messages the primary,
 // which broadcasts to the workers, and the reply travels the same way.
-//
-//   node bench/latency.mjs [--rounds 500] [--only shm|file|redis|cluster] [--json <file>]
 import cluster from 'node:cluster';
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { cpus, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { writeFileSync } from 'node:fs';
 
 import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
 
+import { CHILD, quantile, withRedis } from './support.mjs';
+
 const WARMUP = 50;
-const self = fileURLToPath(import.meta.url);
 
 async function openStore(kind, location) {
   if (kind === 'shm') return SharedMemoryStore.open(location);
@@ -35,7 +29,7 @@ async function synchronizer(store, key) {
 }
 
 /** The far side of the ping-pong: answer every ping with a pong. */
-async function ponger(kind, location) {
+export async function ponger(kind, location) {
   const store = await openStore(kind, location);
   const ping = await synchronizer(store, 'ping');
   const pong = await synchronizer(store, 'pong');
@@ -93,7 +87,7 @@ async function waitForChangeRounds(store, ping, pong, rounds) {
 }
 
 async function measureStore(kind, location, rounds, waitEachRound = false) {
-  const child = fork(self, ['--role', 'ponger', '--kind', kind, '--location', location], { stdio: 'inherit' });
+  const child = fork(CHILD, ['ponger', kind, location], { stdio: 'inherit' });
   await new Promise((resolve, reject) => {
     child.once('message', resolve);
     child.once('exit', (code) => reject(new Error(`ponger exited with ${code}`)));
@@ -107,7 +101,7 @@ async function measureStore(kind, location, rounds, waitEachRound = false) {
 
 /** node:cluster: worker 1 → primary → broadcast → worker 2 → primary → broadcast → worker 1. */
 async function measureCluster(rounds) {
-  cluster.setupPrimary({ exec: self, args: ['--role', 'cluster-worker', '--rounds', String(rounds)] });
+  cluster.setupPrimary({ exec: CHILD, args: ['cluster-pinger', String(rounds)] });
   const workers = [cluster.fork(), cluster.fork()];
   const broadcast = (from, message) => {
     for (const worker of workers) if (worker !== from) worker.send(message);
@@ -127,7 +121,7 @@ async function measureCluster(rounds) {
   });
 }
 
-function clusterWorker(rounds) {
+export function clusterWorker(rounds) {
   let resolvePong;
   process.on('message', async (message) => {
     if (message === 'ping') process.send('pong');
@@ -147,49 +141,29 @@ function clusterWorker(rounds) {
   process.send('ready');
 }
 
-function quantile(sorted, q) {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
+export const CLUSTER_BASELINE = 'node:cluster broadcast via the primary';
 
-async function main() {
-  const { values: args } = parseArgs({
-    options: {
-      role: { type: 'string' },
-      kind: { type: 'string' },
-      location: { type: 'string' },
-      rounds: { type: 'string', default: '500' },
-      only: { type: 'string' },
-      json: { type: 'string' },
-    },
-  });
-  if (args.role === 'ponger') return ponger(args.kind, args.location);
-  if (args.role === 'cluster-worker') return clusterWorker(Number(args.rounds));
-
-  const rounds = Number(args.rounds);
+/**
+ * @param {{ rounds: number, only?: string }} options
+ * @returns {Promise<{ results: Record<string, { p50: number, p99: number, max: number, samples: number }>, skipped: string[] }>}
+ */
+export async function runLatency({ rounds, only }) {
   const dir = mkdtempSync(join(tmpdir(), 'gensync-latency-'));
-  const { RedisServer } = createRequire(import.meta.url)('../test/support/redis-server.cjs');
   const contenders = [
-    ['node:cluster broadcast via the primary', () => measureCluster(rounds)],
+    [CLUSTER_BASELINE, () => measureCluster(rounds)],
     ['shm watch (futex)', () => measureStore('shm', join(dir, 'latency.shm'), rounds)],
     ['shm waitForChange() per round', () => measureStore('shm', join(dir, 'latency-wait.shm'), rounds, true)],
     ['file watch (fs.watch)', () => measureStore('file', join(dir, 'latency.json'), rounds)],
-    ['redis watch (pub/sub)', async () => {
-      if (!RedisServer.available()) return undefined;
-      const server = await RedisServer.start();
-      try {
-        return await measureStore('redis', server.url, rounds);
-      } finally {
-        await server.stop();
-      }
-    }],
-  ].filter(([name]) => !args.only || name.includes(args.only));
+    ['redis watch (pub/sub)', () => withRedis((url) => measureStore('redis', url, rounds))],
+  ].filter(([name]) => !only || name.includes(only) || name === CLUSTER_BASELINE);
 
   const results = {};
+  const skipped = [];
   try {
     for (const [name, run] of contenders) {
       const times = await run();
       if (times === undefined) {
-        console.log(`${name}: skipped (redis-server is not installed)`);
+        skipped.push(name);
         continue;
       }
       const sorted = times.sort((a, b) => a - b);
@@ -198,21 +172,5 @@ async function main() {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-
-  const baseline = results['node:cluster broadcast via the primary'];
-  const us = (ns) => `${(ns / 1000).toFixed(1)} µs`;
-  console.log(`\nnotification latency (one way = round trip / 2), ${rounds} rounds after ${WARMUP} warm-up — ${cpus()[0]?.model} × ${cpus().length}, Node ${process.version}\n`);
-  const rows = [['contender', 'p50', 'p99', 'max', 'p50 vs cluster']];
-  for (const [name, r] of Object.entries(results)) {
-    rows.push([name, us(r.p50), us(r.p99), us(r.max), baseline && name !== 'node:cluster broadcast via the primary' ? `${(r.p50 / baseline.p50).toFixed(2)}×` : '']);
-  }
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
-  for (const [i, row] of rows.entries()) {
-    console.log(row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '));
-    if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  }
-  if (args.json) writeFileSync(args.json, JSON.stringify({ rounds, results }, null, 2) + '\n');
-  process.exit(0);
+  return { results, skipped };
 }
-
-await main();

@@ -1,137 +1,138 @@
 #!/usr/bin/env node
-// npm run bench: every contender in its own child process, warm, several
-// repetitions; prints medians, spread, and each contender's ratio to its
-// baseline measured in the same run.
+// npm run bench: every benchmark of generation-sync against the floor and
+// the alternatives users would pick, in one run, each contender in its own
+// process. Prints tables, and writes docs/benchmarks.json, docs/benchmarks.md
+// and docs/benchmarks.svg (stamped with the machine, Node version and date).
 //
-// The machine is shared and noisy, and its speed drifts over seconds. So
-// the run is split into rounds: each round runs every contender once, in a
-// rotating order, and a contender's ratio to its baseline is taken within
-// each round, then the median over rounds is reported.
-//
-//   node bench/run.mjs [--rounds 5] [--reps 5] [--scale 1] [--only <substring>] [--json <file>]
-import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+//   node bench/run.mjs                      # the full run (several minutes)
+//   node bench/run.mjs --sections micro     # micro, latency, scaling, creation
+//   node bench/run.mjs --only shm           # micro contenders whose name contains "shm"
+//   node bench/run.mjs --smoke --out DIR    # a few seconds, to check nothing rotted
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { createRequire } from 'node:module';
+import { CLUSTER_BASELINE, runLatency } from './latency.mjs';
+import { runMicro } from './micro.mjs';
+import { chart, checkBars, markdown } from './report.mjs';
+import { runCreation } from './creation.mjs';
+import { runScaling } from './scaling.mjs';
+import { duration, machine, printTable } from './support.mjs';
 
-import { contenders } from './contenders.mjs';
-
-const { RedisServer } = createRequire(import.meta.url)('../test/support/redis-server.cjs');
+const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 
 const { values: args } = parseArgs({
   options: {
-    rounds: { type: 'string', default: '5' },
-    reps: { type: 'string', default: '5' },
-    scale: { type: 'string', default: '1' },
+    smoke: { type: 'boolean', default: false },
+    sections: { type: 'string', default: 'micro,latency,scaling,creation' },
+    rounds: { type: 'string' },
+    reps: { type: 'string' },
+    scale: { type: 'string' },
     only: { type: 'string' },
-    json: { type: 'string' },
+    out: { type: 'string', default: join(ROOT, 'docs') },
   },
 });
-
-const contenderScript = fileURLToPath(new URL('./contender.mjs', import.meta.url));
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
-const env = { ...process.env };
-
-/** Run one contender in a fresh process; returns the median ns/op of its repetitions. */
-function runContender(name) {
-  const ops = String(Math.max(1, Math.round(contenders[name].ops * Number(args.scale))));
-  const output = execFileSync(process.execPath, [contenderScript, name, args.reps, ops], { encoding: 'utf8', env });
-  return median(JSON.parse(output.trim().split('\n').at(-1)).samples);
-}
-
-const selected = Object.keys(contenders).filter((name) => !args.only || name.includes(args.only));
-// A baseline runs whenever a selected contender needs it.
-let names = [...new Set(selected.flatMap((name) => [contenders[name].baseline, name].filter(Boolean)))];
-
-// Contenders that need Redis get a redis-server of their own on a free loopback port.
-let redis;
-if (names.some((name) => contenders[name].needs === 'redis')) {
-  if (RedisServer.available()) {
-    redis = await RedisServer.start();
-    env.GENSYNC_BENCH_REDIS_URL = redis.url;
-  } else {
-    console.log('redis-server is not installed: skipping the Redis contenders (apt-get install -y redis-server)\n');
-    names = names.filter((name) => contenders[name].needs !== 'redis');
-  }
-}
-const rounds = Number(args.rounds);
-const perRound = new Map(names.map((name) => [name, []]));
-for (let round = 0; round < rounds; round++) {
-  const order = names.map((_, i) => names[(i + round) % names.length]);
-  for (const name of order) perRound.get(name).push(runContender(name));
-}
-
-await redis?.stop();
-
-const results = {};
-for (const name of names) {
-  const times = perRound.get(name);
-  const { baseline } = contenders[name];
-  const ratios = baseline ? times.map((time, round) => time / perRound.get(baseline)[round]) : undefined;
-  results[name] = {
-    median: median(times),
-    min: Math.min(...times),
-    max: Math.max(...times),
-    baseline,
-    ratio: ratios && median(ratios),
-    ratioMin: ratios && Math.min(...ratios),
-    ratioMax: ratios && Math.max(...ratios),
-    rounds: times,
-  };
-}
-
-const machine = {
-  cpu: cpus()[0]?.model ?? 'unknown CPU',
-  cores: cpus().length,
-  node: process.version,
-  date: new Date().toISOString().slice(0, 10),
+const smoke = args.smoke;
+const sections = new Set(args.sections.split(','));
+const settings = {
+  rounds: Number(args.rounds ?? (smoke ? 1 : 5)),
+  reps: Number(args.reps ?? (smoke ? 1 : 5)),
+  scale: Number(args.scale ?? (smoke ? 0.001 : 1)),
+  latencyRounds: smoke ? 20 : 300,
+  scalingProcesses: smoke ? [1, 2] : [1, 2, 4, 8],
+  scalingMs: smoke ? 100 : 1000,
+  creation: smoke ? { shm: [100], file: [20], redis: [20] } : { shm: [1000, 10_000, 100_000], file: [1000], redis: [1000, 10_000, 100_000] },
 };
-const format = (ns) => (ns >= 1e6 ? `${(ns / 1e6).toFixed(2)} ms` : ns >= 1e3 ? `${(ns / 1e3).toFixed(2)} µs` : `${ns.toFixed(1)} ns`);
-console.log(`generation-sync benchmarks — ${machine.cpu} × ${machine.cores}, Node ${machine.node}, ${machine.date}`);
-console.log(`${rounds} rounds × ${args.reps} timed repetitions; each contender in its own process; ratios taken within each round\n`);
-const rows = [['contender', 'median/op', 'rounds min–max', 'ratio (median, min–max)', 'baseline']];
-for (const name of names) {
-  const r = results[name];
-  rows.push([
-    name,
-    format(r.median),
-    `${format(r.min)}–${format(r.max)}`,
-    r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}× (${r.ratioMin.toFixed(2)}–${r.ratioMax.toFixed(2)})`,
-    r.baseline ?? '',
-  ]);
-}
-const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
-for (const [index, row] of rows.entries()) {
-  console.log(row.map((cell, column) => (column === 0 || column === 4 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  '));
-  if (index === 0) console.log(widths.map((width) => '-'.repeat(width)).join('  '));
-}
 
-// Cross-checks: how much faster a contender is than alternatives measured in the same rounds.
-const comparisons = [];
-for (const name of names) {
-  for (const other of contenders[name].fasterThan ?? []) {
-    if (!perRound.has(other)) continue;
-    const ratios = perRound.get(name).map((time, round) => perRound.get(other)[round] / time);
-    comparisons.push({ contender: name, than: other, times: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) });
-  }
-}
-if (comparisons.length > 0) {
+const run = { machine: machine(), command: smoke ? 'node bench/run.mjs --smoke' : 'npm run bench' };
+console.log(`generation-sync benchmarks — ${run.machine.cpu} × ${run.machine.cores}, Node ${run.machine.node}, ${run.machine.date}\n`);
+
+if (sections.has('micro')) {
+  run.micro = await runMicro({ rounds: settings.rounds, reps: settings.reps, scale: settings.scale, only: args.only });
+  console.log(`cost per operation (${settings.rounds} rounds × ${settings.reps} repetitions; ratios within each round)\n`);
+  printTable(
+    [
+      ['contender', 'median/op', 'rounds min–max', 'ratio (median, min–max)', 'baseline'],
+      ...Object.entries(run.micro.results).map(([name, r]) => [
+        name,
+        duration(r.median),
+        `${duration(r.min)}–${duration(r.max)}`,
+        r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}× (${r.ratioMin.toFixed(2)}–${r.ratioMax.toFixed(2)})`,
+        r.baseline ?? '',
+      ]),
+    ],
+    [0, 4],
+  );
   console.log('');
-  for (const c of comparisons) {
-    const fmt = (x) => Math.round(x).toLocaleString('en-US');
-    console.log(`${c.contender} is ${fmt(c.times)}× faster than ${c.than} (rounds ${fmt(c.min)}–${fmt(c.max)}×)`);
+  for (const c of run.micro.comparisons) {
+    console.log(`${c.contender} is ${Math.round(c.times).toLocaleString('en-US')}× faster than ${c.than}`);
   }
+  if (run.micro.skipped.length) console.log(`skipped (redis-server not installed): ${run.micro.skipped.join(', ')}`);
+  console.log('');
 }
 
-if (args.json) {
-  writeFileSync(args.json, JSON.stringify({ machine, rounds, reps: Number(args.reps), scale: Number(args.scale), results, comparisons }, null, 2) + '\n');
+if (sections.has('latency')) {
+  run.latency = await runLatency({ rounds: settings.latencyRounds, only: args.only });
+  const base = run.latency.results[CLUSTER_BASELINE];
+  console.log(`change notification latency, one way (ping-pong, ${settings.latencyRounds} rounds)\n`);
+  printTable([
+    ['contender', 'p50', 'p99', 'max', 'p50 vs cluster'],
+    ...Object.entries(run.latency.results).map(([name, r]) => [
+      name,
+      duration(r.p50),
+      duration(r.p99),
+      duration(r.max),
+      base && name !== CLUSTER_BASELINE ? `${(r.p50 / base.p50).toFixed(2)}×` : '',
+    ]),
+  ]);
+  console.log('');
 }
+
+if (sections.has('scaling')) {
+  run.scaling = await runScaling({ processes: settings.scalingProcesses, durationMs: settings.scalingMs });
+  console.log('scaling on the shared-memory store (total operations per second)\n');
+  printTable(
+    [
+      ['operation', 'keys', ...settings.scalingProcesses.map((n) => `${n} proc`)],
+      ...['isExpired', 'markUpdated'].flatMap((op) =>
+        ['one key', 'distinct keys'].map((keys) => [
+          `${op}()`,
+          keys,
+          ...settings.scalingProcesses.map((n) => {
+            const row = run.scaling.find((r) => r.op === op && r.keys === keys && r.processes === n);
+            return `${(row.opsPerSecond / 1e6).toFixed(1)} M`;
+          }),
+        ]),
+      ),
+    ],
+    [0, 1],
+  );
+  console.log('');
+}
+
+if (sections.has('creation')) {
+  run.creation = await runCreation({ sizes: settings.creation });
+  console.log('opening a store and creating keys\n');
+  printTable([
+    ['store', 'keys', 'time', 'file size', 'RSS'],
+    ...run.creation.map((row) => [
+      row.kind,
+      row.keys.toLocaleString('en-US'),
+      duration(row.ms * 1e6),
+      row.fileBytes === null ? '–' : `${(row.fileBytes / 2 ** 20).toFixed(1)} MiB`,
+      `${row.rssMb.toFixed(0)} MiB`,
+    ]),
+  ]);
+  console.log('');
+}
+
+const bars = checkBars(run);
+for (const { bar, shown, met } of bars) console.log(`${met === undefined ? '–' : met ? '✓' : '✗'} ${bar}: ${shown}`);
+
+mkdirSync(args.out, { recursive: true });
+writeFileSync(join(args.out, 'benchmarks.json'), JSON.stringify({ ...run, bars }, null, 2) + '\n');
+if (run.micro) writeFileSync(join(args.out, 'benchmarks.svg'), chart(run.micro.results));
+writeFileSync(join(args.out, 'benchmarks.md'), markdown(run, 'benchmarks.svg') + '\n');
+console.log(`\nwrote ${join(args.out, 'benchmarks.md')}, benchmarks.svg and benchmarks.json`);
+process.exit(0);

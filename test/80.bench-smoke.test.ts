@@ -1,0 +1,64 @@
+// A short run of every benchmark, so that they never rot. It checks that
+// each section runs and reports; it asserts nothing about speed (that is the
+// benchmarks' job, on a quiet machine, not the tests').
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { ROOT, tempDir } from './helpers';
+
+describe('npm run bench, smoke version', () => {
+  it('runs every section and writes the JSON, the Markdown report and the SVG chart', () => {
+    const out = tempDir();
+    execFileSync(process.execPath, [join(ROOT, 'bench', 'run.mjs'), '--smoke', '--out', out], { encoding: 'utf8', timeout: 300_000 });
+
+    const run = JSON.parse(readFileSync(join(out, 'benchmarks.json'), 'utf8')) as {
+      machine: { cpu: string; cores: number; node: string; date: string };
+      micro: { results: Record<string, { median: number }>; comparisons: Array<{ contender: string; than: string; times: number }> };
+      latency: { results: Record<string, { p50: number }> };
+      scaling: Array<{ op: string; keys: string; processes: number; opsPerSecond: number }>;
+      creation: Array<{ kind: string; keys: number; ms: number }>;
+      bars: Array<{ bar: string; value: number }>;
+    };
+    expect(run.machine.node).toBe(process.version);
+    expect(Object.keys(run.micro.results).sort()).toEqual(
+      [
+        'cluster: ask the primary',
+        'file isExpired()',
+        'file markUpdated()',
+        'floor: Atomics.add',
+        'floor: Atomics.load',
+        'floor: readFileSync + JSON.parse',
+        'lmdb: get',
+        'lmdb: increment (write txn)',
+        'lmdb: increment (write txn, noSync)',
+        'redis isExpired()',
+        'redis markUpdated()',
+        'redis: GET',
+        'redis: INCR',
+        'shm isExpired()',
+        'shm markUpdated()',
+      ].sort(),
+    );
+    for (const result of Object.values(run.micro.results)) expect(result.median).toBeGreaterThan(0);
+    expect(run.micro.comparisons.length).toBeGreaterThanOrEqual(8);
+    expect(Object.keys(run.latency.results)).toEqual(
+      expect.arrayContaining(['node:cluster broadcast via the primary', 'shm watch (futex)', 'file watch (fs.watch)', 'redis watch (pub/sub)']),
+    );
+    expect(run.scaling).toHaveLength(8);
+    expect(run.creation.map((row) => row.kind)).toEqual(['shm', 'file', 'redis']);
+    expect(run.bars).toHaveLength(6);
+    for (const bar of run.bars) expect(typeof bar.value).toBe('number');
+
+    const report = readFileSync(join(out, 'benchmarks.md'), 'utf8');
+    for (const heading of ['## The bars', '## Cost per operation', '## Change notification latency', '## Scaling', '## Creating keys']) {
+      expect(report).toContain(heading);
+    }
+    expect(report).toContain(`Node ${process.version}`);
+    expect(report).toContain('node bench/run.mjs --smoke');
+    const svg = readFileSync(join(out, 'benchmarks.svg'), 'utf8');
+    expect(svg).toMatch(/^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+    expect(svg).toContain('shm isExpired()');
+  });
+});
