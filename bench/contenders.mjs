@@ -266,7 +266,7 @@ export const contenders = {
     run(options) {
       const db = temporaryLmdb({ noSync: true });
       return measure((ops) => {
-        for (let i = 0; i < ops; i++) db.transactionSync(() => db.put('generation', db.get('generation') + 1));
+        for (let i = 0; i < ops; i++) db.transactionSync(() => db.putSync('generation', db.get('generation') + 1));
         sink += db.get('generation') & 1;
       }, options);
     },
@@ -276,7 +276,7 @@ export const contenders = {
     run(options) {
       const db = temporaryLmdb();
       return measure((ops) => {
-        for (let i = 0; i < ops; i++) db.transactionSync(() => db.put('generation', db.get('generation') + 1));
+        for (let i = 0; i < ops; i++) db.transactionSync(() => db.putSync('generation', db.get('generation') + 1));
         sink += db.get('generation') & 1;
       }, { ...options, warmup: 1 });
     },
