@@ -33,7 +33,7 @@ import { join } from 'node:path';
 import lockfile from 'proper-lockfile';
 
 import { StoreUnavailableError } from './errors';
-import { errnoCode, ioError } from './filesystem';
+import { errnoCode, ioError, processIsAlive } from './filesystem';
 import { pause } from './pause';
 
 const OWNER_FILE = 'owner';
@@ -197,12 +197,7 @@ function ownerIsGone(content: string, staleMs: number): boolean {
   }
   if (typeof owner.createdAt !== 'number' || Date.now() - owner.createdAt > staleMs) return true;
   if (owner.host !== hostname() || typeof owner.pid !== 'number') return false;
-  try {
-    process.kill(owner.pid, 0);
-    return false;
-  } catch (error) {
-    return errnoCode(error) === 'ESRCH';
-  }
+  return !processIsAlive(owner.pid);
 }
 
 /**

@@ -278,3 +278,13 @@ export function openFailure(error: unknown, file: string): StoreError {
       return ioError(error, 'open the store', file);
   }
 }
+
+/** Whether a process with this pid exists (on this host). A pid owned by another user counts as alive. */
+export function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return errnoCode(error) !== 'ESRCH';
+  }
+}

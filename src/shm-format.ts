@@ -74,6 +74,14 @@ export const H_PENDING_RECORD = 68;
  * a watched key adds one to it and wakes the processes waiting on it.
  */
 export const H_NOTIFY_SEQ = 72;
+/** Flags (u32, atomic); see FLAG_RETIRED. */
+export const H_FLAGS = 76;
+/**
+ * This file was unlinked, renamed or replaced while in use: a process that
+ * noticed poisoned every key in it and carried its generations over to the
+ * file now at the path. Whoever sees the flag moves there too.
+ */
+export const FLAG_RETIRED = 1;
 
 /** Byte 0 of the file carries the key-creation lock (exclusive, OFD). */
 export const CREATION_LOCK_BYTE = 0;

@@ -12,21 +12,16 @@ import {
   fdatasyncSync,
   fstatSync,
   openSync,
+  readdirSync,
   readSync,
+  statSync,
   unlinkSync,
   writeSync,
   type Stats,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
-import {
-  StoreClosedError,
-  StoreError,
-  StoreFormatError,
-  StoreFullError,
-  StoreUnavailableError,
-  UnsafeStoreError,
-} from './errors';
+import { StoreClosedError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
 import {
   checkFileMode,
   checkLocalFilesystem,
@@ -40,6 +35,7 @@ import {
   storePathArgument,
   OPEN_NEW,
   preparedDefaultDirectory,
+  processIsAlive,
 } from './filesystem';
 import { nativeAddon, type NativeAddon, type NativeWatcher } from './native';
 import { pause } from './pause';
@@ -50,6 +46,8 @@ import {
   decodeHeader,
   DIGEST_BYTES,
   encodeHeader,
+  FLAG_RETIRED,
+  H_FLAGS,
   H_NOTIFY_SEQ,
   H_PENDING_RECORD,
   H_RECORD_COUNT,
@@ -69,6 +67,7 @@ import {
   WATCHED,
   type HeaderInfo,
 } from './shm-format';
+import { checkpoint } from './test-hooks';
 import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
 import { optionalInteger, optionsObject, wellFormedString } from './validate';
 import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
@@ -85,6 +84,12 @@ const OPEN_RETRY_PAUSE_MS = 10;
 
 /** Upper bound on compare-and-swap retries; each failure means another process made progress. */
 const MAX_CAS_ATTEMPTS = 100_000;
+
+/**
+ * How often each store checks, in the background, that its path still
+ * names the file it has mapped (two system calls; none on the hot path).
+ */
+export const FILE_CHECK_INTERVAL_MS = 250;
 
 /** Options of {@link SharedMemoryStore.open}. */
 export interface SharedMemoryStoreOptions {
@@ -130,6 +135,41 @@ export const WATCH_POLL_INTERVAL_MS = 25;
 export const NOTIFIER_LINGER_MS = 1000;
 
 
+/**
+ * What identifies a key in a file: its UTF-8 length, SHA-256 and first
+ * bytes. A record can be matched or re-created from this alone, which is
+ * how keys are carried over to a new file.
+ */
+interface KeyIdentity {
+  /** The key for messages (for a key carried over from an old file, only its first bytes). */
+  readonly label: string;
+  readonly length: number;
+  readonly digest: Buffer;
+  /** The first INLINE_KEY_BYTES bytes of the key (all of it when shorter). */
+  readonly inline: Buffer;
+  /** Hash-index tag: the first four bytes of the digest. */
+  readonly tag: number;
+}
+
+function identityOf(key: string): KeyIdentity {
+  const bytes = Buffer.from(key, 'utf8');
+  const digest = createHash('sha256').update(bytes).digest();
+  return { label: key, length: bytes.length, digest, inline: bytes.subarray(0, INLINE_KEY_BYTES), tag: digest.readUInt32LE(0) };
+}
+
+/** One mapped store file and the views over it. */
+interface MappedFile {
+  readonly fd: number;
+  readonly header: HeaderInfo;
+  readonly buffer: ArrayBuffer;
+  readonly gens: BigInt64Array;
+  readonly u32: Uint32Array;
+  readonly f64: Float64Array;
+  readonly bytes: Buffer;
+  readonly ino: number;
+  readonly dev: number;
+}
+
 /** The store's handle on one key. `view` and `index` point at the key's generation word. */
 class SharedMemoryBinding implements KeyBinding {
   view: BigInt64Array = POISONED;
@@ -148,9 +188,7 @@ class SharedMemoryBinding implements KeyBinding {
 
   constructor(
     readonly key: string,
-    readonly keyBytes: Buffer,
-    readonly digest: Buffer,
-    readonly tag: number,
+    readonly identity: KeyIdentity,
     private readonly store: SharedMemoryStore,
   ) {}
 
@@ -214,6 +252,14 @@ class SharedMemoryBinding implements KeyBinding {
  * file owned by this user, or lies on a network filesystem is refused with
  * a typed error and left untouched.
  *
+ * If the file is unlinked, renamed or replaced while in use (temp cleaners
+ * and `systemd-logind`'s `RemoveIPC` do this), a background check notices
+ * within {@link FILE_CHECK_INTERVAL_MS}: the process marks the old file
+ * retired, poisons every key in it (so every holder reads it as expired),
+ * carries each key over to the file now at the path above every value it
+ * had, and moves there; the others follow. An increment that lands on a
+ * poisoned key is made again in the new file, so no update is lost.
+ *
  * @example
  * const store = SharedMemoryStore.open('/var/lib/myapp/generations.shm');
  * const settings = new GenerationSynchronizer('settings', { store });
@@ -223,32 +269,30 @@ export class SharedMemoryStore implements Store {
   /** Absolute path of the store file. */
   readonly path: string;
   readonly #addon: NativeAddon;
-  readonly #header: HeaderInfo;
   readonly #lockTimeoutMs: number;
-  #fd: number;
+  readonly #capacity: number;
+  readonly #mode: number;
+  /** The file in use; undefined while the file at the path cannot be used (see #unusable). */
+  #file: MappedFile | undefined;
+  /** Why there is no usable file, thrown by every operation until one is. */
+  #unusable: StoreError | undefined;
   #closed = false;
-  #buffer: ArrayBuffer;
-  #gens: BigInt64Array;
-  #u32: Uint32Array;
-  #f64: Float64Array;
-  #bytes: Buffer;
   readonly #bindings = new Set<WeakRef<SharedMemoryBinding>>();
   readonly #finalizer = new FinalizationRegistry<WeakRef<SharedMemoryBinding>>((ref) => this.#bindings.delete(ref));
   readonly #watched = new WatchList<SharedMemoryBinding>();
   #notifier: NativeWatcher | undefined;
   #notifierLinger: NodeJS.Timeout | undefined;
+  readonly #fileCheck: NodeJS.Timeout;
 
-  private constructor(path: string, fd: number, header: HeaderInfo, buffer: ArrayBuffer, addon: NativeAddon, lockTimeoutMs: number) {
+  private constructor(path: string, file: MappedFile, addon: NativeAddon, settings: OpenSettings) {
     this.path = path;
-    this.#fd = fd;
-    this.#header = header;
+    this.#file = file;
     this.#addon = addon;
-    this.#lockTimeoutMs = lockTimeoutMs;
-    this.#buffer = buffer;
-    this.#gens = new BigInt64Array(buffer);
-    this.#u32 = new Uint32Array(buffer);
-    this.#f64 = new Float64Array(buffer);
-    this.#bytes = Buffer.from(buffer);
+    this.#lockTimeoutMs = settings.lockTimeoutMs;
+    this.#capacity = settings.capacity;
+    this.#mode = settings.mode;
+    this.#fileCheck = setInterval(() => this.#checkFile(), FILE_CHECK_INTERVAL_MS);
+    this.#fileCheck.unref();
   }
 
   /**
@@ -264,65 +308,36 @@ export class SharedMemoryStore implements Store {
    */
   static open(path?: string, options?: SharedMemoryStoreOptions): SharedMemoryStore {
     const opts = optionsObject(options, 'SharedMemoryStore options');
-    const capacity = optionalInteger(opts.capacity, 'capacity', DEFAULT_CAPACITY, { min: 1, max: MAX_CAPACITY });
-    const mode = checkFileMode(optionalInteger(opts.mode, 'mode', DEFAULT_FILE_MODE, { min: 0, max: 0o777 }));
-    const lockTimeoutMs = optionalInteger(opts.lockTimeoutMs, 'lockTimeoutMs', DEFAULT_LOCK_TIMEOUT_MS, {
-      min: 0,
-      max: 2 ** 31 - 1,
-    });
+    const settings: OpenSettings = {
+      capacity: optionalInteger(opts.capacity, 'capacity', DEFAULT_CAPACITY, { min: 1, max: MAX_CAPACITY }),
+      mode: checkFileMode(optionalInteger(opts.mode, 'mode', DEFAULT_FILE_MODE, { min: 0, max: 0o777 })),
+      lockTimeoutMs: optionalInteger(opts.lockTimeoutMs, 'lockTimeoutMs', DEFAULT_LOCK_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 }),
+    };
     const file = path === undefined ? join(preparedDefaultDirectory(), SHM_FILE_NAME) : storePathArgument(path);
     const addon = nativeAddon();
     checkLocalFilesystem(dirname(file));
-
-    for (let attempt = 1; ; attempt++) {
-      let fd: number;
-      try {
-        fd = openSync(file, OPEN_EXISTING);
-      } catch (error) {
-        if (errnoCode(error) === 'ENOENT') {
-          createStoreFile(file, capacity, mode, addon);
-          continue;
-        }
-        throw openFailure(error, file);
-      }
-      try {
-        const stats = fstatSync(fd);
-        if (stats.isFile() && stats.nlink !== 1 && attempt < OPEN_ATTEMPTS) {
-          // Replaced between open and fstat, or being published with link + unlink right now.
-          closeSync(fd);
-          pause(OPEN_RETRY_PAUSE_MS);
-          continue;
-        }
-        checkStoreFile(stats, file);
-        const header = decodeHeader(readHeader(fd, stats, file), stats.size, file);
-        const buffer = addon.map(fd, header.fileSize);
-        return new SharedMemoryStore(file, fd, header, buffer, addon, lockTimeoutMs);
-      } catch (error) {
-        closeSync(fd);
-        if (error instanceof StoreError) throw error;
-        throw ioError(error, 'open the store', file);
-      }
-    }
+    removeAbandonedTemporaries(file);
+    return new SharedMemoryStore(file, openMappedFile(file, settings, addon), addon, settings);
   }
 
   /** How many keys the store can hold. */
   get capacity(): number {
-    return this.#header.capacity;
+    return this.#live().header.capacity;
   }
 
   /** How many keys the store holds, cleared ones included (they keep their place). */
   get size(): number {
-    return Atomics.load(this.#u32, H_RECORD_COUNT / 4);
+    return Atomics.load(this.#live().u32, H_RECORD_COUNT / 4);
   }
 
   /** Format version of the file. */
   get formatVersion(): number {
-    return this.#header.version;
+    return this.#live().header.version;
   }
 
   /** Size of the file in bytes; fixed when it was created. */
   get fileSize(): number {
-    return this.#header.fileSize;
+    return this.#live().header.fileSize;
   }
 
   get closed(): boolean {
@@ -331,9 +346,7 @@ export class SharedMemoryStore implements Store {
 
   bind(key: string, _options?: BindOptions): KeyBinding {
     this.#checkOpen();
-    const keyBytes = Buffer.from(wellFormedString(key, 'key'), 'utf8');
-    const digest = createHash('sha256').update(keyBytes).digest();
-    return new SharedMemoryBinding(key, keyBytes, digest, digest.readUInt32LE(0), this);
+    return new SharedMemoryBinding(key, identityOf(wellFormedString(key, 'key')), this);
   }
 
   /** How watchers here learn of changes: a futex wake-up, or polling every 25 ms where that is not available. */
@@ -347,28 +360,27 @@ export class SharedMemoryStore implements Store {
    * their cost. The CLI's `bump` does. Does nothing for an absent key.
    */
   touch(key: string): void {
-    this.#checkOpen();
-    const binding = this.bind(key) as SharedMemoryBinding;
-    const record = this.#find(binding);
-    if (record >= 0) this.#stamp(record, R_UPDATED_AT);
+    const file = this.#live();
+    const record = this.#find(file, identityOf(wellFormedString(key, 'key')));
+    if (record >= 0) stamp(file, record, R_UPDATED_AT);
   }
 
   /** A snapshot of every key in the store, in creation order. */
   entries(): StoreEntry[] {
-    this.#checkOpen();
+    const file = this.#live();
     const entries: StoreEntry[] = [];
-    const count = this.size;
+    const count = Atomics.load(file.u32, H_RECORD_COUNT / 4);
     for (let record = 0; record < count; record++) {
-      const base = this.#recordOffset(record);
-      const length = this.#u32[(base + R_KEY_LENGTH) / 4] ?? 0;
+      const base = recordOffset(file, record);
+      const length = file.u32[(base + R_KEY_LENGTH) / 4] ?? 0;
       const inline = Math.min(length, INLINE_KEY_BYTES);
-      const word = Atomics.load(this.#gens, (base + R_GENERATION) / 8);
+      const word = Atomics.load(file.gens, (base + R_GENERATION) / 8);
       entries.push({
-        key: this.#bytes.toString('utf8', base + R_KEY, base + R_KEY + inline),
+        key: file.bytes.toString('utf8', base + R_KEY, base + R_KEY + inline),
         keyTruncated: length > INLINE_KEY_BYTES,
         generation: this.#generationOf(word),
-        createdAt: new Date(this.#f64[(base + R_CREATED_AT) / 8] ?? 0),
-        updatedAt: new Date(this.#f64[(base + R_UPDATED_AT) / 8] ?? 0),
+        createdAt: new Date(file.f64[(base + R_CREATED_AT) / 8] ?? 0),
+        updatedAt: new Date(file.f64[(base + R_UPDATED_AT) / 8] ?? 0),
       });
     }
     return entries;
@@ -408,106 +420,132 @@ export class SharedMemoryStore implements Store {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#fileCheck);
     this.#stopNotifier();
     // Closing the descriptor below releases this instance's watch locks.
     this.#watched.clear();
-    for (const ref of this.#bindings) {
-      const binding = ref.deref();
-      if (binding !== undefined) {
-        binding.view = POISONED;
-        binding.index = 0;
-      }
-    }
+    this.#detachBindings();
     this.#bindings.clear();
-    this.#gens = POISONED;
-    this.#buffer = new ArrayBuffer(0);
-    this.#u32 = new Uint32Array(0);
-    this.#f64 = new Float64Array(0);
-    this.#bytes = Buffer.alloc(0);
-    closeSync(this.#fd);
-    this.#fd = -1;
+    if (this.#file !== undefined) closeSync(this.#file.fd);
+    this.#file = undefined;
   }
 
   /** @internal */
   readBinding(binding: SharedMemoryBinding): number | null {
-    this.#checkOpen();
+    const file = this.#live();
     if (binding.record < 0) {
-      const record = this.#find(binding);
+      const record = this.#find(file, binding.identity);
       if (record < 0) return null;
-      this.#attach(binding, record);
+      this.#attach(file, binding, record);
     }
     return this.#generationOf(Atomics.load(binding.view, binding.index));
   }
 
   /** @internal */
   fetchOrCreateBinding(binding: SharedMemoryBinding, seed: number): number {
-    this.#checkOpen();
-    if (binding.record < 0) {
-      let record = this.#find(binding);
-      if (record < 0) record = this.#withCreationLock(() => this.#findOrCreateRecord(binding, seed));
-      this.#attach(binding, record);
-    }
+    this.#resolve(binding, seed);
     const value = this.#reviveIfAbsent(binding, seed);
     binding.expectedWord = BigInt(value);
     binding.incrementedFrom = null;
     return value;
   }
 
-  /** @internal The slow path of an increment whose previous value was absent, unbound, or out of range: false when absent. */
+  /**
+   * @internal The slow path of an increment whose previous word was flagged,
+   * unbound or out of range. Returns false, changing nothing visible, when
+   * the key is absent.
+   */
   incrementOutOfRange(binding: SharedMemoryBinding, previous: bigint): boolean {
-    this.#checkOpen();
-    if (binding.record < 0) return false;
+    const file = this.#live(); // moves to the live file first if this one was retired
+    if (binding.record < 0) {
+      // Never bound, or unbound by a move to a new file (the add went to a placeholder): make the increment here.
+      const record = this.#find(file, binding.identity);
+      if (record < 0) return false;
+      this.#attach(file, binding, record);
+      return binding.increment();
+    }
     if (previous < 0n) throw this.#corrupt(`key "${binding.key}" holds generation word ${previous}`);
     // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
     if ((previous & ABSENT) !== 0n) return false;
     binding.incrementedFrom = BigInt(this.#checkedGeneration(previous & VALUE_MASK));
-    if ((previous & WATCHED) !== 0n) this.#notify(binding);
+    if ((previous & WATCHED) !== 0n) this.#notify(file, binding);
     return true;
   }
 
   /** @internal */
   deleteBinding(binding: SharedMemoryBinding): void {
-    this.#checkOpen();
+    const file = this.#live();
     if (binding.record < 0) {
-      const record = this.#find(binding);
+      const record = this.#find(file, binding.identity);
       if (record < 0) return;
-      this.#attach(binding, record);
+      this.#attach(file, binding, record);
     }
     const previous = Atomics.or(binding.view, binding.index, ABSENT);
-    this.#stamp(binding.record, R_UPDATED_AT);
-    if ((previous & (ABSENT | WATCHED)) === WATCHED) this.#notify(binding);
+    stamp(file, binding.record, R_UPDATED_AT);
+    if ((previous & (ABSENT | WATCHED)) === WATCHED) this.#notify(file, binding);
+  }
+
+  /**
+   * The file to work on, after moving to the live file if this one was
+   * retired. Throws StoreClosedError, or the reason there is no usable file.
+   */
+  #live(): MappedFile {
+    this.#checkOpen();
+    if (this.#file !== undefined && this.#retired(this.#file)) this.#moveToLiveFile();
+    if (this.#file === undefined) {
+      this.#moveToLiveFile();
+      if (this.#file === undefined) throw this.#unusable ?? this.#corrupt('no usable file');
+    }
+    return this.#file;
+  }
+
+  #retired(file: MappedFile): boolean {
+    return (Atomics.load(file.u32, H_FLAGS / 4) & FLAG_RETIRED) !== 0;
+  }
+
+  /** Bind `binding` to its record, creating the record (holding `seed`, or absent when null) if needed. */
+  #resolve(binding: SharedMemoryBinding, seed: number | null): void {
+    const file = this.#live();
+    if (binding.record >= 0) return;
+    let record = this.#find(file, binding.identity);
+    if (record < 0) record = this.#withCreationLock(file, () => this.#findOrCreateRecord(file, binding.identity, seed));
+    this.#attach(file, binding, record);
   }
 
   /** The first watcher of `key` in this instance: make sure it has a record, mark it watched, start listening. */
   #startWatching(key: string): WatchedKey<SharedMemoryBinding> {
     const binding = this.bind(key) as SharedMemoryBinding;
-    let record = this.#find(binding);
-    if (record < 0) record = this.#withCreationLock(() => this.#findOrCreateRecord(binding, null));
-    this.#attach(binding, record);
-    if (this.#addon.rangeLocks) {
-      this.#withCreationLock(() => {
-        this.#addon.lock(this.#fd, WATCH_LOCK_BASE + record, false, this.#lockTimeoutMs);
-        Atomics.or(binding.view, binding.index, WATCHED);
-      });
-    }
+    this.#markWatched(binding);
     const watched = this.#watched.open(key, binding);
     this.#startNotifier();
     return watched;
   }
 
+  /** Take this instance's watch lock on the key and set its WATCHED flag (creating the record, absent, if needed). */
+  #markWatched(binding: SharedMemoryBinding): void {
+    this.#resolve(binding, null);
+    const file = this.#live();
+    if (!this.#addon.rangeLocks) return;
+    this.#withCreationLock(file, () => {
+      this.#addon.lock(file.fd, WATCH_LOCK_BASE + binding.record, false, this.#lockTimeoutMs);
+      Atomics.or(binding.view, binding.index, WATCHED);
+    });
+  }
+
   /** The last watcher of a key in this instance is gone. */
   #stopWatching(binding: SharedMemoryBinding): void {
     if (this.#watched.size === 0) this.#stopNotifierSoon();
-    if (this.#closed || !this.#addon.rangeLocks) return;
-    this.#addon.unlock(this.#fd, WATCH_LOCK_BASE + binding.record);
-    this.#clearWatchedFlagIfUnwatched(binding);
+    const file = this.#file;
+    if (this.#closed || file === undefined || !this.#addon.rangeLocks || binding.record < 0) return;
+    this.#addon.unlock(file.fd, WATCH_LOCK_BASE + binding.record);
+    this.#clearWatchedFlagIfUnwatched(file, binding);
   }
 
   /** Clear a key's WATCHED flag when no process watches it any more (also after a watcher died). */
-  #clearWatchedFlagIfUnwatched(binding: SharedMemoryBinding): void {
+  #clearWatchedFlagIfUnwatched(file: MappedFile, binding: SharedMemoryBinding): void {
     try {
-      this.#withCreationLock(() => {
-        if (this.#watched.get(binding.key) === undefined && !this.#addon.lockedByOthers(this.#fd, WATCH_LOCK_BASE + binding.record)) {
+      this.#withCreationLock(file, () => {
+        if (this.#watched.get(binding.key) === undefined && !this.#addon.lockedByOthers(file.fd, WATCH_LOCK_BASE + binding.record)) {
           Atomics.and(binding.view, binding.index, NOT_WATCHED);
         }
       });
@@ -522,21 +560,20 @@ export class SharedMemoryStore implements Store {
    * If nobody watches it any more (a watcher died without unwatching),
    * clear its flag so that later changes skip this.
    */
-  #notify(binding: SharedMemoryBinding): void {
-    Atomics.add(this.#u32, H_NOTIFY_SEQ / 4, 1);
-    this.#addon.wake(this.#buffer, H_NOTIFY_SEQ);
-    if (this.#watched.get(binding.key) === undefined && !this.#addon.lockedByOthers(this.#fd, WATCH_LOCK_BASE + binding.record)) {
-      this.#clearWatchedFlagIfUnwatched(binding);
+  #notify(file: MappedFile, binding: SharedMemoryBinding): void {
+    wakeWatchers(file, this.#addon);
+    if (this.#watched.get(binding.key) === undefined && !this.#addon.lockedByOthers(file.fd, WATCH_LOCK_BASE + binding.record)) {
+      this.#clearWatchedFlagIfUnwatched(file, binding);
     }
   }
 
   #startNotifier(): void {
     clearTimeout(this.#notifierLinger);
     this.#notifierLinger = undefined;
-    if (this.#notifier !== undefined) return;
+    if (this.#notifier !== undefined || this.#file === undefined) return;
     const deliver = (): void => this.#deliver();
     if (this.#addon.futex && this.#addon.rangeLocks) {
-      this.#notifier = new this.#addon.Watcher(this.#fd, H_NOTIFY_SEQ, deliver);
+      this.#notifier = new this.#addon.Watcher(this.#file.fd, H_NOTIFY_SEQ, deliver);
     } else {
       const timer = setInterval(deliver, WATCH_POLL_INTERVAL_MS);
       timer.unref();
@@ -570,11 +607,111 @@ export class SharedMemoryStore implements Store {
       try {
         generation = this.readBinding(watched.target);
       } catch {
-        continue; // a damaged record: the synchronizers report it
+        generation = null; // the file is unusable just now: the key reads as absent, as it does for isExpired()
       }
       deliver(watched, generation, failures);
     }
     rethrowLater(failures);
+  }
+
+  /**
+   * The background check: does the path still name the file we mapped, is
+   * the file still whole, has another process retired it? Two system calls
+   * every FILE_CHECK_INTERVAL_MS, never on the hot path.
+   */
+  #checkFile(): void {
+    if (this.#closed) return;
+    const file = this.#file;
+    if (file === undefined) {
+      this.#moveToLiveFile();
+      return;
+    }
+    let pathStats: Stats | undefined;
+    let fileStats: Stats;
+    try {
+      fileStats = fstatSync(file.fd);
+      pathStats = statSync(this.path, { throwIfNoEntry: false });
+    } catch {
+      return; // try again at the next check
+    }
+    const pulled = pathStats === undefined || pathStats.ino !== file.ino || pathStats.dev !== file.dev || fileStats.nlink === 0;
+    const shrunk = fileStats.size < file.header.fileSize;
+    if (pulled || shrunk || this.#retired(file)) this.#moveToLiveFile();
+  }
+
+  /**
+   * Leave the file in use for the file now at the path. Unless the old file
+   * was shrunk (touching it could SIGBUS), first mark it retired and poison
+   * every key in it, then carry each key over above the value it had, so
+   * that every holder of either file reads it as expired and no update is
+   * lost; then re-bind this instance's keys and watchers to the new file.
+   */
+  #moveToLiveFile(): void {
+    const old = this.#file;
+    const carried = old !== undefined && oldFileIsWhole(old) ? retire(old, this.#addon) : [];
+    let next: MappedFile;
+    try {
+      next = openMappedFile(this.path, { capacity: this.#capacity, mode: this.#mode, lockTimeoutMs: this.#lockTimeoutMs }, this.#addon);
+    } catch (error) {
+      // No usable file at the path (say, the old one truncated in place): keys read as expired until there is.
+      this.#abandon(error instanceof StoreError ? error : ioError(error, 'reopen the store', this.path));
+      return;
+    }
+    if (old !== undefined && next.ino === old.ino && next.dev === old.dev) {
+      closeSync(next.fd); // the same file after all
+      return;
+    }
+    for (const { identity, word } of carried) this.#carryOver(next, identity, word);
+    this.#abandon(undefined);
+    this.#file = next;
+    this.#unusable = undefined;
+    for (const watched of this.#watched.values()) this.#markWatched(watched.target);
+    if (this.#watched.size > 0) this.#startNotifier();
+    queueMicrotask(() => this.#deliver());
+  }
+
+  /** Stop using the current file: unbind every binding (they read as expired), stop the notifier, close it. */
+  #abandon(reason: StoreError | undefined): void {
+    this.#stopNotifier();
+    this.#detachBindings();
+    for (const watched of this.#watched.values()) watched.target.record = -1;
+    if (this.#file !== undefined) closeSync(this.#file.fd);
+    this.#file = undefined;
+    this.#unusable = reason;
+  }
+
+  #detachBindings(): void {
+    for (const ref of this.#bindings) {
+      const binding = ref.deref();
+      if (binding === undefined) continue;
+      binding.view = POISONED;
+      binding.index = 0;
+      binding.record = -1;
+    }
+    this.#bindings.clear();
+  }
+
+  /** Make `identity` in `file` read above `word` (a poisoned word from a retired file), creating it if needed. */
+  #carryOver(file: MappedFile, identity: KeyIdentity, word: bigint): void {
+    const wasAbsent = (word & ABSENT) !== 0n;
+    const oldValue = word & VALUE_MASK;
+    try {
+      let record = this.#find(file, identity);
+      if (record < 0) record = this.#withCreationLock(file, () => this.#findOrCreateRecord(file, identity, null));
+      const index = (recordOffset(file, record) + R_GENERATION) / 8;
+      for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+        const current = Atomics.load(file.gens, index);
+        const currentValue = current & VALUE_MASK;
+        const highest = currentValue > oldValue ? currentValue : oldValue;
+        // A key that was present in either file ends present and higher than both; one absent in both stays absent.
+        const bothAbsent = wasAbsent && (current & ABSENT) !== 0n;
+        const next = (highest + 1n) | (bothAbsent ? ABSENT : 0n) | (current & WATCHED);
+        if (Atomics.compareExchange(file.gens, index, current, next) === current) break;
+      }
+    } catch (error) {
+      // A full or damaged new file cannot take this key; its holders will re-create it when they refresh.
+      if (!(error instanceof StoreError)) throw error;
+    }
   }
 
   #checkOpen(): void {
@@ -585,46 +722,33 @@ export class SharedMemoryStore implements Store {
     }
   }
 
-  #recordOffset(record: number): number {
-    return this.#header.recordsOffset + record * RECORD_SIZE;
-  }
-
-  #attach(binding: SharedMemoryBinding, record: number): void {
+  #attach(file: MappedFile, binding: SharedMemoryBinding, record: number): void {
     binding.record = record;
-    binding.view = this.#gens;
-    binding.index = (this.#recordOffset(record) + R_GENERATION) / 8;
+    binding.view = file.gens;
+    binding.index = (recordOffset(file, record) + R_GENERATION) / 8;
     const ref = new WeakRef(binding);
     this.#bindings.add(ref);
     this.#finalizer.register(binding, ref);
   }
 
   /** Search the index without a lock. Returns the record number, or -1 when the key is not published. */
-  #find(binding: SharedMemoryBinding): number {
-    const { tableSize, capacity, indexOffset } = this.#header;
+  #find(file: MappedFile, identity: KeyIdentity): number {
+    const { tableSize, capacity, indexOffset } = file.header;
     const mask = tableSize - 1;
-    let position = binding.tag & mask;
+    let position = identity.tag & mask;
     for (let probes = 0; probes < tableSize; probes++) {
       const entry = (indexOffset >> 2) + position * 2;
-      const ref = Atomics.load(this.#u32, entry);
+      const ref = Atomics.load(file.u32, entry);
       if (ref === 0) return -1;
       if (ref > capacity) throw this.#corrupt(`index entry ${position} names record ${ref - 1} of ${capacity}`);
-      if (this.#u32[entry + 1] === binding.tag && this.#recordHoldsKey(ref - 1, binding)) return ref - 1;
+      if (file.u32[entry + 1] === identity.tag && recordHolds(file, ref - 1, identity)) return ref - 1;
       position = (position + 1) & mask;
     }
     return -1;
   }
 
-  #recordHoldsKey(record: number, binding: SharedMemoryBinding): boolean {
-    const base = this.#recordOffset(record);
-    const length = this.#u32[(base + R_KEY_LENGTH) / 4];
-    if (length !== binding.keyBytes.length) return false;
-    if (!this.#bytes.subarray(base + R_DIGEST, base + R_DIGEST + DIGEST_BYTES).equals(binding.digest)) return false;
-    const inline = Math.min(length, INLINE_KEY_BYTES);
-    return this.#bytes.subarray(base + R_KEY, base + R_KEY + inline).equals(binding.keyBytes.subarray(0, inline));
-  }
-
-  #withCreationLock<T>(action: () => T): T {
-    if (!this.#addon.lock(this.#fd, CREATION_LOCK_BYTE, true, this.#lockTimeoutMs)) {
+  #withCreationLock<T>(file: MappedFile, action: () => T): T {
+    if (!this.#addon.lock(file.fd, CREATION_LOCK_BYTE, true, this.#lockTimeoutMs)) {
       throw new StoreUnavailableError(
         'ERR_GENSYNC_LOCK_TIMEOUT',
         `Another process held the key-creation lock of ${this.path} for more than ${this.#lockTimeoutMs} ms. ` +
@@ -633,86 +757,63 @@ export class SharedMemoryStore implements Store {
       );
     }
     try {
-      this.#recoverInterruptedCreation();
+      checkpoint('shm-create', 'locked');
+      recoverInterruptedCreation(file);
       return action();
     } finally {
-      this.#addon.unlock(this.#fd, CREATION_LOCK_BYTE);
+      this.#addon.unlock(file.fd, CREATION_LOCK_BYTE);
     }
-  }
-
-  /**
-   * A process that died while creating a key leaves H_PENDING_RECORD set.
-   * Holding the lock, we know it is dead: keep its record if the index
-   * already publishes it (it was complete), otherwise wipe it for reuse.
-   */
-  #recoverInterruptedCreation(): void {
-    const pending = Atomics.load(this.#u32, H_PENDING_RECORD / 4);
-    if (pending === 0) return;
-    const record = pending - 1;
-    const base = this.#recordOffset(record);
-    if (this.#isPublished(record)) {
-      if (Atomics.load(this.#u32, H_RECORD_COUNT / 4) < pending) Atomics.store(this.#u32, H_RECORD_COUNT / 4, pending);
-    } else {
-      this.#bytes.fill(0, base, base + RECORD_SIZE);
-    }
-    Atomics.store(this.#u32, H_PENDING_RECORD / 4, 0);
-  }
-
-  #isPublished(record: number): boolean {
-    const base = this.#recordOffset(record);
-    const tag = this.#bytes.readUInt32LE(base + R_DIGEST);
-    const { tableSize, indexOffset } = this.#header;
-    const mask = tableSize - 1;
-    let position = tag & mask;
-    for (let probes = 0; probes < tableSize; probes++) {
-      const ref = Atomics.load(this.#u32, (indexOffset >> 2) + position * 2);
-      if (ref === 0) return false;
-      if (ref === record + 1) return true;
-      position = (position + 1) & mask;
-    }
-    return false;
   }
 
   /**
    * Under the creation lock: find the key again, or claim, fill and publish
    * a new record — holding `seed`, or absent when `seed` is null (a key that
-   * is watched before it is created).
+   * is watched before it is created, or carried over from a retired file).
    */
-  #findOrCreateRecord(binding: SharedMemoryBinding, seed: number | null): number {
-    const existing = this.#find(binding);
+  #findOrCreateRecord(file: MappedFile, identity: KeyIdentity, seed: number | null): number {
+    const existing = this.#find(file, identity);
     if (existing >= 0) return existing;
 
-    const { capacity, tableSize, indexOffset } = this.#header;
-    const record = Atomics.load(this.#u32, H_RECORD_COUNT / 4);
+    const { capacity, tableSize, indexOffset } = file.header;
+    const record = Atomics.load(file.u32, H_RECORD_COUNT / 4);
     if (record >= capacity) {
       throw new StoreFullError(
-        `The store at ${this.path} holds its maximum of ${capacity} keys, so "${binding.key}" cannot be added ` +
+        `The store at ${this.path} holds its maximum of ${capacity} keys, so "${identity.label}" cannot be added ` +
           '(keys it already holds keep working). Open a new store file with a larger "capacity" option.',
         { path: this.path },
       );
     }
-    Atomics.store(this.#u32, H_PENDING_RECORD / 4, record + 1);
+    Atomics.store(file.u32, H_PENDING_RECORD / 4, record + 1);
+    checkpoint('shm-create', 'claimed');
 
-    const base = this.#recordOffset(record);
+    const base = recordOffset(file, record);
     const now = Date.now();
-    this.#bytes.fill(0, base, base + RECORD_SIZE);
-    this.#f64[(base + R_CREATED_AT) / 8] = now;
-    this.#f64[(base + R_UPDATED_AT) / 8] = now;
-    this.#u32[(base + R_KEY_LENGTH) / 4] = binding.keyBytes.length;
-    binding.digest.copy(this.#bytes, base + R_DIGEST);
-    binding.keyBytes.copy(this.#bytes, base + R_KEY, 0, Math.min(binding.keyBytes.length, INLINE_KEY_BYTES));
-    Atomics.store(this.#gens, (base + R_GENERATION) / 8, seed === null ? ABSENT : BigInt(seed));
+    file.bytes.fill(0, base, base + RECORD_SIZE);
+    checkpoint('shm-create', 'zeroed');
+    file.f64[(base + R_CREATED_AT) / 8] = now;
+    file.f64[(base + R_UPDATED_AT) / 8] = now;
+    file.u32[(base + R_KEY_LENGTH) / 4] = identity.length;
+    checkpoint('shm-create', 'stamped');
+    identity.digest.copy(file.bytes, base + R_DIGEST);
+    identity.inline.copy(file.bytes, base + R_KEY);
+    checkpoint('shm-create', 'keyed');
+    Atomics.store(file.gens, (base + R_GENERATION) / 8, seed === null ? ABSENT : BigInt(seed));
+    checkpoint('shm-create', 'seeded');
 
     const mask = tableSize - 1;
-    let position = binding.tag & mask;
+    let position = identity.tag & mask;
     for (let probes = 0; probes < tableSize; probes++) {
       const entry = (indexOffset >> 2) + position * 2;
-      if (Atomics.load(this.#u32, entry) === 0) {
-        this.#u32[entry + 1] = binding.tag;
+      if (Atomics.load(file.u32, entry) === 0) {
+        file.u32[entry + 1] = identity.tag;
+        checkpoint('shm-create', 'tagged');
         // Publishing the ref is the last write: from here on readers find a complete record.
-        Atomics.store(this.#u32, entry, record + 1);
-        Atomics.store(this.#u32, H_RECORD_COUNT / 4, record + 1);
-        Atomics.store(this.#u32, H_PENDING_RECORD / 4, 0);
+        Atomics.store(file.u32, entry, record + 1);
+        checkpoint('shm-create', 'published');
+        Atomics.store(file.u32, H_RECORD_COUNT / 4, record + 1);
+        checkpoint('shm-create', 'counted');
+        Atomics.store(file.u32, H_PENDING_RECORD / 4, 0);
+        checkpoint('shm-create', 'settled');
         return record;
       }
       position = (position + 1) & mask;
@@ -722,6 +823,7 @@ export class SharedMemoryStore implements Store {
 
   /** Re-create a cleared key above every value it had; return the present generation. */
   #reviveIfAbsent(binding: SharedMemoryBinding, seed: number): number {
+    const file = this.#live();
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const word = Atomics.load(binding.view, binding.index);
       if ((word & ABSENT) === 0n) return this.#checkedGeneration(word & VALUE_MASK);
@@ -729,8 +831,8 @@ export class SharedMemoryStore implements Store {
       const value = BigInt(seed) > highest ? BigInt(seed) : highest + 1n;
       const watched = word & WATCHED;
       if (Atomics.compareExchange(binding.view, binding.index, word, value | watched) === word) {
-        this.#stamp(binding.record, R_UPDATED_AT);
-        if (watched !== 0n) this.#notify(binding);
+        stamp(file, binding.record, R_UPDATED_AT);
+        if (watched !== 0n) this.#notify(file, binding);
         return this.#checkedGeneration(value);
       }
     }
@@ -755,10 +857,6 @@ export class SharedMemoryStore implements Store {
     return Number(value);
   }
 
-  #stamp(record: number, field: number): void {
-    this.#f64[(this.#recordOffset(record) + field) / 8] = Date.now();
-  }
-
   #corrupt(why: string): StoreFormatError {
     return new StoreFormatError(
       'ERR_GENSYNC_CORRUPT_FILE',
@@ -768,6 +866,141 @@ export class SharedMemoryStore implements Store {
   }
 }
 
+/** What open() checked once, kept for reopening the path later. */
+interface OpenSettings {
+  readonly capacity: number;
+  readonly mode: number;
+  readonly lockTimeoutMs: number;
+}
+
+/** Open, check and map the store file at `path`, creating it if there is none. */
+function openMappedFile(path: string, settings: OpenSettings, addon: NativeAddon): MappedFile {
+  for (let attempt = 1; ; attempt++) {
+    let fd: number;
+    try {
+      fd = openSync(path, OPEN_EXISTING);
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') {
+        createStoreFile(path, settings.capacity, settings.mode, addon);
+        continue;
+      }
+      throw openFailure(error, path);
+    }
+    try {
+      const stats = fstatSync(fd);
+      if (stats.isFile() && stats.nlink !== 1 && attempt < OPEN_ATTEMPTS) {
+        // Replaced between open and fstat, or being published with link + unlink right now.
+        closeSync(fd);
+        pause(OPEN_RETRY_PAUSE_MS);
+        continue;
+      }
+      checkStoreFile(stats, path);
+      const header = decodeHeader(readHeader(fd, stats, path), stats.size, path);
+      const buffer = addon.map(fd, header.fileSize);
+      return {
+        fd,
+        header,
+        buffer,
+        gens: new BigInt64Array(buffer),
+        u32: new Uint32Array(buffer),
+        f64: new Float64Array(buffer),
+        bytes: Buffer.from(buffer),
+        ino: stats.ino,
+        dev: stats.dev,
+      };
+    } catch (error) {
+      closeSync(fd);
+      if (error instanceof StoreError) throw error;
+      throw ioError(error, 'open the store', path);
+    }
+  }
+}
+
+function recordOffset(file: MappedFile, record: number): number {
+  return file.header.recordsOffset + record * RECORD_SIZE;
+}
+
+function recordHolds(file: MappedFile, record: number, identity: KeyIdentity): boolean {
+  const base = recordOffset(file, record);
+  if (file.u32[(base + R_KEY_LENGTH) / 4] !== identity.length) return false;
+  if (!file.bytes.subarray(base + R_DIGEST, base + R_DIGEST + DIGEST_BYTES).equals(identity.digest)) return false;
+  return file.bytes.subarray(base + R_KEY, base + R_KEY + identity.inline.length).equals(identity.inline);
+}
+
+function stamp(file: MappedFile, record: number, field: number): void {
+  file.f64[(recordOffset(file, record) + field) / 8] = Date.now();
+}
+
+/** Bump the notification sequence and wake every watcher thread, in every process. */
+function wakeWatchers(file: MappedFile, addon: NativeAddon): void {
+  Atomics.add(file.u32, H_NOTIFY_SEQ / 4, 1);
+  addon.wake(file.buffer, H_NOTIFY_SEQ);
+}
+
+/**
+ * A process that died while creating a key leaves H_PENDING_RECORD set.
+ * Holding the lock, we know it is dead: keep its record if the index
+ * already publishes it (it was complete), otherwise wipe it for reuse.
+ */
+function recoverInterruptedCreation(file: MappedFile): void {
+  const pending = Atomics.load(file.u32, H_PENDING_RECORD / 4);
+  if (pending === 0) return;
+  const record = pending - 1;
+  const base = recordOffset(file, record);
+  if (isPublished(file, record)) {
+    if (Atomics.load(file.u32, H_RECORD_COUNT / 4) < pending) Atomics.store(file.u32, H_RECORD_COUNT / 4, pending);
+  } else {
+    file.bytes.fill(0, base, base + RECORD_SIZE);
+  }
+  Atomics.store(file.u32, H_PENDING_RECORD / 4, 0);
+}
+
+function isPublished(file: MappedFile, record: number): boolean {
+  const tag = file.bytes.readUInt32LE(recordOffset(file, record) + R_DIGEST);
+  const { tableSize, indexOffset } = file.header;
+  const mask = tableSize - 1;
+  let position = tag & mask;
+  for (let probes = 0; probes < tableSize; probes++) {
+    const ref = Atomics.load(file.u32, (indexOffset >> 2) + position * 2);
+    if (ref === 0) return false;
+    if (ref === record + 1) return true;
+    position = (position + 1) & mask;
+  }
+  return false;
+}
+
+/** Whether the old file is still as long as its header says, so touching it cannot SIGBUS. */
+function oldFileIsWhole(file: MappedFile): boolean {
+  try {
+    return fstatSync(file.fd).size >= file.header.fileSize;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Mark a file that the path no longer names as retired, and poison every
+ * key in it: one atomic OR of ABSENT per key, which also returns the last
+ * value each key reached there (no later increment can land: it would find
+ * the key absent and be made again in the new file). Wakes its watchers.
+ * Idempotent: every process that notices does it, and the first wins.
+ */
+function retire(file: MappedFile, addon: NativeAddon): Array<{ identity: KeyIdentity; word: bigint }> {
+  Atomics.or(file.u32, H_FLAGS / 4, FLAG_RETIRED);
+  const carried: Array<{ identity: KeyIdentity; word: bigint }> = [];
+  const count = Math.min(Atomics.load(file.u32, H_RECORD_COUNT / 4), file.header.capacity);
+  for (let record = 0; record < count; record++) {
+    const base = recordOffset(file, record);
+    const length = file.u32[(base + R_KEY_LENGTH) / 4] ?? 0;
+    const digest = Buffer.from(file.bytes.subarray(base + R_DIGEST, base + R_DIGEST + DIGEST_BYTES));
+    const inline = Buffer.from(file.bytes.subarray(base + R_KEY, base + R_KEY + Math.min(length, INLINE_KEY_BYTES)));
+    const word = Atomics.or(file.gens, (base + R_GENERATION) / 8, ABSENT);
+    carried.push({ identity: { label: inline.toString('utf8'), length, digest, inline, tag: digest.readUInt32LE(0) }, word });
+  }
+  wakeWatchers(file, addon);
+  return carried;
+}
+
 function readHeader(fd: number, stats: Stats, file: string): Buffer {
   const header = Buffer.alloc(Math.min(HEADER_SIZE, Math.max(stats.size, 0)));
   try {
@@ -775,6 +1008,29 @@ function readHeader(fd: number, stats: Stats, file: string): Buffer {
     return header.subarray(0, read);
   } catch (error) {
     throw ioError(error, 'read the header of', file);
+  }
+}
+
+/** Temporary files of a store creation whose process died, by name `<file>.<pid>.<random>.tmp`. */
+function removeAbandonedTemporaries(file: string): void {
+  const dir = dirname(file);
+  const prefix = `${basename(file)}.`;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const pid = Number(name.slice(prefix.length).split('.')[0]);
+    if (Number.isInteger(pid) && pid > 0 && !processIsAlive(pid)) {
+      try {
+        unlinkSync(join(dir, name));
+      } catch {
+        // someone else removed it
+      }
+    }
   }
 }
 
@@ -811,4 +1067,3 @@ function createStoreFile(file: string, capacity: number, mode: number, addon: Na
     }
   }
 }
-
