@@ -34,6 +34,7 @@ import lockfile from 'proper-lockfile';
 
 import { StoreUnavailableError } from './errors';
 import { errnoCode, ioError, processIsAlive } from './filesystem';
+import { checkpoint } from './test-hooks';
 import { pause } from './pause';
 
 const OWNER_FILE = 'owner';
@@ -43,6 +44,8 @@ const MAX_BACKOFF_MS = 1;
 /** A releaser that saw a waiter within this many ms pauses before it can take the lock again. */
 const WAITER_RECENT_MS = 20;
 const COURTESY_PAUSE_MS = 2;
+/** A lock directory that has had no owner file for this long belongs to a process that died taking it. */
+const OWNERLESS_GRACE_MS = 500;
 
 /** What a lock's owner file says. */
 interface OwnerRecord {
@@ -54,6 +57,8 @@ interface OwnerRecord {
 
 /** A writer lock this process holds. */
 export interface HeldFileLock {
+  /** Whether taking it meant removing a lock left by a process that died: its leftovers may need tidying. */
+  readonly recovered: boolean;
   /**
    * Throws unless this process still holds the lock and held it briefly
    * enough that nobody can have judged it stale. Call it right before
@@ -76,10 +81,11 @@ export function acquireFileLock(file: string, options: FileLockOptions): HeldFil
   const deadline = performance.now() + options.timeoutMs;
   let backoff = FIRST_BACKOFF_MS;
 
+  let recovered = false;
   for (;;) {
-    const held = tryAcquire(file, lockDir, ownerPath, options.staleMs);
+    const held = tryAcquire(file, lockDir, ownerPath, options.staleMs, recovered);
     if (held !== undefined) return held;
-    removeDeadLock(lockDir, ownerPath, options.staleMs);
+    if (removeDeadLock(lockDir, ownerPath, options.staleMs)) recovered = true;
     announceWaiting(file);
     if (performance.now() >= deadline) {
       throw new StoreUnavailableError(
@@ -96,7 +102,7 @@ export function acquireFileLock(file: string, options: FileLockOptions): HeldFil
 }
 
 /** One attempt. Returns the held lock, or undefined when another process holds it. */
-function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: number): HeldFileLock | undefined {
+function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: number, recovered: boolean): HeldFileLock | undefined {
   let compromised = false;
   let releaseProperLock: () => void;
   try {
@@ -113,6 +119,7 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
     if (code === 'ELOCKED' || code === 'ENOTEMPTY') return undefined;
     throw ioError(error, 'take the writer lock', lockDir);
   }
+  checkpoint('file-write', 'lock-made');
 
   const owner: OwnerRecord = { pid: process.pid, host: hostname(), createdAt: Date.now(), nonce: randomBytes(8).toString('hex') };
   const token = JSON.stringify(owner);
@@ -124,7 +131,9 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
     // changes: put it back, or its refresh timer would call a long-held lock compromised.
     const { mtime } = statSync(lockDir);
     writeFileSync(staged, token, { flag: 'wx', mode: 0o600 });
+    checkpoint('file-write', 'owner-staged');
     linkSync(staged, ownerPath);
+    checkpoint('file-write', 'owner-linked');
     utimesSync(lockDir, mtime, mtime);
   } catch (error) {
     quietly(releaseProperLock);
@@ -144,6 +153,7 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
       { path: file },
     );
   return {
+    recovered,
     verify(): void {
       if (compromised) throw lost('proper-lockfile reported it compromised');
       if (performance.now() - acquiredAt > staleMs / 2) throw lost(`held for more than ${staleMs / 2} ms`);
@@ -151,6 +161,7 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
     },
     release(): void {
       if (readOwner(ownerPath) === token) quietly(() => unlinkSync(ownerPath));
+      checkpoint('file-write', 'owner-removed');
       quietly(releaseProperLock);
       yieldToWaiters(file);
     },
@@ -165,27 +176,54 @@ function readOwner(ownerPath: string): string | undefined {
   }
 }
 
-/** If the lock's owner is dead (or its owner file is stale), remove the lock so the next attempt can take it. */
-function removeDeadLock(lockDir: string, ownerPath: string, staleMs: number): void {
+/**
+ * If the lock's owner is dead (or its owner file is stale), remove the lock
+ * so the next attempt can take it. Returns whether it removed one.
+ */
+function removeDeadLock(lockDir: string, ownerPath: string, staleMs: number): boolean {
   const content = readOwner(ownerPath);
-  if (content === undefined) return; // no owner yet: a holder between mkdir and its owner file, or proper-lockfile's own stale rules apply
-  if (!ownerIsGone(content, staleMs)) return;
+  if (content === undefined) return removeOwnerlessLock(lockDir);
+  if (!ownerIsGone(content, staleMs)) return false;
 
   // Claim this exact owner file atomically, so only one waiter cleans up.
   const claimed = join(lockDir, `${OWNER_FILE}.dead-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     renameSync(ownerPath, claimed);
   } catch {
-    return;
+    return false;
   }
   if (readOwner(claimed) !== content) {
     // A live owner replaced the dead one in between: give its file back.
     quietly(() => linkSync(claimed, ownerPath));
     quietly(() => unlinkSync(claimed));
-    return;
+    return false;
   }
   quietly(() => unlinkSync(claimed));
   quietly(() => rmdirSync(lockDir));
+  return true;
+}
+
+/**
+ * A lock directory with no owner file: its holder is between mkdir and
+ * linking its owner file, which takes microseconds — or died there. After
+ * OWNERLESS_GRACE_MS it is dead: remove the (empty) directory. A holder
+ * that was merely stopped that long finds its directory gone when it links
+ * its owner file, and tries again.
+ */
+function removeOwnerlessLock(lockDir: string): boolean {
+  let stats;
+  try {
+    stats = statSync(lockDir);
+  } catch {
+    return false;
+  }
+  if (Date.now() - stats.mtimeMs < OWNERLESS_GRACE_MS) return false;
+  try {
+    rmdirSync(lockDir);
+    return true;
+  } catch {
+    return false; // not empty after all (an owner appeared), or already gone
+  }
 }
 
 function ownerIsGone(content: string, staleMs: number): boolean {

@@ -37,9 +37,11 @@ import {
   openFailure,
   preparedDefaultDirectory,
   publishWithoutReplacing,
+  removeAbandonedFiles,
   storePathArgument,
 } from './filesystem';
 import { pause } from './pause';
+import { checkpoint } from './test-hooks';
 import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
 import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
 import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
@@ -217,6 +219,7 @@ export class FileStore implements Store {
     const file = path === undefined ? join(preparedDefaultDirectory(), FILE_STORE_NAME) : storePathArgument(path);
     checkLocalFilesystem(dirname(file));
 
+    removeAbandonedFiles(file);
     const store = new FileStore(file, mode, lockTimeoutMs, staleLockMs, clock);
     if (store.#current().fd < 0) {
       store.#createEmptyFile();
@@ -440,7 +443,9 @@ export class FileStore implements Store {
   #mutate<T>(change: (entries: Map<string, FileEntry>, now: number) => { result: T; changed: boolean }): T {
     const lock = acquireFileLock(this.path, { timeoutMs: this.#lockTimeoutMs, staleMs: this.#staleLockMs });
     try {
+      if (lock.recovered) removeAbandonedFiles(this.path);
       const entries = new Map(this.#current().entries);
+      checkpoint('file-write', 'read');
       const { result, changed } = change(entries, this.#clock());
       if (changed) {
         lock.verify();
@@ -461,11 +466,15 @@ export class FileStore implements Store {
     } catch (error) {
       throw ioError(error, 'write', this.path);
     }
+    checkpoint('file-write', 'temp-opened');
     try {
       fchmodSync(fd, this.#mode);
       writeAll(fd, serialize(entries));
+      checkpoint('file-write', 'temp-written');
       fdatasyncSync(fd);
+      checkpoint('file-write', 'temp-synced');
       renameSync(temporary, this.path);
+      checkpoint('file-write', 'renamed');
       const stats = fstatSync(fd);
       this.#replaceSnapshot({ fd, ino: stats.ino, dev: stats.dev, entries });
     } catch (error) {

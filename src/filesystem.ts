@@ -6,9 +6,9 @@
  * @module
  */
 
-import { chmodSync, constants, linkSync, lstatSync, mkdirSync, statfsSync, type Stats } from 'node:fs';
+import { chmodSync, constants, linkSync, lstatSync, mkdirSync, readdirSync, statfsSync, unlinkSync, type Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 
 import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
 import { describe } from './validate';
@@ -286,5 +286,35 @@ export function processIsAlive(pid: number): boolean {
     return true;
   } catch (error) {
     return errnoCode(error) !== 'ESRCH';
+  }
+}
+
+/**
+ * Remove what a process that died mid-write left beside a store file:
+ * temporaries `<file>.<pid>.<random>.tmp` and staged lock owner files
+ * `<file>.owner.<pid>.<nonce>`, when no process with that pid exists.
+ */
+export function removeAbandonedFiles(file: string): void {
+  const dir = dirname(file);
+  const prefix = `${basename(file)}.`;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const rest = name.slice(prefix.length);
+    const match = /^(?:owner\.)?(\d+)\.[0-9a-f]+(?:\.tmp)?$/.exec(rest);
+    if (match === null || (!rest.endsWith('.tmp') && !rest.startsWith('owner.'))) continue;
+    const pid = Number(match[1]);
+    if (pid > 0 && !processIsAlive(pid)) {
+      try {
+        unlinkSync(join(dir, name));
+      } catch {
+        // someone else removed it
+      }
+    }
   }
 }

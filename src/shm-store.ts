@@ -12,14 +12,13 @@ import {
   fdatasyncSync,
   fstatSync,
   openSync,
-  readdirSync,
   readSync,
   statSync,
   unlinkSync,
   writeSync,
   type Stats,
 } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import { StoreClosedError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
 import {
@@ -35,7 +34,7 @@ import {
   storePathArgument,
   OPEN_NEW,
   preparedDefaultDirectory,
-  processIsAlive,
+  removeAbandonedFiles,
 } from './filesystem';
 import { nativeAddon, type NativeAddon, type NativeWatcher } from './native';
 import { pause } from './pause';
@@ -316,7 +315,7 @@ export class SharedMemoryStore implements Store {
     const file = path === undefined ? join(preparedDefaultDirectory(), SHM_FILE_NAME) : storePathArgument(path);
     const addon = nativeAddon();
     checkLocalFilesystem(dirname(file));
-    removeAbandonedTemporaries(file);
+    removeAbandonedFiles(file);
     return new SharedMemoryStore(file, openMappedFile(file, settings, addon), addon, settings);
   }
 
@@ -691,7 +690,15 @@ export class SharedMemoryStore implements Store {
     this.#bindings.clear();
   }
 
-  /** Make `identity` in `file` read above `word` (a poisoned word from a retired file), creating it if needed. */
+  /**
+   * Carry a key of a retired file over to `file`, given the word it held
+   * when it was poisoned. If this process poisoned it (`word` was present),
+   * the key may have been bumped in the old file after holders of the new
+   * one loaded: raise it above both values, so they all reload. If it was
+   * already absent (poisoned by another process, which raised it, or
+   * cleared before), only make sure the new file does not go below it, so
+   * that carrying over again changes nothing.
+   */
   #carryOver(file: MappedFile, identity: KeyIdentity, word: bigint): void {
     const wasAbsent = (word & ABSENT) !== 0n;
     const oldValue = word & VALUE_MASK;
@@ -702,10 +709,14 @@ export class SharedMemoryStore implements Store {
       for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
         const current = Atomics.load(file.gens, index);
         const currentValue = current & VALUE_MASK;
-        const highest = currentValue > oldValue ? currentValue : oldValue;
-        // A key that was present in either file ends present and higher than both; one absent in both stays absent.
-        const bothAbsent = wasAbsent && (current & ABSENT) !== 0n;
-        const next = (highest + 1n) | (bothAbsent ? ABSENT : 0n) | (current & WATCHED);
+        let next: bigint;
+        if (!wasAbsent) {
+          next = ((currentValue > oldValue ? currentValue : oldValue) + 1n) | (current & WATCHED);
+        } else if (currentValue > oldValue) {
+          break; // already above: nothing to do
+        } else {
+          next = (oldValue + 1n) | (current & (ABSENT | WATCHED));
+        }
         if (Atomics.compareExchange(file.gens, index, current, next) === current) break;
       }
     } catch (error) {
@@ -1008,29 +1019,6 @@ function readHeader(fd: number, stats: Stats, file: string): Buffer {
     return header.subarray(0, read);
   } catch (error) {
     throw ioError(error, 'read the header of', file);
-  }
-}
-
-/** Temporary files of a store creation whose process died, by name `<file>.<pid>.<random>.tmp`. */
-function removeAbandonedTemporaries(file: string): void {
-  const dir = dirname(file);
-  const prefix = `${basename(file)}.`;
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
-    const pid = Number(name.slice(prefix.length).split('.')[0]);
-    if (Number.isInteger(pid) && pid > 0 && !processIsAlive(pid)) {
-      try {
-        unlinkSync(join(dir, name));
-      } catch {
-        // someone else removed it
-      }
-    }
   }
 }
 
