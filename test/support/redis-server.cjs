@@ -35,7 +35,7 @@ class RedisServer {
    */
   static async start() {
     if (!RedisServer.available()) {
-      throw new Error('redis-server is not installed; `npm test` installs it (see test/support/ensure-redis-server.mjs).');
+      throw new Error('redis-server is not installed; `npm test` installs it (see test/support/ensure-test-tools.mjs).');
     }
     const server = new RedisServer(await freePort());
     await server.restart();
