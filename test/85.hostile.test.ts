@@ -1,0 +1,317 @@
+// Hostile or broken input: a store on a real FUSE (network-class)
+// filesystem, arguments of every wrong kind, file modes under any umask,
+// property-based tests of makeCacheKey, and a model-based test of every
+// store against a simple in-memory model, with operations from two processes.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  AsyncGenerationSynchronizer,
+  FileStore,
+  GenerationSynchronizer,
+  InvalidArgumentError,
+  makeCacheKey,
+  OutOfRangeError,
+  RedisStore,
+  SharedMemoryStore,
+  UnsafeStoreError,
+  type AsyncStore,
+  type Store,
+} from 'generation-sync';
+
+import { ROOT, startWorker, tempDir, type Worker } from './helpers';
+import { STORE_KINDS } from './stores';
+
+describe('a store on a network-class filesystem (a real FUSE mount)', () => {
+  // Made by hand rather than with tempDir(): they must outlive the per-test cleanup until unmounted.
+  let base: string;
+  let source: string;
+  let mount: string;
+  beforeAll(() => {
+    base = mkdtempSync(join(tmpdir(), 'gensync-fuse-'));
+    source = join(base, 'src');
+    mount = join(base, 'mnt');
+    mkdirSync(source);
+    mkdirSync(mount);
+    execFileSync('bindfs', [source, mount]);
+  });
+  afterAll(() => {
+    for (const [command, args] of [['fusermount3', ['-u', mount]], ['fusermount', ['-u', mount]], ['umount', [mount]]] as const) {
+      if (spawnSync(command, [...args]).status === 0) break;
+    }
+    rmSync(base, { recursive: true, force: true });
+  });
+
+  it('is refused with ERR_GENSYNC_NETWORK_FILESYSTEM by every local store, and nothing is created', () => {
+    expect((statSync(mount).dev === statSync(source).dev)).toBe(false);
+    for (const open of [() => SharedMemoryStore.open(join(mount, 'g.shm')), () => FileStore.open(join(mount, 'g.json'))]) {
+      let error: unknown;
+      try {
+        open();
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error).toBeInstanceOf(UnsafeStoreError);
+      expect((error as UnsafeStoreError).code).toBe('ERR_GENSYNC_NETWORK_FILESYSTEM');
+      expect((error as Error).message).toMatch(/FUSE filesystem.*local disk or tmpfs/);
+    }
+    // Through the default store too, when GENERATION_SYNC_DIR points there.
+    const script = `try { require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))}).defaultStore(); } catch (e) { console.log(e.code); }`;
+    expect(execFileSync(process.execPath, ['-e', script], { env: { ...process.env, GENERATION_SYNC_DIR: join(mount, 'app') }, encoding: 'utf8' }).trim()).toBe(
+      'ERR_GENSYNC_NETWORK_FILESYSTEM',
+    );
+    expect(readdirSync(source).filter((name) => name !== 'app')).toEqual([]);
+  });
+});
+
+describe('arguments of the wrong type or out of range', () => {
+  const store = (): Store => SharedMemoryStore.open(join(tempDir(), 'g.shm'));
+  const cases: Array<[string, () => unknown, ErrorConstructor | typeof InvalidArgumentError | typeof OutOfRangeError, RegExp]> = [
+    ['a number as key', () => new GenerationSynchronizer(5 as unknown as string, { store: store() }), InvalidArgumentError, /cacheKey must be a string or an array/],
+    ['a lone surrogate', () => new GenerationSynchronizer('x\ud800', { store: store() }), InvalidArgumentError, /lone UTF-16 surrogate/],
+    ['a lone surrogate, unnormalized', () => new GenerationSynchronizer('\udfff', { store: store(), normalizeCacheKey: false }), InvalidArgumentError, /lone UTF-16 surrogate/],
+    ['an array key unnormalized', () => new GenerationSynchronizer(['a'], { store: store(), normalizeCacheKey: false }), InvalidArgumentError, /cacheKey \(with normalizeCacheKey: false\) must be a string/],
+    ['an empty key array', () => new GenerationSynchronizer([], { store: store() }), InvalidArgumentError, /at least one part/],
+    ['options that are not an object', () => new GenerationSynchronizer('k', 'fast' as never), InvalidArgumentError, /GenerationSynchronizer options must be an object/],
+    ['normalizeCacheKey: "yes"', () => new GenerationSynchronizer('k', { store: store(), normalizeCacheKey: 'yes' as never }), InvalidArgumentError, /"normalizeCacheKey" must be a boolean/],
+    ['cacheExpirationSecs: 0', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: 0 }), OutOfRangeError, /"cacheExpirationSecs" must be an integer from 1/],
+    ['cacheExpirationSecs: 1.5', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: 1.5 }), OutOfRangeError, /"cacheExpirationSecs"/],
+    ['cacheExpirationSecs: "60"', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: '60' as never }), InvalidArgumentError, /"cacheExpirationSecs" must be a number/],
+    ['cacheExpirationSecs: NaN', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: Number.NaN }), InvalidArgumentError, /"cacheExpirationSecs"/],
+    ['keyPrefix: 7', () => new GenerationSynchronizer('k', { store: store(), keyPrefix: 7 as never }), InvalidArgumentError, /"prefix" must be a string or an array/],
+    ['logger: {}', () => new GenerationSynchronizer('k', { store: store(), logger: {} as never }), InvalidArgumentError, /"logger" must have error\(\) and warn\(\)/],
+    ['clock: 5', () => new GenerationSynchronizer('k', { store: store(), clock: 5 as never }), InvalidArgumentError, /"clock" must be a function/],
+    ['a clock returning NaN', () => new GenerationSynchronizer('k', { store: store(), clock: () => Number.NaN }), OutOfRangeError, /The clock returned number NaN/],
+    ['a clock returning a string', () => new GenerationSynchronizer('k', { store: store(), clock: () => 'now' as never }), OutOfRangeError, /The clock returned "now"/],
+    ['store: {}', () => new GenerationSynchronizer('k', { store: {} as never }), InvalidArgumentError, /"store" must be a synchronous store/],
+    ['capacity: -1', () => SharedMemoryStore.open(join(tempDir(), 'x.shm'), { capacity: -1 }), OutOfRangeError, /"capacity" must be an integer from 1/],
+    ['capacity: 2^23', () => SharedMemoryStore.open(join(tempDir(), 'x.shm'), { capacity: 2 ** 23 }), OutOfRangeError, /"capacity"/],
+    ['mode: "0600"', () => SharedMemoryStore.open(join(tempDir(), 'x.shm'), { mode: '0600' as never }), InvalidArgumentError, /"mode" must be a number/],
+    ['staleLockMs: 100', () => FileStore.open(join(tempDir(), 'x.json'), { staleLockMs: 100 }), OutOfRangeError, /"staleLockMs" must be an integer from 2000/],
+    ['a NUL in a path', () => FileStore.open(join(tempDir(), 'x\0.json')), InvalidArgumentError, /without NUL bytes/],
+    ['makeCacheKey: encryptionKey missing', () => makeCacheKey('k', { useEncryption: true }), InvalidArgumentError, /"encryptionKey"/],
+  ];
+  it.each(cases)('%s', (_name, call, type, message) => {
+    let error: unknown;
+    try {
+      call();
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(type);
+    expect((error as Error).message).toMatch(message);
+    expect((error as { code: string }).code).toMatch(/^ERR_GENSYNC_(INVALID_ARGUMENT|OUT_OF_RANGE)$/);
+  });
+
+  it('rejects, never throws synchronously, from the promise APIs', async () => {
+    await expect(AsyncGenerationSynchronizer.create(5 as never)).rejects.toThrow(InvalidArgumentError);
+    await expect(RedisStore.connect({ watchPollMs: 1 })).rejects.toThrow(/"watchPollMs" must be an integer from 10/);
+  });
+});
+
+describe('file modes under any umask', () => {
+  it.each([0o000, 0o077, 0o022])('umask %o: store files 0600, the default directory 0700', (mask) => {
+    const tmp = tempDir();
+    const script = `
+      process.umask(${mask});
+      const gs = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+      gs.SharedMemoryStore.open().close();
+      gs.FileStore.open().close();
+    `;
+    execFileSync(process.execPath, ['-e', script], { env: { ...process.env, TMPDIR: tmp, GENERATION_SYNC_DIR: '' } });
+    const dir = join(tmp, `generation-sync-${process.getuid?.()}`);
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, 'generations.shm')).mode & 0o777).toBe(0o600);
+    expect(statSync(join(dir, 'generations.json')).mode & 0o777).toBe(0o600);
+  });
+});
+
+describe('makeCacheKey, properties', () => {
+  // Unicode strings including controls, spaces, ":" and "%", and astral characters.
+  const codePoint = fc
+    .integer({ min: 0, max: 0x10ffff })
+    .filter((cp) => cp < 0xd800 || cp > 0xdfff)
+    .map((cp) => String.fromCodePoint(cp));
+  const text = fc.string({ unit: fc.oneof(fc.constantFrom(':', '%', ' ', '\t', '\u0000', '\u007f', '😀', '中'), codePoint), maxLength: 300 });
+  const codePoints = (value: string): number => Array.from(value).length;
+
+  it('is at most 240 code points, has no control characters or spaces, and is deterministic', () => {
+    fc.assert(
+      fc.property(fc.oneof(text, fc.array(text, { minLength: 1, maxLength: 5 })), fc.option(fc.array(text, { maxLength: 2 }), { nil: undefined }), (key, prefix) => {
+        const result = makeCacheKey(key, { prefix });
+        expect(codePoints(result)).toBeLessThanOrEqual(240);
+        expect(result).not.toMatch(/[\u0000-\u0020\u007f]/);
+        expect(result.isWellFormed()).toBe(true);
+        expect(makeCacheKey(key, { prefix })).toBe(result);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('gives distinct sequences of two or more parts distinct keys', () => {
+    const sequence = fc.array(text, { minLength: 2, maxLength: 4 });
+    fc.assert(
+      fc.property(sequence, sequence, (a, b) => {
+        fc.pre(JSON.stringify(a) !== JSON.stringify(b));
+        expect(makeCacheKey(a)).not.toBe(makeCacheKey(b));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('does not escape a sequence of one part, as djblets does not', () => {
+    fc.assert(
+      fc.property(text, (part) => {
+        expect(makeCacheKey([part])).toBe(makeCacheKey(part));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('encrypted, is always 64 hex digits', () => {
+    fc.assert(
+      fc.property(text, fc.string({ minLength: 1 }), (key, secret) => {
+        fc.pre(secret.isWellFormed());
+        expect(makeCacheKey(key, { useEncryption: true, encryptionKey: secret })).toMatch(/^[0-9a-f]{64}$/);
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
+
+/**
+ * The model: what the store should hold for each key, and the highest value
+ * each key has ever shown (a re-created key must go above it).
+ */
+interface Model {
+  now: number;
+  keys: Map<string, { present: boolean; value: number; highest: number }>;
+}
+
+interface Real {
+  store: Store | AsyncStore;
+  other: Worker;
+  seedFor(ms: number): number;
+}
+
+type Op = 'read' | 'fetchOrCreate' | 'increment' | 'delete';
+
+async function perform(real: Real, remote: boolean, op: Op, key: string, now: number): Promise<unknown> {
+  if (remote) {
+    real.other.send({ cmd: 'op', op, key, now });
+    const reply = await real.other.next<{ value: unknown; error?: { message: string } }>();
+    if (reply.error) throw new Error(reply.error.message);
+    return reply.value;
+  }
+  const binding = real.store.bind(key, { expirationSecs: 3600 });
+  switch (op) {
+    case 'read':
+      return binding.read();
+    case 'fetchOrCreate':
+      return binding.fetchOrCreate(now);
+    case 'increment':
+      return binding.increment();
+    case 'delete':
+      await binding.delete();
+      return null;
+  }
+}
+
+class StoreCommand implements fc.AsyncCommand<Model, Real> {
+  constructor(
+    readonly op: Op,
+    readonly key: string,
+    readonly remote: boolean,
+    readonly advanceMs: number,
+  ) {}
+
+  check(): boolean {
+    return true;
+  }
+
+  async run(model: Model, real: Real): Promise<void> {
+    model.now += this.advanceMs;
+    const state = model.keys.get(this.key);
+    const result = await perform(real, this.remote, this.op, this.key, model.now);
+    switch (this.op) {
+      case 'read':
+        expect(result).toBe(state?.present ? state.value : null);
+        break;
+      case 'fetchOrCreate': {
+        const seed = real.seedFor(model.now);
+        if (state?.present) {
+          expect(result).toBe(state.value);
+        } else {
+          const value = result as number;
+          expect(value).toBeGreaterThanOrEqual(seed);
+          // A re-created key goes above every value it had; from the clock when that is higher.
+          if (state) {
+            expect(value).toBeGreaterThan(state.highest);
+            if (seed > state.highest + 1000) expect(value).toBe(seed);
+          } else {
+            expect(value).toBe(seed);
+          }
+          model.keys.set(this.key, { present: true, value, highest: Math.max(value, state?.highest ?? 0) });
+        }
+        break;
+      }
+      case 'increment':
+        expect(result).toBe(state?.present ?? false);
+        if (state?.present) {
+          state.value += 1;
+          state.highest = Math.max(state.highest, state.value);
+        }
+        break;
+      case 'delete':
+        if (state) state.present = false;
+        break;
+    }
+  }
+
+  toString(): string {
+    return `${this.remote ? 'other process' : 'this process'}: ${this.op}(${this.key}) after ${this.advanceMs} ms`;
+  }
+}
+
+describe.each(STORE_KINDS)('the $name store against a model, with operations from two processes', (kind) => {
+  let other: Worker;
+  let dir: string;
+  beforeAll(async () => {
+    dir = tempDir('gensync-model-');
+    other = startWorker('worker.mjs', await kind.workerArgs(dir));
+    await other.next();
+  });
+  afterAll(() => {
+    other.child.kill();
+  });
+
+  it('agrees with the model over random sequences of reads, creations, increments and clears', async () => {
+    const store = await kind.open(dir);
+    let run = 0;
+    const command = fc
+      .record({
+        op: fc.constantFrom<Op>('read', 'fetchOrCreate', 'increment', 'delete', 'increment', 'fetchOrCreate'),
+        key: fc.constantFrom('a', 'b', 'c'),
+        remote: fc.boolean(),
+        advanceMs: fc.constantFrom(0, 0, 1, 999, 5000, 3_600_000),
+      })
+      .map(({ op, key, remote, advanceMs }) => new StoreCommand(op, key, remote, advanceMs));
+    await fc.assert(
+      fc.asyncProperty(fc.commands([command], { maxCommands: 30 }), async (commands) => {
+        // Every run gets fresh keys (a prefix per run), so runs do not see each other's history.
+        const prefix = `run${run++}-`;
+        const prefixed = [...commands].map((c) => {
+          const { op, key, remote, advanceMs } = c as StoreCommand;
+          return new StoreCommand(op, prefix + key, remote, advanceMs);
+        });
+        await fc.asyncModelRun(() => ({ model: { now: 1_800_000_000_000, keys: new Map() }, real: { store, other, seedFor: kind.seedFor } }), prefixed);
+      }),
+      { numRuns: kind.name === 'file' ? 15 : 30 },
+    );
+    await store.close();
+  }, 120_000);
+});
