@@ -139,3 +139,22 @@ export class DependencyMissingError extends GenerationSyncError {
     super('ERR_GENSYNC_DEPENDENCY_MISSING', message, details);
   }
 }
+
+/** @internal A file that is not a store of the kind expected; it is left as it is. */
+export function foreignFileError(path: string, what: string): StoreFormatError {
+  return new StoreFormatError(
+    'ERR_GENSYNC_FOREIGN_FILE',
+    `${path} is ${what}. It was left untouched; point the store at another path, or remove the file if it is yours.`,
+    { path },
+  );
+}
+
+/** @internal A damaged store file (`kind`: "store" or "file store"); it is left as it is. */
+export function corruptFileError(path: string, kind: string, why: string): StoreFormatError {
+  return new StoreFormatError(
+    'ERR_GENSYNC_CORRUPT_FILE',
+    `${path} is a damaged generation-sync ${kind} (${why}). It was left untouched for inspection; ` +
+      'stop every process using it and remove it, and a fresh store will be created.',
+    { path },
+  );
+}

@@ -23,15 +23,15 @@ import {
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
-import { StoreClosedError, StoreError, StoreFormatError } from './errors';
+import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from './errors';
 import { acquireFileLock } from './file-lock';
 import {
-  checkFileMode,
   checkLocalFilesystem,
   checkStoreFile,
-  DEFAULT_FILE_MODE,
   errnoCode,
+  fileModeOption,
   ioError,
+  lockTimeoutOption,
   OPEN_NEW,
   OPEN_READ,
   openFailure,
@@ -54,7 +54,6 @@ export const FILE_FORMAT = 'generation-sync-file-store';
 /** The format version this code writes and the newest it reads. */
 export const FILE_FORMAT_VERSION = 1;
 
-const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 /** proper-lockfile's default; it refuses anything under 2000 ms. */
 const DEFAULT_STALE_LOCK_MS = 10_000;
 const MIN_STALE_LOCK_MS = 2000;
@@ -209,8 +208,8 @@ export class FileStore implements Store {
    */
   static open(path?: string, options?: FileStoreOptions): FileStore {
     const opts = optionsObject(options, 'FileStore options');
-    const mode = checkFileMode(optionalInteger(opts.mode, 'mode', DEFAULT_FILE_MODE, { min: 0, max: 0o777 }));
-    const lockTimeoutMs = optionalInteger(opts.lockTimeoutMs, 'lockTimeoutMs', DEFAULT_LOCK_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
+    const mode = fileModeOption(opts.mode);
+    const lockTimeoutMs = lockTimeoutOption(opts.lockTimeoutMs);
     const staleLockMs = optionalInteger(opts.staleLockMs, 'staleLockMs', DEFAULT_STALE_LOCK_MS, {
       min: MIN_STALE_LOCK_MS,
       max: 2 ** 31 - 1,
@@ -550,19 +549,8 @@ function writeAll(fd: number, text: string): void {
  * field is checked before it is trusted.
  */
 export function parseStoreFile(text: string, path: string): Map<string, FileEntry> {
-  const foreign = (what: string): StoreFormatError =>
-    new StoreFormatError(
-      'ERR_GENSYNC_FOREIGN_FILE',
-      `${path} is ${what}. It was left untouched; point the store at another path, or remove the file if it is yours.`,
-      { path },
-    );
-  const corrupt = (why: string): StoreFormatError =>
-    new StoreFormatError(
-      'ERR_GENSYNC_CORRUPT_FILE',
-      `${path} is a damaged generation-sync file store (${why}). It was left untouched for inspection; ` +
-        'stop every process using it and remove it, and a fresh store will be created.',
-      { path },
-    );
+  const foreign = (what: string): StoreFormatError => foreignFileError(path, what);
+  const corrupt = (why: string): StoreFormatError => corruptFileError(path, 'file store', why);
 
   if (text.length === 0) throw foreign('an empty file');
   let document: unknown;

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
-import { describe } from './validate';
+import { describe, optionalInteger } from './validate';
 
 /** Environment variable naming the directory of the default store. */
 export const DIRECTORY_ENV = 'GENERATION_SYNC_DIR';
@@ -191,6 +191,19 @@ export function checkLocalFilesystem(path: string): void {
       { path },
     );
   }
+}
+
+/** How long a store waits for another process's lock, unless told otherwise. */
+export const DEFAULT_LOCK_TIMEOUT_MS = 5000;
+
+/** The `mode` option of the file-backed stores, checked (default 0o600). */
+export function fileModeOption(value: unknown): number {
+  return checkFileMode(optionalInteger(value, 'mode', DEFAULT_FILE_MODE, { min: 0, max: 0o777 }));
+}
+
+/** The `lockTimeoutMs` option of the file-backed stores, checked (default 5000). */
+export function lockTimeoutOption(value: unknown): number {
+  return optionalInteger(value, 'lockTimeoutMs', DEFAULT_LOCK_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
 }
 
 /** Checks a file `mode` option: owner read-write, never writable by others. */

@@ -26,7 +26,7 @@
 
 import { createHash } from 'node:crypto';
 
-import { OutOfRangeError, StoreFormatError } from './errors';
+import { corruptFileError, foreignFileError, OutOfRangeError, StoreFormatError } from './errors';
 
 /** First eight bytes of every store file. */
 export const MAGIC = Buffer.from('GSYNCSHM', 'latin1');
@@ -187,20 +187,9 @@ export interface HeaderInfo extends Layout {
  */
 export function decodeHeader(header: Buffer, actualFileSize: number, path: string): HeaderInfo {
   if (header.length < MAGIC.length || !header.subarray(0, MAGIC.length).equals(MAGIC)) {
-    const what = actualFileSize === 0 ? 'an empty file' : 'not a generation-sync shared-memory store';
-    throw new StoreFormatError(
-      'ERR_GENSYNC_FOREIGN_FILE',
-      `${path} is ${what}. It was left untouched; point the store at another path, or remove the file if it is yours.`,
-      { path },
-    );
+    throw foreignFileError(path, actualFileSize === 0 ? 'an empty file' : 'not a generation-sync shared-memory store');
   }
-  const corrupt = (why: string): StoreFormatError =>
-    new StoreFormatError(
-      'ERR_GENSYNC_CORRUPT_FILE',
-      `${path} is a damaged generation-sync store (${why}). It was left untouched for inspection; ` +
-        'stop every process using it and remove it, and a fresh store will be created.',
-      { path },
-    );
+  const corrupt = (why: string): StoreFormatError => corruptFileError(path, 'store', why);
   if (header.length < HEADER_SIZE) throw corrupt(`the file is ${actualFileSize} bytes, shorter than its header`);
 
   const view = new DataView(header.buffer, header.byteOffset, header.byteLength);

@@ -20,14 +20,14 @@ import {
 } from 'node:fs';
 import { dirname, join } from 'node:path';
 
-import { StoreClosedError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
+import { corruptFileError, StoreClosedError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
 import {
-  checkFileMode,
   checkLocalFilesystem,
   checkStoreFile,
-  DEFAULT_FILE_MODE,
   errnoCode,
+  fileModeOption,
   ioError,
+  lockTimeoutOption,
   OPEN_EXISTING,
   openFailure,
   publishWithoutReplacing,
@@ -74,8 +74,6 @@ import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
 /** File name of the shared-memory store in the default directory. */
 export const SHM_FILE_NAME = 'generations.shm';
 
-/** How long key creation waits for another process's creation lock, unless told otherwise. */
-export const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 
 /** Attempts to open a path whose file another process is creating or replacing at that moment. */
 const OPEN_ATTEMPTS = 5;
@@ -309,8 +307,8 @@ export class SharedMemoryStore implements Store {
     const opts = optionsObject(options, 'SharedMemoryStore options');
     const settings: OpenSettings = {
       capacity: optionalInteger(opts.capacity, 'capacity', DEFAULT_CAPACITY, { min: 1, max: MAX_CAPACITY }),
-      mode: checkFileMode(optionalInteger(opts.mode, 'mode', DEFAULT_FILE_MODE, { min: 0, max: 0o777 })),
-      lockTimeoutMs: optionalInteger(opts.lockTimeoutMs, 'lockTimeoutMs', DEFAULT_LOCK_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 }),
+      mode: fileModeOption(opts.mode),
+      lockTimeoutMs: lockTimeoutOption(opts.lockTimeoutMs),
     };
     const file = path === undefined ? join(preparedDefaultDirectory(), SHM_FILE_NAME) : storePathArgument(path);
     const addon = nativeAddon();
@@ -869,11 +867,7 @@ export class SharedMemoryStore implements Store {
   }
 
   #corrupt(why: string): StoreFormatError {
-    return new StoreFormatError(
-      'ERR_GENSYNC_CORRUPT_FILE',
-      `${this.path} is a damaged generation-sync store (${why}). Stop every process using it and remove it.`,
-      { path: this.path },
-    );
+    return corruptFileError(this.path, 'store', why);
   }
 }
 

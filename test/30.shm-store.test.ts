@@ -30,7 +30,7 @@ import {
 } from 'generation-sync';
 
 import * as format from '../dist/shm-format.js';
-import { recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -171,12 +171,7 @@ describe('SharedMemoryStore files', () => {
   it('refuses a new key with a typed error when full, while existing keys keep working', () => {
     const store = SharedMemoryStore.open(join(tempDir(), 'small.shm'), { capacity: 3 });
     const syncs = ['a', 'b', 'c'].map((key) => new GenerationSynchronizer(key, { store }));
-    let error: unknown;
-    try {
-      new GenerationSynchronizer('d', { store });
-    } catch (caught) {
-      error = caught;
-    }
+    const error = thrown(() => new GenerationSynchronizer('d', { store }));
     expect(error).toBeInstanceOf(StoreFullError);
     expect((error as StoreFullError).code).toBe('ERR_GENSYNC_STORE_FULL');
     expect((error as Error).message).toMatch(/maximum of 3 keys.*larger "capacity"/);
@@ -259,12 +254,7 @@ describe('SharedMemoryStore refuses files it must not use, and leaves them untou
   it.each(cases)('%s', (_name, make, code, message) => {
     const path = make(tempDir());
     const before = fileHash(path);
-    let error: unknown;
-    try {
-      SharedMemoryStore.open(path);
-    } catch (caught) {
-      error = caught;
-    }
+    const error = thrown(() => SharedMemoryStore.open(path));
     expect(error).toBeInstanceOf(StoreFormatError);
     expect((error as StoreFormatError).code).toBe(code);
     expect((error as Error).message).toMatch(message);
@@ -294,12 +284,7 @@ describe('SharedMemoryStore refuses files it must not use, and leaves them untou
     unsafe.push(['world-writable', loose, /writable by every user/]);
 
     for (const [name, path, message] of unsafe) {
-      let error: unknown;
-      try {
-        SharedMemoryStore.open(path);
-      } catch (caught) {
-        error = caught;
-      }
+      const error = thrown(() => SharedMemoryStore.open(path));
       expect(error, name).toBeInstanceOf(UnsafeStoreError);
       expect((error as UnsafeStoreError).code, name).toBe('ERR_GENSYNC_UNSAFE_FILE');
       expect((error as Error).message, name).toMatch(message);

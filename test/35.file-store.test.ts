@@ -31,7 +31,7 @@ import {
 } from 'generation-sync';
 
 import { acquireFileLock } from '../dist/file-lock.js';
-import { recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -298,12 +298,7 @@ describe('FileStore refuses files it must not use, and leaves them untouched', (
   it.each(cases)('%s', (_name, make, code, message) => {
     const path = make(tempDir());
     const before = fileHash(path);
-    let error: unknown;
-    try {
-      FileStore.open(path);
-    } catch (caught) {
-      error = caught;
-    }
+    const error = thrown(() => FileStore.open(path));
     expect(error).toBeInstanceOf(StoreFormatError);
     expect((error as StoreFormatError).code).toBe(code);
     expect((error as Error).message).toMatch(message);
@@ -335,12 +330,7 @@ describe('FileStore refuses files it must not use, and leaves them untouched', (
     unsafe.push(['world-writable', loose, /writable by every user/]);
 
     for (const [name, path, message] of unsafe) {
-      let error: unknown;
-      try {
-        FileStore.open(path);
-      } catch (caught) {
-        error = caught;
-      }
+      const error = thrown(() => FileStore.open(path));
       expect(error, name).toBeInstanceOf(UnsafeStoreError);
       expect((error as Error).message, name).toMatch(message);
     }

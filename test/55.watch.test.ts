@@ -11,21 +11,11 @@ import {
   type Store,
 } from 'generation-sync';
 
-import { recordingLogger, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { eventually, recordingLogger, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 describe.each(SUBJECTS)('watching with $name', (subject) => {
   let store: Store | AsyncStore;

@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { ROOT, tempDir } from './helpers';
+import { eventually, ROOT, tempDir } from './helpers';
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -39,16 +39,6 @@ function call(port: number, method: string, body?: string): Promise<Reply> {
   });
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
 describe('examples/cluster/server.mjs', () => {
   it('serves cached settings from every worker, and a PUT to one is seen by all on their next request', async () => {
     const port = await freePort();
@@ -57,10 +47,10 @@ describe('examples/cluster/server.mjs', () => {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     try {
-      await until('the service to listen', () => new Promise<true | undefined>((resolve) => {
+      await eventually('the service to listen', () => new Promise<true | undefined>((resolve) => {
         child.stdout?.once('data', (data: Buffer) => resolve(data.toString().includes('listening') ? true : undefined));
       }));
-      const before = await until('replies from every worker', async () => {
+      const before = await eventually('replies from every worker', async () => {
         const replies = await Promise.all(Array.from({ length: 12 }, () => call(port, 'GET')));
         return new Set(replies.map((reply) => reply.pid)).size === 3 ? replies : undefined;
       });
@@ -109,7 +99,7 @@ describe('examples/pm2 under real PM2', () => {
     let appPids: number[] = [];
     try {
       daemonPid = Number(readFileSync(join(pm2Home, 'pm2.pid'), 'utf8'));
-      const started = await until('both instances to report', () => {
+      const started = await eventually('both instances to report', () => {
         const all = existsSync(statusDir) ? statuses() : [];
         return all.length === 2 ? all : undefined;
       });
@@ -124,7 +114,7 @@ describe('examples/pm2 under real PM2', () => {
       const bump = spawnSync(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'bump', 'settings', '--json'], { env, encoding: 'utf8' });
       expect(bump.status, bump.stderr).toBe(0);
       const { generation } = JSON.parse(bump.stdout) as { generation: number };
-      const reloaded = await until('every instance to reload', () => {
+      const reloaded = await eventually('every instance to reload', () => {
         const all = statuses();
         return all.every((status) => status.generation === generation) ? all : undefined;
       });
@@ -133,7 +123,7 @@ describe('examples/pm2 under real PM2', () => {
       pm2('kill');
     }
     // The daemon and its instances are gone.
-    await until('PM2 and its instances to exit', () => {
+    await eventually('PM2 and its instances to exit', () => {
       const alive = [daemonPid, ...appPids].filter((pid): pid is number => {
         if (pid === undefined || Number.isNaN(pid)) return false;
         try {

@@ -23,7 +23,7 @@ import {
   type Store,
 } from 'generation-sync';
 
-import { ROOT, startWorker, tempDir, type Worker } from './helpers';
+import { ROOT, startWorker, tempDir, thrown, type Worker } from './helpers';
 import { STORE_KINDS } from './stores';
 
 describe('a store on a network-class filesystem (a real FUSE mount)', () => {
@@ -49,12 +49,7 @@ describe('a store on a network-class filesystem (a real FUSE mount)', () => {
   it('is refused with ERR_GENSYNC_NETWORK_FILESYSTEM by every local store, and nothing is created', () => {
     expect((statSync(mount).dev === statSync(source).dev)).toBe(false);
     for (const open of [() => SharedMemoryStore.open(join(mount, 'g.shm')), () => FileStore.open(join(mount, 'g.json'))]) {
-      let error: unknown;
-      try {
-        open();
-      } catch (caught) {
-        error = caught;
-      }
+      const error = thrown(() => open());
       expect(error).toBeInstanceOf(UnsafeStoreError);
       expect((error as UnsafeStoreError).code).toBe('ERR_GENSYNC_NETWORK_FILESYSTEM');
       expect((error as Error).message).toMatch(/FUSE filesystem.*local disk or tmpfs/);
@@ -96,12 +91,7 @@ describe('arguments of the wrong type or out of range', () => {
     ['makeCacheKey: encryptionKey missing', () => makeCacheKey('k', { useEncryption: true }), InvalidArgumentError, /"encryptionKey"/],
   ];
   it.each(cases)('%s', (_name, call, type, message) => {
-    let error: unknown;
-    try {
-      call();
-    } catch (caught) {
-      error = caught;
-    }
+    const error = thrown(() => call());
     expect(error).toBeInstanceOf(type);
     expect((error as Error).message).toMatch(message);
     expect((error as { code: string }).code).toMatch(/^ERR_GENSYNC_(INVALID_ARGUMENT|OUT_OF_RANGE)$/);

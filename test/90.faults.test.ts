@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FileStore, GenerationSynchronizer, SharedMemoryStore, type Store } from 'generation-sync';
 
 import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/test-hooks.js';
-import { FIXTURES, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker } from './helpers';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -29,16 +29,6 @@ async function ask(worker: Worker, message: Record<string, unknown>): Promise<Re
   const reply = await worker.next<Reply>(30_000);
   if (reply.error) throw new Error(`worker failed: ${reply.error.message}`);
   return reply;
-}
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
 }
 
 /** Run the step-victim fixture with the kill hook set; resolves with how it ended. */

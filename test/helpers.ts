@@ -87,3 +87,28 @@ export function recordingLogger(): Logger & { lines: string[] } {
   };
 }
 
+
+/**
+ * Poll `probe` until it returns something other than undefined, and return
+ * that; fail after `timeoutMs`. For waiting on other processes (never as a
+ * speed assertion: the bound is only there so that a broken test ends).
+ */
+export async function eventually<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** The error `action` throws, or undefined if it returns. */
+export function thrown(action: () => unknown): unknown {
+  try {
+    action();
+  } catch (error) {
+    return error;
+  }
+  return undefined;
+}
