@@ -458,12 +458,40 @@ export class FileStore implements Store {
 
   /** Write `entries` to a temporary file and rename it over the store; keep it as the current snapshot. */
   #write(entries: ReadonlyMap<string, FileEntry>): void {
-    const temporary = this.#temporaryPath();
+    const { fd, temporary } = this.#writeTemporary(entries, 'write');
+    try {
+      renameSync(temporary, this.path);
+      checkpoint('file-write', 'renamed');
+      const stats = fstatSync(fd);
+      this.#replaceSnapshot({ fd, ino: stats.ino, dev: stats.dev, entries });
+    } catch (error) {
+      closeSync(fd);
+      removeQuietly(temporary);
+      throw ioError(error, 'write', this.path);
+    }
+  }
+
+  /** Publish an empty store, unless another process publishes one first. */
+  #createEmptyFile(): void {
+    const { fd, temporary } = this.#writeTemporary(new Map(), 'create the store');
+    try {
+      publishWithoutReplacing(temporary, this.path);
+    } catch (error) {
+      throw ioError(error, 'create the store', this.path);
+    } finally {
+      closeSync(fd);
+      removeQuietly(temporary);
+    }
+  }
+
+  /** A complete, flushed temporary file holding `entries`, mode set exactly; still open. */
+  #writeTemporary(entries: ReadonlyMap<string, FileEntry>, action: string): { fd: number; temporary: string } {
+    const temporary = `${this.path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
     let fd: number;
     try {
       fd = openSync(temporary, OPEN_NEW, this.#mode);
     } catch (error) {
-      throw ioError(error, 'write', this.path);
+      throw ioError(error, action, this.path);
     }
     checkpoint('file-write', 'temp-opened');
     try {
@@ -472,49 +500,21 @@ export class FileStore implements Store {
       checkpoint('file-write', 'temp-written');
       fdatasyncSync(fd);
       checkpoint('file-write', 'temp-synced');
-      renameSync(temporary, this.path);
-      checkpoint('file-write', 'renamed');
-      const stats = fstatSync(fd);
-      this.#replaceSnapshot({ fd, ino: stats.ino, dev: stats.dev, entries });
+      return { fd, temporary };
     } catch (error) {
       closeSync(fd);
-      try {
-        unlinkSync(temporary);
-      } catch {
-        // Already renamed, or never created.
-      }
-      throw ioError(error, 'write', this.path);
+      removeQuietly(temporary);
+      throw ioError(error, action, this.path);
     }
   }
+}
 
-  /** Publish an empty store, unless another process publishes one first. */
-  #createEmptyFile(): void {
-    const temporary = this.#temporaryPath();
-    let fd: number;
-    try {
-      fd = openSync(temporary, OPEN_NEW, this.#mode);
-    } catch (error) {
-      throw ioError(error, 'create the store', this.path);
-    }
-    try {
-      fchmodSync(fd, this.#mode);
-      writeAll(fd, serialize(new Map()));
-      fdatasyncSync(fd);
-      publishWithoutReplacing(temporary, this.path);
-    } catch (error) {
-      throw ioError(error, 'create the store', this.path);
-    } finally {
-      closeSync(fd);
-      try {
-        unlinkSync(temporary);
-      } catch {
-        // Already gone.
-      }
-    }
-  }
-
-  #temporaryPath(): string {
-    return `${this.path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+/** Remove a temporary file that may already be gone (renamed into place, or never made). */
+function removeQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // already gone
   }
 }
 
