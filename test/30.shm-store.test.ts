@@ -347,19 +347,6 @@ describe('the key-creation lock', () => {
     store.close();
   });
 
-  it('is released by the kernel when the holder is killed', async () => {
-    const path = freshStoreFile(tempDir());
-    const holder = startWorker('hold-lock.mjs', [path]);
-    workers.push(holder);
-    await holder.next();
-    holder.child.kill('SIGKILL');
-    await holder.exited;
-    const store = SharedMemoryStore.open(path, { lockTimeoutMs: 1000 });
-    const sync = new GenerationSynchronizer('k', { store });
-    expect(sync.syncGen).not.toBeNull();
-    store.close();
-  });
-
   it('an outage is a StoreUnavailableError with its own code', async () => {
     const path = freshStoreFile(tempDir());
     const holder = startWorker('hold-lock.mjs', [path]);

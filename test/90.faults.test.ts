@@ -129,6 +129,8 @@ describe('a lock holder that dies', () => {
     await holder.next();
     holder.child.kill('SIGKILL');
     await holder.exited;
+    // The lock is still there, naming a dead owner; staleLockMs (10 s) is far away.
+    expect(existsSync(`${path}.lock/owner`)).toBe(true);
     const store = FileStore.open(path, { lockTimeoutMs: 100 });
     expect(new GenerationSynchronizer('k', { store }).markUpdated()).toBe(true);
     store.close();
