@@ -1,24 +1,23 @@
 // generation-sync native addon.
 //
-// Only what JavaScript cannot do itself lives here: map a file MAP_SHARED
-// and hand it to JS as an external ArrayBuffer, reserve a file's blocks,
-// take, test and release kernel locks on byte ranges of it, rename without
-// replacing, and wait for / wake a futex word in the mapping from a
-// dedicated thread.
-// Every argument is checked in TypeScript before it reaches this file; the
-// checks below only keep a wrong call from crashing the process.
+// Only what JavaScript cannot do itself lives in native code: map a file
+// MAP_SHARED and hand it to JS as an external ArrayBuffer, and survive the
+// file being truncated (mapping.cc); wait for / wake a futex word in the
+// mapping from a dedicated thread (watcher.cc); and, here, reserve a file's
+// blocks, take, test and release kernel locks on byte ranges of it, and
+// rename without replacing.
+// Every argument is checked in TypeScript before it reaches native code;
+// the checks only keep a wrong call from crashing the process.
 
-#include <napi.h>
+#include "common.h"
+
 #include <uv.h>
 
-#include <atomic>
 #include <cerrno>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <ctime>
 #include <string>
-#include <thread>
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -28,12 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__linux__)
-#include <linux/futex.h>
-#define GENSYNC_HAVE_FUTEX 1
-#endif
-
-namespace {
+namespace gensync {
 
 // Byte of the store file that the key-creation lock covers.
 constexpr off_t kCreationLockByte = 0;
@@ -42,8 +36,6 @@ constexpr off_t kCreationLockByte = 0;
 constexpr long kLockBackoffMinNs = 20 * 1000;        // 20 us
 constexpr long kLockBackoffMaxNs = 1000 * 1000;      // 1 ms
 
-// Throws a JS Error shaped like Node's own system errors: `code` is the
-// errno name ("ENOSPC"), `errno` the number, `syscall` the failing call.
 void ThrowErrno(Napi::Env env, int err, const char* syscall) {
   const char* name = uv_err_name(-err);
   std::string message = std::string(name) + ": " + std::strerror(err) + ", " + syscall;
@@ -79,30 +71,21 @@ bool GetLength(const Napi::CallbackInfo& info, size_t index, size_t* length) {
   return true;
 }
 
-// map(fd, length) -> ArrayBuffer over a MAP_SHARED mapping of the file.
-// The mapping lives until the ArrayBuffer is garbage-collected; the fd may
-// be closed earlier. The caller has checked that the file is at least
-// `length` bytes long, so no access through the buffer can SIGBUS unless
-// another process shrinks the file.
-Napi::Value Map(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd;
-  size_t length;
-  if (!GetFd(info, 0, &fd) || !GetLength(info, 1, &length)) return env.Undefined();
-
-  void* address = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (address == MAP_FAILED) {
-    ThrowErrno(env, errno, "mmap");
-    return env.Undefined();
+bool GetOffset(const Napi::CallbackInfo& info, size_t index, off_t* offset) {
+  if (info.Length() <= index || !info[index].IsNumber()) {
+    Napi::TypeError::New(info.Env(), "offset must be a number").ThrowAsJavaScriptException();
+    return false;
   }
-  return Napi::ArrayBuffer::New(
-      env, address, length,
-      [](Napi::Env, void* data, size_t* hint) {
-        munmap(data, *hint);
-        delete hint;
-      },
-      new size_t(length));
+  double value = info[index].As<Napi::Number>().DoubleValue();
+  if (!(value >= 0) || value > 9007199254740991.0) {
+    Napi::RangeError::New(info.Env(), "offset must be a non-negative safe integer").ThrowAsJavaScriptException();
+    return false;
+  }
+  *offset = static_cast<off_t>(value);
+  return true;
 }
+
+namespace {
 
 // allocate(fd, length): reserve every block up to `length` so that a full
 // filesystem fails here, at creation, and never as a SIGBUS later.
@@ -171,20 +154,6 @@ int Unlock(int fd, off_t offset) {
 #endif
 
 bool IsContended(int err) { return err == EAGAIN || err == EACCES || err == EWOULDBLOCK; }
-
-bool GetOffset(const Napi::CallbackInfo& info, size_t index, off_t* offset) {
-  if (info.Length() <= index || !info[index].IsNumber()) {
-    Napi::TypeError::New(info.Env(), "offset must be a number").ThrowAsJavaScriptException();
-    return false;
-  }
-  double value = info[index].As<Napi::Number>().DoubleValue();
-  if (!(value >= 0) || value > 9007199254740991.0) {
-    Napi::RangeError::New(info.Env(), "offset must be a non-negative safe integer").ThrowAsJavaScriptException();
-    return false;
-  }
-  *offset = static_cast<off_t>(value);
-  return true;
-}
 
 // lock(fd, offset, exclusive, timeoutMs) -> boolean: true once held, false
 // if another holder still conflicted when the timeout passed.
@@ -280,179 +249,23 @@ Napi::Value RenameNoReplace(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// --- Change notification --------------------------------------------------
-//
-// A u32 word in the file is the store's notification sequence. A process
-// that changes a watched key adds one to it (from JS, with Atomics) and calls
-// wake(); each process with watchers runs one Watcher: a dedicated thread
-// that sleeps in FUTEX_WAIT on the word and, when it changes, calls back
-// into JS through a thread-safe function. Process-shared futexes work on
-// shared file mappings: the kernel keys them by inode and offset, so
-// different mappings of the same page (JS's and the Watcher's own) meet.
-
-bool GetWord(const Napi::CallbackInfo& info, uint32_t** word) {
-  if (info.Length() < 2 || !info[0].IsArrayBuffer() || !info[1].IsNumber()) {
-    Napi::TypeError::New(info.Env(), "expected an ArrayBuffer and a byte offset").ThrowAsJavaScriptException();
-    return false;
-  }
-  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
-  double offset = info[1].As<Napi::Number>().DoubleValue();
-  if (!(offset >= 0) || static_cast<size_t>(offset) % sizeof(uint32_t) != 0 ||
-      static_cast<size_t>(offset) + sizeof(uint32_t) > buffer.ByteLength()) {
-    Napi::RangeError::New(info.Env(), "offset must be an aligned offset inside the buffer").ThrowAsJavaScriptException();
-    return false;
-  }
-  *word = reinterpret_cast<uint32_t*>(static_cast<char*>(buffer.Data()) + static_cast<size_t>(offset));
-  return true;
-}
-
-#if defined(GENSYNC_HAVE_FUTEX)
-long Futex(uint32_t* word, int op, uint32_t value) {
-  return syscall(SYS_futex, word, op, value, nullptr, nullptr, 0);
-}
-#endif
-
-// wake(buffer, byteOffset): wake every thread, in every process, waiting on the word.
-Napi::Value Wake(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint32_t* word;
-  if (!GetWord(info, &word)) return env.Undefined();
-#if defined(GENSYNC_HAVE_FUTEX)
-  if (Futex(word, FUTEX_WAKE, INT_MAX) < 0) ThrowErrno(env, errno, "futex(FUTEX_WAKE)");
-#endif
-  return env.Undefined();
-}
-
-// new Watcher(fd, byteOffset, callback): calls callback() on the JS thread,
-// soon after the u32 at byteOffset of the file changes. It maps that page of
-// the file itself, so its thread never touches memory whose lifetime JS
-// controls (at exit, Node frees ArrayBuffers before cleanup hooks run). It
-// never keeps the event loop alive. stop() ends the thread; so does the
-// environment shutting down.
-class Watcher : public Napi::ObjectWrap<Watcher> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "Watcher", {InstanceMethod("stop", &Watcher::Stop)});
-  }
-
-  explicit Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(info) {
-    Napi::Env env = info.Env();
-#if !defined(GENSYNC_HAVE_FUTEX)
-    Napi::Error::New(env, "futexes are not available on this platform").ThrowAsJavaScriptException();
-#else
-    int fd;
-    off_t offset;
-    if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return;
-    if (info.Length() < 3 || !info[2].IsFunction()) {
-      Napi::TypeError::New(env, "callback must be a function").ThrowAsJavaScriptException();
-      return;
-    }
-    if (offset % static_cast<off_t>(sizeof(uint32_t)) != 0) {
-      Napi::RangeError::New(env, "offset must be aligned to 4 bytes").ThrowAsJavaScriptException();
-      return;
-    }
-    long page = sysconf(_SC_PAGESIZE);
-    off_t page_start = offset - offset % page;
-    void* address = mmap(nullptr, static_cast<size_t>(page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, page_start);
-    if (address == MAP_FAILED) {
-      ThrowErrno(env, errno, "mmap");
-      return;
-    }
-    mapping_ = address;
-    mapping_length_ = static_cast<size_t>(page);
-    word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(address) + (offset - page_start));
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "generation-sync watcher", kQueueLength, 1);
-    tsfn_.Unref(env);
-    env_ = env;
-    napi_add_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
-    // Read the word now, on the JS thread: a change made right after this
-    // constructor returns must count as a change, however late the thread starts.
-    uint32_t seen = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
-    running_ = true;
-    thread_ = std::thread([this, seen]() { Run(seen); });
-#endif
-  }
-
-  ~Watcher() override { Shutdown(true); }
-
- private:
-  static void OnEnvironmentCleanup(void* self) { static_cast<Watcher*>(self)->Shutdown(false); }
-
-  // One pending call is enough: the callback reads the latest state.
-  static constexpr size_t kQueueLength = 1;
-  static constexpr long kStopRetryNs = 50 * 1000;  // 50 us
-
-  void Run(uint32_t seen) {
-#if defined(GENSYNC_HAVE_FUTEX)
-    while (!stopping_.load()) {
-      Futex(word_, FUTEX_WAIT, seen);
-      uint32_t now = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
-      if (stopping_.load()) break;
-      if (now != seen) {
-        seen = now;
-        // napi_queue_full means a call is already pending; it will see this change too.
-        tsfn_.NonBlockingCall();
-      }
-    }
-#endif
-    exited_.store(true);
-  }
-
-  // `removeHook` is false when called from the environment's cleanup hook itself.
-  void Shutdown(bool removeHook) {
-    if (!running_) return;
-    running_ = false;
-    if (removeHook) napi_remove_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
-    stopping_.store(true);
-#if defined(GENSYNC_HAVE_FUTEX)
-    // A wake sent before the thread enters FUTEX_WAIT is lost, so repeat it
-    // until the thread has left its loop (normally the first wake does).
-    while (!exited_.load()) {
-      Futex(word_, FUTEX_WAKE, INT_MAX);
-      struct timespec pause = {0, kStopRetryNs};
-      nanosleep(&pause, nullptr);
-    }
-#endif
-    if (thread_.joinable()) thread_.join();
-    tsfn_.Release();
-    munmap(mapping_, mapping_length_);
-    mapping_ = nullptr;
-  }
-
-  Napi::Value Stop(const Napi::CallbackInfo& info) {
-    Shutdown(true);
-    return info.Env().Undefined();
-  }
-
-  void* mapping_ = nullptr;
-  size_t mapping_length_ = 0;
-  uint32_t* word_ = nullptr;
-  napi_env env_ = nullptr;
-  std::atomic<bool> stopping_{false};
-  std::atomic<bool> exited_{false};
-  bool running_ = false;
-  std::thread thread_;
-  Napi::ThreadSafeFunction tsfn_;
-};
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("map", Napi::Function::New(env, Map, "map"));
+  InitMapping(env, exports);
+  InitWatcher(env, exports);
   exports.Set("allocate", Napi::Function::New(env, Allocate, "allocate"));
   exports.Set("lock", Napi::Function::New(env, Lock, "lock"));
   exports.Set("unlock", Napi::Function::New(env, UnlockRange, "unlock"));
   exports.Set("lockedByOthers", Napi::Function::New(env, LockedByOthers, "lockedByOthers"));
   exports.Set("rangeLocks", Napi::Boolean::New(env, kRangeLocks));
-  exports.Set("wake", Napi::Function::New(env, Wake, "wake"));
-  exports.Set("Watcher", Watcher::Define(env));
-#if defined(GENSYNC_HAVE_FUTEX)
-  exports.Set("futex", Napi::Boolean::New(env, true));
-#else
-  exports.Set("futex", Napi::Boolean::New(env, false));
-#endif
   exports.Set("renameNoReplace", Napi::Function::New(env, RenameNoReplace, "renameNoReplace"));
   return exports;
 }
 
+}  // namespace
+}  // namespace gensync
+
+namespace {
+Napi::Object Init(Napi::Env env, Napi::Object exports) { return gensync::Init(env, exports); }
 }  // namespace
 
 NODE_API_MODULE(generation_sync, Init)

@@ -256,11 +256,11 @@ export class FileStore implements Store {
    * filesystems and containers do not deliver inotify events). Neither keeps
    * the process alive.
    */
-  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void {
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
     this.#checkOpen();
     const checked = wellFormedString(key, 'key');
     const watched = this.#watched.get(checked) ?? this.#startWatching(checked);
-    const { behind, remove } = this.#watched.register(watched, since, this.generationOf(checked), listener);
+    const { behind, remove } = this.#watched.register(watched, since, this.generationOf(checked), listener, onClose);
     if (behind) queueMicrotask(() => this.#deliver());
     return () => {
       if (remove() && this.#watched.size === 0) this.#stopWatching();
@@ -272,7 +272,7 @@ export class FileStore implements Store {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopWatching();
-    this.#watched.clear();
+    this.#watched.close(new StoreClosedError(`The store at ${this.path} was closed while a watch was pending.`, { path: this.path }));
     this.#replaceSnapshot(NO_FILE);
   }
 

@@ -24,8 +24,16 @@ export interface NativeWatcher {
 
 /** What the addon exports; see `native/addon.cc`. */
 export interface NativeAddon {
-  /** Map `length` bytes of `fd` MAP_SHARED; unmapped when the buffer is collected. */
+  /**
+   * Map `length` bytes of `fd` MAP_SHARED; released by {@link NativeAddon.unmap}, or when the buffer is
+   * collected. A SIGBUS inside the mapping (the file was truncated) replaces the faulting page with one
+   * whose every 64-bit word reads as an absent key, and counts in {@link NativeAddon.faults}.
+   */
   map(fd: number, length: number): ArrayBuffer;
+  /** Detach a buffer made by `map()` (typed arrays over it then have length 0) and release the mapping now. */
+  unmap(buffer: ArrayBuffer): void;
+  /** How many SIGBUS faults inside store mappings this process has absorbed so far. */
+  faults(): number;
   /** Reserve every block of the first `length` bytes of `fd`. */
   allocate(fd: number, length: number): void;
   /** Lock the byte at `offset` of `fd`; false if another holder still conflicts after `timeoutMs`. */
@@ -46,7 +54,7 @@ export interface NativeAddon {
   Watcher: new (fd: number, byteOffset: number, onChange: () => void) => NativeWatcher;
 }
 
-const ADDON_FUNCTIONS = ['map', 'allocate', 'lock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
+const ADDON_FUNCTIONS = ['map', 'unmap', 'faults', 'allocate', 'lock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
 
 /** The package's root directory (this file is `dist/native.js`). */
 export const PACKAGE_ROOT = resolve(__dirname, '..');

@@ -356,11 +356,11 @@ export class RedisStore implements AsyncStore {
    * `watchPollMs`, all watched keys are re-read, because messages sent
    * while disconnected are lost and `FLUSHALL` announces nothing.
    */
-  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void {
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
     this.#checkOpen();
     const checked = wellFormedString(key, 'key');
     const watched = this.#watched.get(checked) ?? this.#startWatching(checked);
-    const { remove } = this.#watched.register(watched, since, undefined, listener);
+    const { remove } = this.#watched.register(watched, since, undefined, listener, onClose);
     void this.#refreshWatched(watched);
     return () => {
       if (remove() && this.#watched.size === 0) this.#stopWatching();
@@ -372,7 +372,7 @@ export class RedisStore implements AsyncStore {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopWatching();
-    this.#watched.clear();
+    this.#watched.close(new StoreClosedError(`The Redis store${this.url ? ` at ${redactUrl(this.url)}` : ''} was closed while a watch was pending.`));
     this.#client.off('error', this.#onError);
     this.#client.off('ready', this.#onReady);
     if (!this.#ownsClient) return;

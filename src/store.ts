@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { StoreClosedError } from './errors';
+
 /**
  * One synchronizer's handle on one key of a synchronous store. A binding
  * remembers the generation it last fetched or set (its *synced* value), so
@@ -96,8 +98,10 @@ export interface Store {
    * arrive as one call with the latest generation. `since` is the
    * generation the listener already knows (the listener is called at once
    * if the key differs from it); undefined takes the current one.
+   * `onClose` is called if the store is closed while the listener is
+   * registered (a pending `waitForChange()` rejects with the error).
    */
-  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void;
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void;
   /** Release the store's resources. Bindings made from it then report every key as stale. */
   close(): void;
 }
@@ -126,7 +130,7 @@ export interface AsyncStore {
   /** A snapshot of every key the store holds, in no particular order. */
   entries(): Promise<StoreEntry[]>;
   /** As {@link Store.watch}. */
-  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void;
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void;
   /** Release the store's resources. */
   close(): Promise<void>;
 }

@@ -5,13 +5,15 @@
  * @module
  */
 
-import { InvalidArgumentError } from './errors';
+import { InvalidArgumentError, type StoreClosedError } from './errors';
 import type { GenerationListener } from './store';
 import { describe, optionalInteger, optionsObject } from './validate';
 
 /** One listener of a watched key, and the generation it last saw (undefined: not read yet; the first read sets it). */
 export interface WatchRegistration {
   readonly listener: GenerationListener;
+  /** Told when the store closes while the listener is registered. */
+  readonly onClose: ((error: StoreClosedError) => void) | undefined;
   last: number | null | undefined;
 }
 
@@ -58,9 +60,10 @@ export class WatchList<T> {
     since: number | null | undefined,
     current: number | null | undefined,
     listener: GenerationListener,
+    onClose?: (error: StoreClosedError) => void,
   ): { readonly behind: boolean; readonly remove: () => boolean } {
     if (typeof listener !== 'function') throw new InvalidArgumentError('The watch listener must be a function.');
-    const registration: WatchRegistration = { listener, last: since === undefined ? current : since };
+    const registration: WatchRegistration = { listener, onClose, last: since === undefined ? current : since };
     entry.registrations.add(registration);
     let active = true;
     return {
@@ -76,8 +79,11 @@ export class WatchList<T> {
     };
   }
 
-  clear(): void {
+  /** The store closed: tell every registration that asked (a pending waitForChange() rejects), and forget them all. */
+  close(error: StoreClosedError): void {
+    const registrations = [...this.#entries.values()].flatMap((entry) => [...entry.registrations]);
     this.#entries.clear();
+    for (const registration of registrations) registration.onClose?.(error);
   }
 }
 
@@ -130,18 +136,29 @@ export interface WaitForChangeOptions {
 
 /** Anything with a `watch()` like the stores'. */
 interface Watchable {
-  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void;
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void;
 }
 
 /** @internal The watch() of both synchronizer classes. */
-export function watchKey(store: Watchable, key: string, since: number | null, listener: (change: GenerationChange) => void): Unwatch {
+export function watchKey(
+  store: Watchable,
+  key: string,
+  since: number | null,
+  listener: (change: GenerationChange) => void,
+  onClose?: (error: StoreClosedError) => void,
+): Unwatch {
   if (typeof listener !== 'function') throw new InvalidArgumentError('watch() needs a listener function.');
   let previous = since;
-  const stop = store.watch(key, since, (generation) => {
-    const change: GenerationChange = { generation, previous };
-    previous = generation;
-    listener(change);
-  });
+  const stop = store.watch(
+    key,
+    since,
+    (generation) => {
+      const change: GenerationChange = { generation, previous };
+      previous = generation;
+      listener(change);
+    },
+    onClose,
+  );
   const unwatch = (): void => stop();
   return Object.assign(unwatch, { [Symbol.dispose]: unwatch });
 }
@@ -177,10 +194,19 @@ export function waitForKeyChange(
       finish();
       reject(signal?.reason);
     };
-    unwatch = watchKey(store, key, since, (change) => {
-      finish();
-      resolve(change);
-    });
+    unwatch = watchKey(
+      store,
+      key,
+      since,
+      (change) => {
+        finish();
+        resolve(change);
+      },
+      (error) => {
+        finish();
+        reject(error);
+      },
+    );
     if (settled) unwatch();
     signal?.addEventListener('abort', onAbort, { once: true });
     if (timeout !== undefined) {

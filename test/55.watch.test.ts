@@ -1,5 +1,8 @@
 // Push, not poll: watch() and waitForChange() on every store, in one process
 // and across real processes; SynchronizedValue and its async twin.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import {
@@ -11,7 +14,7 @@ import {
   type Store,
 } from 'generation-sync';
 
-import { eventually, recordingLogger, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { eventually, FIXTURES, recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
 
 const workers: Worker[] = [];
@@ -251,4 +254,84 @@ describe.each(SUBJECTS)('SynchronizedValue on $name', (subject) => {
       expect(value.get()).toBe('load 3');
     }
   });
+});
+
+describe('ending while watching, with another process bumping the key in a tight loop (shared-memory store)', () => {
+  /** How many times each way of ending is tried: every one must end normally. */
+  const ROUNDS = 100;
+  const CLI = join(ROOT, 'dist', 'cli.js');
+
+  interface Ending {
+    readonly status: number | null;
+    readonly signal: NodeJS.Signals | null;
+    readonly stderr: string;
+  }
+
+  function run(args: string[], onStart?: (child: ChildProcess) => void): Promise<Ending> {
+    return new Promise((resolveEnd) => {
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.stdout.on('data', () => {});
+      const killer = setTimeout(() => child.kill('SIGKILL'), 30_000); // a hang ends as a failure, not a stuck test
+      child.once('exit', (status, signal) => {
+        clearTimeout(killer);
+        resolveEnd({ status, signal, stderr });
+      });
+      onStart?.(child);
+    });
+  }
+
+  /** Run `count` jobs, two at a time (the machine has two cores), and return every result. */
+  async function inPairs<T>(count: number, job: (i: number) => Promise<T>): Promise<T[]> {
+    const results: T[] = [];
+    for (let i = 0; i < count; i += 2) results.push(...(await Promise.all([i, i + 1].filter((n) => n < count).map(job))));
+    return results;
+  }
+
+  async function withBumper<T>(action: (path: string) => Promise<T>): Promise<T> {
+    const path = join(tempDir(), 'g.shm');
+    const bumper = startWorker('bump-until-stopped.mjs', [path, 'hot', '300000']);
+    workers.push(bumper);
+    await bumper.next();
+    try {
+      return await action(path);
+    } finally {
+      bumper.send('stop');
+      const { bumps } = await bumper.next<{ bumps: number }>();
+      expect(bumps).toBeGreaterThan(0);
+    }
+  }
+
+  const abnormal = (endings: Ending[]): Ending[] => endings.filter((ending) => ending.status !== 0 || ending.signal !== null);
+
+  it.each(['natural', 'exit', 'sigterm'])(`a process that ends (%s) while changes arrive exits 0, ${ROUNDS} times out of ${ROUNDS}`, async (mode) => {
+    const endings = await withBumper((path) => inPairs(ROUNDS, () => run([join(FIXTURES, 'watch-teardown.mjs'), mode, path, 'hot'])));
+    expect(abnormal(endings)).toEqual([]);
+  }, 300_000);
+
+  it.each(['worker-end', 'worker-terminate'])(`a Worker that watches and ends (%s) never takes the process down, ${ROUNDS} times out of ${ROUNDS}`, async (mode) => {
+    const processes = 4;
+    const endings = await withBumper((path) =>
+      inPairs(processes, () => run([join(FIXTURES, 'watch-teardown.mjs'), mode, path, 'hot', String(ROUNDS / processes)])),
+    );
+    expect(abnormal(endings)).toEqual([]);
+    expect(endings.map((ending) => ending.status)).toEqual(Array(processes).fill(0));
+  }, 300_000);
+
+  it(`Ctrl-C on the CLI's watch exits 0, ${ROUNDS} times out of ${ROUNDS}`, async () => {
+    const endings = await withBumper((path) =>
+      inPairs(ROUNDS, () =>
+        run([CLI, 'watch', 'hot', '--store', 'shm', '--path', path], (child) => {
+          // Interrupt once it has printed its first change, so that changes are arriving.
+          let lines = 0;
+          child.stdout?.on('data', (chunk: Buffer) => {
+            lines += chunk.toString().split('\n').length - 1;
+            if (lines >= 2) child.kill('SIGINT');
+          });
+        }),
+      ),
+    );
+    expect(abnormal(endings)).toEqual([]);
+  }, 300_000);
 });
