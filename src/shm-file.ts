@@ -278,10 +278,14 @@ export class StoreFile {
     return -1;
   }
 
-  /** The record of `identity`, created (holding `seed`, or absent when null) under the creation lock if missing. */
+  /**
+   * The record of `identity`, created (holding `seed`, or absent when null)
+   * under the creation lock if missing; -1 if the file turned out to be
+   * retired, where nothing may be created (the caller moves on).
+   */
   findOrCreate(identity: KeyIdentity, seed: number | null): number {
     const found = this.find(identity);
-    return found >= 0 ? found : this.withCreationLock(() => this.#findOrCreateLocked(identity, seed));
+    return found >= 0 ? found : this.withCreationLock(() => (this.retired ? -1 : this.#findOrCreateLocked(identity, seed)));
   }
 
   /** Run `action` holding the key-creation lock, after repairing what a process that died holding it left. */
@@ -347,13 +351,15 @@ export class StoreFile {
   carryOver(identity: KeyIdentity, word: bigint): boolean {
     const wasAbsent = (word & ABSENT) !== 0n;
     const oldValue = word & VALUE_MASK;
-    let index: number;
+    let record: number;
     try {
-      index = this.wordIndex(this.findOrCreate(identity, null));
+      record = this.findOrCreate(identity, null);
     } catch (error) {
       if (error instanceof StoreError) return false;
       throw error;
     }
+    if (record < 0) return false;
+    const index = this.wordIndex(record);
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const current = Atomics.load(this.gens, index);
       const currentValue = current & VALUE_MASK;

@@ -362,8 +362,12 @@ export class SharedMemoryStore implements Store {
   fetchOrCreateBinding(binding: SharedMemoryBinding, seed: number): number {
     for (let move = 0; move < MOVES_PER_OPERATION; move++) {
       const file = this.#live();
-      if (binding.file !== file) this.#attach(file, binding, file.findOrCreate(binding.identity, seed));
-      // Retired while this process waited for the creation lock: do it again in the live file.
+      if (binding.file !== file) {
+        const record = file.findOrCreate(binding.identity, seed);
+        // Retired while this process waited for the creation lock: do it again in the live file.
+        if (record < 0) continue;
+        this.#attach(file, binding, record);
+      }
       if (file.retired) continue;
       const value = this.#reviveIfAbsent(file, binding, seed);
       if (file.retired) {
@@ -502,7 +506,11 @@ export class SharedMemoryStore implements Store {
 
   /** Take this instance's watch lock on the key in `file` and set its WATCHED flag (creating the record, absent, if needed). */
   #markWatched(file: StoreFile, binding: SharedMemoryBinding): void {
-    if (binding.file !== file) this.#attach(file, binding, file.findOrCreate(binding.identity, null));
+    if (binding.file !== file) {
+      const record = file.findOrCreate(binding.identity, null);
+      if (record < 0) throw new StoreUnavailableError('ERR_GENSYNC_STORE_UNAVAILABLE', `${this.path} was replaced just now; try again.`, { path: this.path });
+      this.#attach(file, binding, record);
+    }
     if (!this.#addon.rangeLocks) return;
     file.withCreationLock(() => {
       if (!this.#addon.lock(file.fd, WATCH_LOCK_BASE + binding.record, false, this.#settings.lockTimeoutMs)) throw file.lockTimeout();

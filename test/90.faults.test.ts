@@ -3,7 +3,7 @@
 // races, and a soak with random kills. Real processes throughout; every
 // loop is bounded in count and time.
 import { spawn, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, renameSync, rmSync, truncateSync, unlinkSync, existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -328,4 +328,168 @@ describe('a soak with random kills', () => {
     },
     120_000,
   );
+});
+
+describe('the outside review of the shared-memory store (each of these failed at 1545de2)', () => {
+  /** Start `count` workers on the store at `path`, ready. */
+  async function group(path: string, count: number, fixture = 'worker.mjs', extra: string[] = []): Promise<Worker[]> {
+    const started = Array.from({ length: count }, () => startWorker(fixture, ['shm', path, ...extra]));
+    workers.push(...started);
+    await Promise.all(started.map((worker) => worker.next()));
+    return started;
+  }
+
+  /** Put a fresh, empty store file (of `capacity` keys) at `path`, replacing what is there. */
+  function replaceWithFreshStore(path: string, capacity?: number, keys: string[] = []): void {
+    const fresh = `${path}.fresh`;
+    const store = SharedMemoryStore.open(fresh, capacity === undefined ? {} : { capacity });
+    for (const key of keys) new GenerationSynchronizer(key, { store, normalizeCacheKey: false });
+    store.close();
+    renameSync(fresh, path);
+  }
+
+  it('item 2: a watching process whose file is truncated to 0 bytes keeps serving, and recovers when the file is removed', async () => {
+    const path = join(tempDir(), 'g.shm');
+    const [watcher] = await group(path, 1, 'watcher.mjs', ['k']);
+    truncateSync(path, 0);
+    // Long enough for the background check to notice and stop the watcher thread (which used to hang).
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    (watcher as Worker).send({ cmd: 'status' });
+    await (watcher as Worker).next(5000);
+    rmSync(path);
+    const [bumper] = await group(path, 1);
+    const { syncGen } = await ask(bumper as Worker, { cmd: 'bump', key: 'k' });
+    await eventually('the watcher to see the bump in the fresh file', async () => {
+      (watcher as Worker).send({ cmd: 'status' });
+      const status = await (watcher as Worker).next<{ last: number | null }>(5000);
+      return status.last === syncGen ? true : undefined;
+    });
+  });
+
+  it('item 4: processes touching a file just truncated under them (before any check) read keys as expired and never crash', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const readers = await group(path, 3);
+    for (const reader of readers) await ask(reader, { cmd: 'bump', key: 'k' });
+    for (const size of [0, 4096]) {
+      truncateSync(path, size);
+      // At once: no background check has run yet, so these touch pages past the end of the file.
+      for (const reader of readers) {
+        expect((await ask(reader, { cmd: 'expired', key: 'k' })).expired).toBe(true);
+        expect((await ask(reader, { cmd: 'bump', key: 'k' })).ok).toBe(false);
+        expect((await ask(reader, { cmd: 'sync', key: 'other' })).syncGen).toBeNull();
+      }
+      expect(readers.every((reader) => reader.child.exitCode === null && reader.child.signalCode === null)).toBe(true);
+      // An operator puts a good file back: every process recovers by itself.
+      rmSync(path);
+      await eventually('every process to bump in a fresh file', async () => {
+        const answers = await Promise.all(readers.map((reader) => ask(reader, { cmd: 'bump', key: 'k' })));
+        return answers.every((answer) => answer.ok) ? true : undefined;
+      });
+    }
+  });
+
+  it('item 3: moving a watching process to a new file that cannot take its key (full) does not throw from the timer', async () => {
+    const path = join(tempDir(), 'g.shm');
+    const [watcher] = await group(path, 1);
+    await ask(watcher as Worker, { cmd: 'watchKey', key: 'w' });
+    replaceWithFreshStore(path, 1, ['occupant']);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect((watcher as Worker).child.exitCode).toBeNull();
+    expect((await ask(watcher as Worker, { cmd: 'expired', key: 'w' })).expired).toBe(true);
+    expect((watcher as Worker).stderr()).not.toMatch(/StoreFullError|ERR_GENSYNC_STORE_FULL/);
+  });
+
+  it('item 5: an operation that waited for the creation lock while the file was replaced acts on the live file only', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const [creator, noticer] = await group(path, 2);
+    await ask(noticer as Worker, { cmd: 'sync', key: 'quiet' });
+    const holder = startWorker('hold-lock.mjs', [path]);
+    workers.push(holder);
+    await holder.next();
+    // The creator waits for the lock to create a new key...
+    (creator as Worker).send({ cmd: 'bump', key: 'fresh' });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // ...while the file is replaced and another process retires the old one.
+    replaceWithFreshStore(path);
+    await eventually('the other process to notice', async () => ((await ask(noticer as Worker, { cmd: 'expired', key: 'quiet' })).expired ? true : undefined));
+    holder.send('release');
+    const created = await (creator as Worker).next<Reply>(30_000);
+    expect(created.ok).toBe(true);
+    for (let i = 0; i < 3; i++) expect((await ask(creator as Worker, { cmd: 'bump', key: 'fresh' })).ok).toBe(true);
+    const { syncGen: creatorGen } = await ask(creator as Worker, { cmd: 'sync', key: 'fresh' });
+    // What the creator acknowledged is in the live file, which is whole.
+    const store = SharedMemoryStore.open(path);
+    const observer = new GenerationSynchronizer('fresh', { store });
+    expect(observer.syncGen).toBe(creatorGen);
+    expect(store.entries().map((entry) => entry.key).sort()).toEqual(['fresh', 'quiet']);
+    // And the creator is not cut off: a bump elsewhere reaches it.
+    observer.markUpdated();
+    expect((await ask(creator as Worker, { cmd: 'expired', key: 'fresh' })).expired).toBe(true);
+    store.close();
+  });
+
+  it('item 6: a retired file moved back to the path is replaced once, not retired again and again', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const processes = await group(path, 3);
+    for (const worker of processes) await ask(worker, { cmd: 'sync', key: 'steady' });
+    const aside = join(dir, 'aside.shm');
+    renameSync(path, aside);
+    await eventually('every process to move to a new file', async () => {
+      const answers = await Promise.all(processes.map((worker) => ask(worker, { cmd: 'expired', key: 'steady' })));
+      return answers.every((answer) => answer.expired) ? true : undefined;
+    });
+    renameSync(aside, path); // the retired file is back, over the new one
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    for (const worker of processes) await ask(worker, { cmd: 'refresh', key: 'steady' });
+    // Nothing changes from now on: checks over 1.5 s must not find the key expired.
+    const counts = await Promise.all(processes.map((worker) => ask(worker, { cmd: 'expiredCount', key: 'steady', count: 30, spacingMs: 50 })));
+    expect(counts.map((count) => count.expired)).toEqual([0, 0, 0]);
+  });
+
+  it('item 7: when the new file cannot be opened, the move changes nothing and no acknowledged bump is lost', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const [writer] = await group(path, 1);
+    // Far above the clock's seconds, so that a key re-created from scratch would show as going backwards.
+    const hammered = await ask(writer as Worker, { cmd: 'hammer', key: 'k', count: 5000, startAt: 0 });
+    renameSync(path, join(dir, 'away.shm'));
+    writeFileSync(path, 'not a store\n');
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    const late = await ask(writer as Worker, { cmd: 'bump', key: 'k' });
+    expect(late.ok).toBe(true);
+    expect(late.syncGen).toBe((hammered.syncGen as number) + 1);
+    rmSync(path);
+    await eventually('the writer to move to the new file', async () => ((await ask(writer as Worker, { cmd: 'expired', key: 'k' })).expired ? true : undefined));
+    const store = SharedMemoryStore.open(path);
+    expect(new GenerationSynchronizer('k', { store }).syncGen).toBeGreaterThan(late.syncGen as number);
+    store.close();
+    const refreshed = await ask(writer as Worker, { cmd: 'refresh', key: 'k' });
+    expect(refreshed.syncGen).toBeGreaterThan(late.syncGen as number);
+  });
+
+  it('item 8: carrying a key over wakes the watchers already on the new file', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const [bumper] = await group(path, 1);
+    const { syncGen: reached } = await ask(bumper as Worker, { cmd: 'hammer', key: 'k', count: 100, startAt: 0 });
+    // Keep the bumper from noticing the replacement until the watcher watches the new file.
+    bumper?.child.kill('SIGSTOP');
+    try {
+      replaceWithFreshStore(path);
+      const [watcher] = await group(path, 1);
+      await ask(watcher as Worker, { cmd: 'watchKey', key: 'k' });
+      bumper?.child.kill('SIGCONT');
+      const seen = await eventually('the watcher to be told of the carried-over key', async () => {
+        const status = await ask(watcher as Worker, { cmd: 'watched', key: 'k' });
+        return (status.changes as number) >= 1 ? status : undefined;
+      }, 5000);
+      // Raised above everything the bumper reached in the old file.
+      expect(seen.last).toBeGreaterThan(reached as number);
+    } finally {
+      bumper?.child.kill('SIGCONT');
+    }
+  });
 });
