@@ -359,3 +359,77 @@ describe('the key-creation lock', () => {
     store.close();
   });
 });
+
+describe('the outside review of the shared-memory store, in one process (each of these failed at 1545de2)', () => {
+  /** Write `value` as a u32 at `offset` of the file through a descriptor of its own, as a stray writer would. */
+  function poke(path: string, offset: number, value: number): void {
+    const fd = openSync(path, 'r+');
+    try {
+      writeSync(fd, u32(value), 0, 4, offset);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  it.each([
+    ['the record count', format.H_RECORD_COUNT],
+    ['the pending-creation field', format.H_PENDING_RECORD],
+  ])('item 9: %s damaged while in use is a typed corrupt-file error, never a RangeError or "store full"', (_name, offset) => {
+    const path = freshStoreFile(tempDir(), 16);
+    const store = SharedMemoryStore.open(path, { lockTimeoutMs: 200 });
+    new GenerationSynchronizer('a', { store, normalizeCacheKey: false });
+    poke(path, offset, 0xfffffff0);
+    const error = thrown(() => store.bind('b', { expirationSecs: 60 }).fetchOrCreate(Date.now()));
+    expect(error).toBeInstanceOf(StoreFormatError);
+    expect((error as StoreFormatError).code).toBe('ERR_GENSYNC_CORRUPT_FILE');
+    const logger = recordingLogger();
+    const sync = new GenerationSynchronizer('c', { store, normalizeCacheKey: false, logger });
+    expect(sync.syncGen).toBeNull();
+    expect(logger.lines.join('\n')).toMatch(/ERR_GENSYNC_CORRUPT_FILE|damaged|corrupt/i);
+    if (offset === format.H_RECORD_COUNT) expect((thrown(() => store.entries()) as StoreFormatError).code).toBe('ERR_GENSYNC_CORRUPT_FILE');
+    store.close();
+  });
+
+  it('item 11: close() releases the mapping at once: 300 open/close cycles leave no mapping behind', () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const mappingsOf = (): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((line) => line.includes(path)).length;
+    let last: GenerationSynchronizer | undefined;
+    for (let cycle = 0; cycle < 300; cycle++) {
+      const store = SharedMemoryStore.open(path);
+      last = new GenerationSynchronizer('k', { store });
+      last.markUpdated();
+      expect(mappingsOf()).toBeGreaterThan(0);
+      store.close();
+    }
+    expect(mappingsOf()).toBe(0);
+    // A synchronizer of a closed store touches no unmapped memory: it reports its key as expired.
+    expect(last?.isExpired()).toBe(true);
+  });
+
+  it('item 12: a watch whose watch lock cannot be taken fails with a typed error and leaves no WATCHED flag', async () => {
+    const path = freshStoreFile(tempDir());
+    const store = SharedMemoryStore.open(path, { lockTimeoutMs: 100 });
+    const sync = new GenerationSynchronizer('w', { store });
+    const holder = startWorker('hold-lock.mjs', [path, '--byte', String(format.WATCH_LOCK_BASE)]);
+    workers.push(holder);
+    await holder.next();
+    const error = thrown(() => sync.watch(() => {}));
+    expect(error).toBeInstanceOf(StoreUnavailableError);
+    expect((error as StoreUnavailableError).code).toBe('ERR_GENSYNC_LOCK_TIMEOUT');
+    const header = format.decodeHeader(readFileSync(path).subarray(0, format.HEADER_SIZE), statSync(path).size, path);
+    const word = readFileSync(path).readBigInt64LE(header.recordsOffset + format.R_GENERATION);
+    expect(word & format.WATCHED).toBe(0n);
+    holder.send('release');
+    await holder.next();
+    store.close();
+  });
+
+  it('item 12: the addon refuses a wake offset that is not a finite offset inside the buffer', async () => {
+    const { nativeAddon } = (await import('../dist/native.js')) as typeof import('../src/native');
+    const addon = nativeAddon();
+    for (const offset of [Infinity, -Infinity, Number.NaN, 8, 2 ** 64, 1.5]) {
+      expect(() => addon.wake(new ArrayBuffer(8), offset)).toThrow(RangeError);
+    }
+  });
+});

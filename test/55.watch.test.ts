@@ -335,3 +335,14 @@ describe('ending while watching, with another process bumping the key in a tight
     expect(abnormal(endings)).toEqual([]);
   }, 300_000);
 });
+
+describe.each(STORE_KINDS.filter((kind) => !kind.asynchronous))('closing the $name store while waiting (item 10 of the review; failed at 1545de2)', (kind) => {
+  it('a pending waitForChange() without a timeout rejects with StoreClosedError', async () => {
+    const store = await kind.open(tempDir());
+    const subject = SUBJECTS.find((candidate) => candidate.kind === kind) as (typeof SUBJECTS)[number];
+    const sync = await subject.create('k', { store, logger: recordingLogger() });
+    const pending = sync.waitForChange();
+    await store.close();
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_GENSYNC_STORE_CLOSED' });
+  });
+});
