@@ -199,6 +199,12 @@ export class SharedMemoryStore implements Store {
   #unusable: StoreError | undefined;
   /** The addon's count of absorbed SIGBUS faults when this store last looked: a change means some file shrank. */
   #faultsSeen: number;
+  /**
+   * What this process knew of its keys when it had to give up a file that
+   * lost its contents (truncated) and found no usable file: carried over,
+   * as floors, into the next file it uses, so no generation repeats.
+   */
+  #floors: CapturedKey[] = [];
   /** Watched keys whose WATCHED flag could not be set in the file in use; the background check tries again. */
   #unmarkedWatches = false;
   /** Background failures already reported, by message, so that each is reported once. */
@@ -670,6 +676,7 @@ export class SharedMemoryStore implements Store {
     } catch (error) {
       const reason = error instanceof StoreError ? error : ioError(error, 'reopen the store', this.path);
       if (old !== undefined && !old.retired && old.intact) return;
+      if (old !== undefined) this.#floors.push(...this.#knownFloors());
       this.#abandon(reason);
       return;
     }
@@ -679,7 +686,7 @@ export class SharedMemoryStore implements Store {
     }
     const captured = old === undefined ? [] : old.intact ? old.retire() : this.#knownFloors();
     let watched = false;
-    for (const { identity, word } of captured) watched = next.carryOver(identity, word) || watched;
+    for (const { identity, word } of [...this.#floors.splice(0), ...captured]) watched = next.carryOver(identity, word) || watched;
     if (watched) next.wakeWatchers();
     this.#abandon(undefined);
     this.#file = next;
