@@ -210,6 +210,7 @@ export class SharedMemoryStore implements Store {
   /** Background failures already reported, by message, so that each is reported once. */
   readonly #reported = new Set<string>();
   #closed = false;
+  /** Every binding made by this instance and not yet collected, attached to the file in use or not. */
   readonly #bindings = new Set<WeakRef<SharedMemoryBinding>>();
   readonly #finalizer = new FinalizationRegistry<WeakRef<SharedMemoryBinding>>((ref) => this.#bindings.delete(ref));
   readonly #watched = new WatchList<SharedMemoryBinding>();
@@ -278,7 +279,11 @@ export class SharedMemoryStore implements Store {
 
   bind(key: string, _options?: BindOptions): KeyBinding {
     this.#checkOpen();
-    return new SharedMemoryBinding(key, identityOf(wellFormedString(key, 'key')), this);
+    const binding = new SharedMemoryBinding(key, identityOf(wellFormedString(key, 'key')), this);
+    const ref = new WeakRef(binding);
+    this.#bindings.add(ref);
+    this.#finalizer.register(binding, ref);
+    return binding;
   }
 
   /** How watchers here learn of changes: a futex wake-up, or polling every 25 ms where that is not available. */
@@ -349,6 +354,7 @@ export class SharedMemoryStore implements Store {
     // Closing the descriptor below releases this instance's watch locks.
     this.#watched.close(this.#closedError());
     this.#detachBindings();
+    this.#bindings.clear();
     this.#file?.close();
     this.#file = undefined;
   }
@@ -381,6 +387,8 @@ export class SharedMemoryStore implements Store {
         this.#handOver(file, binding);
         continue;
       }
+      // Truncated while reviving: the word may have been a page that reads as absent, private to this process.
+      if (this.#addon.faults() !== this.#faultsSeen) continue;
       binding.expectedWord = BigInt(value);
       binding.incrementedFrom = null;
       return value;
@@ -463,9 +471,6 @@ export class SharedMemoryStore implements Store {
     binding.record = record;
     binding.view = file.gens;
     binding.index = file.wordIndex(record);
-    const ref = new WeakRef(binding);
-    this.#bindings.add(ref);
-    this.#finalizer.register(binding, ref);
   }
 
   /** Re-create a cleared key above every value it had; return the present generation. */
@@ -684,9 +689,12 @@ export class SharedMemoryStore implements Store {
       next.close(); // the same file after all
       return;
     }
-    const captured = old === undefined ? [] : old.intact ? old.retire() : this.#knownFloors();
+    // What the old file held (unless it lost its contents), and in any case what this process knows.
+    const captured = old !== undefined && old.intact ? old.retire() : [];
     let watched = false;
-    for (const { identity, word } of [...this.#floors.splice(0), ...captured]) watched = next.carryOver(identity, word) || watched;
+    for (const { identity, word } of [...this.#floors.splice(0), ...captured, ...this.#knownFloors()]) {
+      watched = next.carryOver(identity, word) || watched;
+    }
     if (watched) next.wakeWatchers();
     this.#abandon(undefined);
     this.#file = next;
@@ -724,7 +732,6 @@ export class SharedMemoryStore implements Store {
       binding.file = undefined;
       binding.record = -1;
     }
-    this.#bindings.clear();
   }
 }
 

@@ -541,9 +541,15 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
       stats: { acknowledged: number; backwards: number; watchEvents: number; clears: number };
       final: Record<string, number | null>;
     }
-    const reports = await Promise.all(
+    await Promise.all(
       group.map(async (worker) => {
         worker.send('stop');
+        return worker.next(30_000);
+      }),
+    );
+    const reports = await Promise.all(
+      group.map(async (worker) => {
+        worker.send('report');
         return worker.next<Report>(30_000);
       }),
     );
