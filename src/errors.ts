@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'ERR_GENSYNC_STORE_IO'
   | 'ERR_GENSYNC_STORE_UNAVAILABLE'
   | 'ERR_GENSYNC_LOCK_TIMEOUT'
+  | 'ERR_GENSYNC_NOT_PUBLISHED'
   | 'ERR_GENSYNC_ADDON_UNAVAILABLE'
   | 'ERR_GENSYNC_DEPENDENCY_MISSING';
 
@@ -104,7 +105,9 @@ export class StoreClosedError extends StoreError {
 /**
  * The store could not be reached just now (`ERR_GENSYNC_STORE_UNAVAILABLE`),
  * or its lock was held by another process for longer than the lock timeout
- * (`ERR_GENSYNC_LOCK_TIMEOUT`): an outage, expected to pass.
+ * (`ERR_GENSYNC_LOCK_TIMEOUT`): an outage, expected to pass. A synchronized
+ * value's `invalidate()` throws it with `ERR_GENSYNC_NOT_PUBLISHED` when the
+ * change could not be recorded, so other processes were not told.
  */
 export class StoreUnavailableError extends StoreError {}
 

@@ -1,12 +1,16 @@
 // Push, not poll: watch() and waitForChange() on every store, in one process
 // and across real processes; SynchronizedValue and its async twin.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { renameSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import {
   AsyncSynchronizedValue,
+  InvalidArgumentError,
+  SharedMemoryStore,
+  StoreUnavailableError,
   SynchronizedValue,
   type AsyncGenerationSynchronizerOptions,
   type AsyncStore,
@@ -14,7 +18,7 @@ import {
   type Store,
 } from 'generation-sync';
 
-import { eventually, FIXTURES, recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { eventually, FIXTURES, recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
 import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
 
 const workers: Worker[] = [];
@@ -323,11 +327,15 @@ describe('ending while watching, with another process bumping the key in a tight
     const endings = await withBumper((path) =>
       inPairs(ROUNDS, () =>
         run([CLI, 'watch', 'hot', '--store', 'shm', '--path', path], (child) => {
-          // Interrupt once it has printed its first change, so that changes are arriving.
+          // Interrupt (once, as one Ctrl-C) when it has printed its first change, so that changes are arriving.
           let lines = 0;
+          let interrupted = false;
           child.stdout?.on('data', (chunk: Buffer) => {
             lines += chunk.toString().split('\n').length - 1;
-            if (lines >= 2) child.kill('SIGINT');
+            if (lines >= 2 && !interrupted) {
+              interrupted = true;
+              child.kill('SIGINT');
+            }
           });
         }),
       ),
@@ -346,3 +354,122 @@ describe.each(STORE_KINDS.filter((kind) => !kind.asynchronous))('closing the $na
     await expect(pending).rejects.toMatchObject({ code: 'ERR_GENSYNC_STORE_CLOSED' });
   });
 });
+
+describe.each(SUBJECTS.filter((subject) => subject.kind.asynchronous || subject.name.startsWith('Async')))(
+  'AsyncSynchronizedValue never goes back to an older value, on $name (issue 13 items 1 and 2; failed at 1545de2)',
+  (subject) => {
+    let store: Store | AsyncStore;
+    beforeEach(async () => {
+      store = await subject.kind.open(tempDir());
+    });
+    afterEach(async () => {
+      await store.close();
+    });
+
+    /** A loader whose loads finish only when the test says: each load returns the "database" as it was when called. */
+    function controlledLoader(): { load: () => Promise<string>; pending: Array<() => void>; set: (value: string) => void } {
+      let database = 'v0';
+      const pending: Array<() => void> = [];
+      return {
+        pending,
+        set: (value) => (database = value),
+        load: () => {
+          const snapshot = database;
+          return new Promise<string>((resolve) => pending.push(() => resolve(snapshot)));
+        },
+      };
+    }
+
+    it('a reload that started earlier and finishes later does not overwrite the value of invalidate()', async () => {
+      const loader = controlledLoader();
+      const value = await AsyncSynchronizedValue.create('ordered', loader.load, { store });
+      const first = value.get(); // reload A: takes the generation, loads v0 slowly
+      await eventually('reload A to start loading', () => (loader.pending.length === 1 ? true : undefined));
+      loader.set('v1');
+      const invalidated = value.invalidate(); // reload B: a change, loads v1
+      await eventually('reload B to start loading', () => (loader.pending.length === 2 ? true : undefined));
+      loader.pending[1]?.();
+      expect(await invalidated).toBe('v1');
+      loader.pending[0]?.(); // A finishes last, with the older value
+      await first;
+      expect(await value.get()).toBe('v1');
+      expect(await value.synchronizer.isExpired()).toBe(false);
+      expect(loader.pending).toHaveLength(2);
+    });
+
+    it('get() does not join a reload that began before a change it can see: it ends on the newest value', async () => {
+      const loader = controlledLoader();
+      const value = await AsyncSynchronizedValue.create('watched-then-rebuilt', loader.load, { store });
+      const other = await subject.create('watched-then-rebuilt', { store, logger: recordingLogger() });
+      loader.set('v2');
+      const early = value.get(); // reload A loads v2
+      await eventually('reload A to start loading', () => (loader.pending.length === 1 ? true : undefined));
+      loader.set('v3');
+      await other.markUpdated(); // another process changes the state; the watcher tells the holder, who rebuilds
+      const rebuilt = value.get();
+      await eventually('a newer reload to start loading', () => (loader.pending.length === 2 ? true : undefined));
+      for (const finish of loader.pending) finish();
+      expect(await early).toBe('v2');
+      expect(await rebuilt).toBe('v3');
+      expect(await value.get()).toBe('v3');
+    });
+  },
+);
+
+describe('SynchronizedValue refuses a loader that returns a promise (issue 13 item 1; failed at 1545de2)', () => {
+  it('an async function at construction, and a returned promise at the first load; nothing is cached', () => {
+    const store = SharedMemoryStore.open(join(tempDir(), 'g.shm'));
+    expect(() => new SynchronizedValue('k', (async () => 1) as never, { store })).toThrow(/AsyncSynchronizedValue/);
+    let loads = 0;
+    const value = new SynchronizedValue('k', (() => {
+      loads++;
+      return Promise.reject(new Error('database down'));
+    }) as never, { store });
+    expect(() => value.get()).toThrow(InvalidArgumentError);
+    expect(() => value.get()).toThrow(/AsyncSynchronizedValue/);
+    expect(loads).toBe(2); // nothing was cached: each get() tried again
+    store.close();
+  });
+});
+
+describe.each(STORE_KINDS.filter((kind) => !kind.asynchronous))(
+  'invalidate() reports a change that did not reach the $name store (issue 13 item 3; failed at 1545de2)',
+  (kind) => {
+    /** Make the store's file unusable, as an outage would: a truncated shared-memory file, a damaged JSON file put in its place. */
+    function breakStore(dir: string): void {
+      if (kind.name === 'shm') {
+        truncateSync(join(dir, 'generations.shm'), 0);
+      } else {
+        writeFileSync(join(dir, 'damaged.json'), '{ damaged');
+        renameSync(join(dir, 'damaged.json'), join(dir, 'generations.json'));
+      }
+    }
+
+    it('SynchronizedValue.invalidate() throws ERR_GENSYNC_NOT_PUBLISHED, after reloading here', async () => {
+      const dir = tempDir();
+      const store = (await kind.open(dir)) as Store;
+      let loads = 0;
+      const value = new SynchronizedValue('k', () => ++loads, { store, logger: recordingLogger() });
+      expect(value.get()).toBe(1);
+      breakStore(dir);
+      await new Promise((resolve) => setTimeout(resolve, 600)); // let the store notice
+      const error = thrown(() => value.invalidate());
+      expect(error).toBeInstanceOf(StoreUnavailableError);
+      expect((error as StoreUnavailableError).code).toBe('ERR_GENSYNC_NOT_PUBLISHED');
+      expect(loads).toBe(2);
+      store.close();
+    });
+
+    it('AsyncSynchronizedValue.invalidate() rejects with ERR_GENSYNC_NOT_PUBLISHED', async () => {
+      const dir = tempDir();
+      const store = (await kind.open(dir)) as Store;
+      let loads = 0;
+      const value = await AsyncSynchronizedValue.create('k', async () => ++loads, { store, logger: recordingLogger() });
+      expect(await value.get()).toBe(1);
+      breakStore(dir);
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      await expect(value.invalidate()).rejects.toMatchObject({ code: 'ERR_GENSYNC_NOT_PUBLISHED' });
+      store.close();
+    });
+  },
+);
