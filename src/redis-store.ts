@@ -91,17 +91,19 @@ const RECONNECT_MAX_MS = 1000;
 const SCAN_BATCH = 1000;
 const DEFAULT_WATCH_POLL_MS = 5000;
 
-/** A generation is created from the clock in microseconds here; see {@link RedisStore}. */
-const MICROSECONDS_PER_MS = 1000;
-
 // Stored values: a generation (an integer >= 0), or a tombstone -(g + 1)
 // for a cleared key whose highest generation was g. Each script reads and
 // writes one key atomically, and announces a change on the store's channel
 // (the last argument) for watchers. Numbers are written with %.0f: Lua's
 // default formatting of large numbers loses digits.
+// A new generation is the server's own clock in microseconds (TIME), never
+// a client's: hosts' clocks disagree, and a millisecond clock repeats
+// within a millisecond. Scripts replicate their effects (the default since
+// Redis 5), so reading TIME before writing is allowed.
 const FETCH_OR_CREATE = `
 local raw = redis.call('GET', KEYS[1])
-local seed = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local seed = tonumber(now[1]) * 1000000 + tonumber(now[2])
 if raw then
   local value = tonumber(raw)
   if value == nil or value ~= math.floor(value) then
@@ -110,8 +112,8 @@ if raw then
   if value >= 0 then return value end
   if -value > seed then seed = -value end
 end
-redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], KEYS[1])
+redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[1])
+redis.call('PUBLISH', ARGV[2], KEYS[1])
 return seed
 `;
 
@@ -170,8 +172,9 @@ class RedisBinding implements AsyncKeyBinding {
     return this.store.generationOf(this.key);
   }
 
-  async fetchOrCreate(now: number): Promise<number> {
-    return (this.#expected = await this.store.fetchOrCreate(this.key, Math.floor(now * MICROSECONDS_PER_MS), this.expirationSecs));
+  /** `now` is not used: Redis seeds a new generation from its own clock. */
+  async fetchOrCreate(_now: number): Promise<number> {
+    return (this.#expected = await this.store.fetchOrCreate(this.key, this.expirationSecs));
   }
 
   async increment(): Promise<boolean> {
@@ -201,15 +204,16 @@ class RedisBinding implements AsyncKeyBinding {
  * - `clear()` leaves a tombstone holding the highest generation, so the
  *   re-created key continues above it.
  * - Across a `FLUSHALL`, an eviction, or a restart without persistence,
- *   Redis forgets everything, so new generations are seeded from the clock
- *   in **microseconds** (not seconds, as in the local stores). A key
- *   re-created after data loss therefore starts above every value it had,
- *   as long as it was incremented less than once per microsecond on
- *   average since it was first created (Redis itself cannot go much past
- *   a few hundred thousand increments per second), and as long as the
- *   clocks of the hosts that create keys agree to within the time between
- *   the loss and the re-creation. A replica promoted after a failover may
- *   have missed the last increments; those generations can come back once.
+ *   Redis forgets everything, so new generations are seeded from the Redis
+ *   server's own clock (`TIME`) in **microseconds** (not seconds, as in the
+ *   local stores), read inside the creating script: no client's clock is
+ *   involved. A key re-created after data loss therefore starts above every
+ *   value it had, as long as it was incremented less than once per
+ *   microsecond on average since it was first created (Redis itself cannot
+ *   go much past a few hundred thousand increments per second) and the
+ *   server's clock did not go back. A replica promoted after a failover may
+ *   have missed the last increments (and has its own clock); those
+ *   generations can come back once.
  *
  * @example
  * const store = await RedisStore.connect({ url: 'redis://cache.internal:6379' });
@@ -397,8 +401,8 @@ export class RedisStore implements AsyncStore {
   }
 
   /** @internal */
-  async fetchOrCreate(key: string, seed: number, expirationSecs: number): Promise<number> {
-    return checkReply(await this.#script(SCRIPTS.fetchOrCreate, key, [String(seed), String(expirationSecs), this.#channel]), this.#redisKey(key));
+  async fetchOrCreate(key: string, expirationSecs: number): Promise<number> {
+    return checkReply(await this.#script(SCRIPTS.fetchOrCreate, key, [String(expirationSecs), this.#channel]), this.#redisKey(key));
   }
 
   /** @internal The incremented generation, or null (nothing changed) when the key is absent. */

@@ -58,7 +58,9 @@ export interface GenerationSynchronizerOptions {
   readonly logger?: Logger | undefined;
   /**
    * The clock new generations are seeded from, in milliseconds since the
-   * epoch. Inject one in tests.
+   * epoch. Inject one in tests. The Redis store ignores it: it seeds from
+   * the Redis server's own clock, so that no host's clock can make a
+   * generation repeat.
    * @default Date.now
    */
   readonly clock?: (() => number) | undefined;

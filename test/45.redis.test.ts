@@ -179,6 +179,9 @@ describe('RedisStore outages', () => {
     const ns = namespace();
     const store = await RedisStore.connect({ url: server.url, namespace: ns });
     const sync = await AsyncGenerationSynchronizer.create('k', { store, cacheExpirationSecs: 100 });
+    // A value an hour ahead of the server's clock, so that only the tombstone can explain the next generation.
+    server.cli('SET', `${ns}k`, String((Date.now() + 3_600_000) * 1000), 'KEEPTTL');
+    await sync.refresh();
     await sync.markUpdated();
     const high = sync.syncGen as number;
     expect(Number(server.cli('TTL', `${ns}k`))).toBeGreaterThan(90);
@@ -186,7 +189,7 @@ describe('RedisStore outages', () => {
     expect(server.cli('GET', `${ns}k`)).toBe(String(-(high + 1)));
     expect(Number(server.cli('TTL', `${ns}k`))).toBeGreaterThan(90);
     expect((await store.entries()).map((entry) => entry.generation)).toEqual([null]);
-    const later = await AsyncGenerationSynchronizer.create('k', { store, clock: () => 0 });
+    const later = await AsyncGenerationSynchronizer.create('k', { store });
     expect(later.syncGen).toBe(high + 1);
     await store.close();
   });
@@ -251,5 +254,34 @@ describe('RedisStore arguments', () => {
     const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as { code: string; message: string };
     expect(out.code).toBe('ERR_GENSYNC_DEPENDENCY_MISSING');
     expect(out.message).toMatch(/npm install redis/);
+  });
+});
+
+describe('RedisStore seeds come from the server clock (issue 13 item 8; failed at 1545de2)', () => {
+  it('a key changed, lost and re-created at once never repeats a held generation, whatever the hosts\' clocks say (300 tries each)', async () => {
+    const ns = namespace();
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: server.url, namespace: ns, logger });
+    const raw = createClient({ url: server.url });
+    await raw.connect();
+    try {
+      let repeats = 0;
+      // One host with a true clock, and one whose clock is 20 ms behind (the clock option stands for the host's clock).
+      for (const skewMs of [0, -20]) {
+        for (let i = 0; i < 300; i++) {
+          const key = `k${skewMs}-${i}`;
+          const holder = await AsyncGenerationSynchronizer.create(key, { store, logger });
+          await holder.markUpdated();
+          const held = holder.syncGen as number;
+          await raw.del(ns + key); // the data is lost (FLUSHALL, eviction, restart without persistence)
+          const recreated = await AsyncGenerationSynchronizer.create(key, { store, logger, clock: () => Date.now() + skewMs });
+          if ((recreated.syncGen as number) <= held) repeats++;
+        }
+      }
+      expect(repeats).toBe(0);
+    } finally {
+      await raw.quit();
+      await store.close();
+    }
   });
 });
