@@ -371,23 +371,36 @@ export class RedisStore implements AsyncStore {
     };
   }
 
-  /** Disconnect (only the client this store made; a client passed in stays open). */
+  /**
+   * Disconnect (only the client this store made; a client passed in stays
+   * open). Bounded: pending replies are waited for at most
+   * `commandTimeoutMs`, then the connection is dropped.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopWatching();
     this.#watched.close(new StoreClosedError(`The Redis store${this.url ? ` at ${redactUrl(this.url)}` : ''} was closed while a watch was pending.`));
-    this.#client.off('error', this.#onError);
     this.#client.off('ready', this.#onReady);
-    if (!this.#ownsClient) return;
-    // A client never connected (or reconnecting) has nothing to flush: drop it.
-    if (this.#client.isReady) {
-      try {
-        await this.#client.close();
-        return;
-      } catch {
-        // fall through to destroy
-      }
+    if (!this.#ownsClient) {
+      this.#client.off('error', this.#onError);
+      return;
+    }
+    // Our own client keeps its 'error' listener (a no-op once closed): a connection that drops while or after
+    // closing must never become an unhandled 'error' event, which would end the process.
+    if (this.#client.isReady && this.#stalled === undefined) {
+      let timer: NodeJS.Timeout | undefined;
+      const gaveUp = new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), this.#commandTimeoutMs);
+        timer.unref();
+      });
+      const closed = this.#client.close().then(
+        () => true,
+        () => false,
+      );
+      const done = await Promise.race([closed, gaveUp]);
+      clearTimeout(timer);
+      if (done) return;
     }
     this.#client.destroy();
   }

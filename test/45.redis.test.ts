@@ -285,3 +285,26 @@ describe('RedisStore seeds come from the server clock (issue 13 item 8; failed a
     }
   });
 });
+
+describe('closing a RedisStore (issue 13 item 5; failed at 1545de2)', () => {
+  it('close() returns promptly while a command is unanswered, and the connection dropping afterwards crashes nothing', async () => {
+    const own = await RedisServer.start();
+    try {
+      const child = startWorker('redis-close.mjs', [own.url, namespace()]);
+      workers.push(child);
+      await child.next();
+      process.kill(own.pid as number, 'SIGSTOP');
+      child.send('close-while-stalled');
+      const { closedMs } = await child.next<{ closedMs: number }>(15_000);
+      // Bounded by the store (its command timeout and then a forced disconnect), not by the server; generous, to stay clear of noise.
+      expect(closedMs).toBeLessThan(5000);
+      await own.kill('SIGKILL'); // the connection drops now
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      child.send('still-alive?');
+      expect(await child.next(5000)).toEqual({ alive: true });
+      expect(await child.exited).toBe(0);
+    } finally {
+      own.stop();
+    }
+  });
+});
