@@ -85,9 +85,17 @@ const DEFAULT_URL = 'redis://127.0.0.1:6379';
 const DEFAULT_NAMESPACE = 'generation-sync:';
 const DEFAULT_COMMAND_TIMEOUT_MS = 500;
 const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
-/** Reconnection backoff: 50 ms, doubling, at most 1 s. */
+/** Reconnection backoff: 50 ms, doubling, at most 1 s, each delay randomised by ±50 % so that processes do not reconnect in lockstep. */
 const RECONNECT_FIRST_MS = 50;
 const RECONNECT_MAX_MS = 1000;
+/**
+ * A command left unanswered this many command timeouts (and at least
+ * DEAD_CONNECTION_MIN_MS) means the connection is dead even if the socket
+ * looks open (a peer that vanished, a middlebox that dropped it): the store
+ * drops it and connects again.
+ */
+const DEAD_CONNECTION_TIMEOUTS = 4;
+const DEAD_CONNECTION_MIN_MS = 1000;
 const SCAN_BATCH = 1000;
 const DEFAULT_WATCH_POLL_MS = 5000;
 
@@ -233,8 +241,11 @@ export class RedisStore implements AsyncStore {
   #connected = false;
   #closed = false;
   #lostAt: number | undefined;
-  /** A command that timed out and has not been answered yet. */
+  /** A command that timed out and has not been answered yet, and since when (performance.now()). */
   #stalled: Promise<unknown> | undefined;
+  #stalledSince = 0;
+  /** A dead connection of a client passed in was reported (the store cannot reconnect a client it did not make). */
+  #deadClientReported = false;
   /** The pub/sub channel on which every change in this namespace is announced. */
   readonly #channel: string;
   readonly #watchPollMs: number;
@@ -535,6 +546,8 @@ export class RedisStore implements AsyncStore {
   async #command(args: string[], raw = false): Promise<unknown> {
     this.#checkOpen();
     if (this.#stalled !== undefined) {
+      const stalledMs = performance.now() - this.#stalledSince;
+      if (stalledMs > Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * this.#commandTimeoutMs)) this.#dropDeadConnection(stalledMs);
       throw this.#translate(new Error(`Redis has not answered a command for more than ${this.#commandTimeoutMs} ms`));
     }
     const pending = this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
@@ -548,6 +561,7 @@ export class RedisStore implements AsyncStore {
     } catch (error) {
       if (error instanceof CommandTimeout) {
         this.#stalled = pending;
+        this.#stalledSince = performance.now();
         const settled = (): void => {
           if (this.#stalled === pending) this.#stalled = undefined;
         };
@@ -558,6 +572,39 @@ export class RedisStore implements AsyncStore {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * A command has gone unanswered far longer than a timeout: drop the
+   * connection and connect again after a random pause (so that the
+   * processes of a fleet do not all reconnect at once). Commands fail fast
+   * meanwhile, as during any outage. A client passed in is not ours to
+   * reconnect: say so, once.
+   */
+  #dropDeadConnection(stalledMs: number): void {
+    const why = new Error(`a command went unanswered for ${Math.round(stalledMs)} ms on a connection that looked open`);
+    if (!this.#ownsClient) {
+      if (!this.#deadClientReported) {
+        this.#deadClientReported = true;
+        this.#logger.error(
+          `generation-sync: Redis stopped answering on the client passed to RedisStore (${why.message}). ` +
+            'The store does not reconnect a client it did not create: reconnect or replace it, or let the store make its own (the "url" option).',
+        );
+      }
+      return;
+    }
+    this.#connectionLost(why);
+    this.#stalled = undefined;
+    const client = this.#client;
+    client.destroy();
+    const pause = setTimeout(() => {
+      if (this.#closed || client.isOpen) return;
+      client.connect().then(
+        () => undefined,
+        (error: unknown) => this.#connectionLost(error as Error),
+      );
+    }, Math.random() * RECONNECT_MAX_MS);
+    pause.unref();
   }
 
   #translate(error: unknown): Error {
@@ -624,7 +671,7 @@ function createOwnClient(url: string, connectTimeoutMs: number, failWhileOffline
     disableOfflineQueue: failWhileOffline,
     socket: {
       connectTimeout: Math.max(connectTimeoutMs, 1),
-      reconnectStrategy: (retries: number) => Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS),
+      reconnectStrategy: (retries: number) => Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS) * (0.5 + Math.random()),
     },
   });
 }

@@ -2,6 +2,7 @@
 // timeouts, foreign data and bad options.
 import { cpSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from 'redis';
@@ -305,6 +306,54 @@ describe('closing a RedisStore (issue 13 item 5; failed at 1545de2)', () => {
       expect(await child.exited).toBe(0);
     } finally {
       own.stop();
+    }
+  });
+});
+
+describe('a Redis connection that silently stops answering (issue 13 item 6; failed at 1545de2)', () => {
+  /** A loopback TCP proxy to the server whose open connections can be frozen (they go silent) while new ones work. */
+  async function freezingProxy(targetPort: number): Promise<{ port: number; freeze: () => void; close: () => void }> {
+    const frozen = new WeakSet<Socket>();
+    const sockets = new Set<Socket>();
+    const proxy = createServer((inbound) => {
+      const outbound = connect(targetPort, '127.0.0.1');
+      for (const socket of [inbound, outbound]) {
+        sockets.add(socket);
+        socket.on('error', () => undefined);
+        socket.on('close', () => sockets.delete(socket));
+      }
+      inbound.on('data', (data) => frozen.has(inbound) || outbound.write(data));
+      outbound.on('data', (data) => frozen.has(inbound) || inbound.write(data));
+      inbound.on('close', () => outbound.destroy());
+      outbound.on('close', () => inbound.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    return {
+      port: (proxy.address() as AddressInfo).port,
+      freeze: () => sockets.forEach((socket) => frozen.add(socket)),
+      close: () => {
+        proxy.close();
+        sockets.forEach((socket) => socket.destroy());
+      },
+    };
+  }
+
+  it('after repeated timeouts the store drops the connection and reconnects: checks and updates work again', async () => {
+    const proxy = await freezingProxy(Number(new URL(server.url).port));
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: `redis://127.0.0.1:${proxy.port}`, namespace: namespace(), commandTimeoutMs: 200, logger });
+    try {
+      const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+      const before = sync.syncGen as number;
+      proxy.freeze();
+      expect(await sync.isExpired()).toBe(true); // the first command times out
+      await eventually('an update to reach Redis over a new connection', async () => ((await sync.markUpdated()) ? true : undefined), 15_000);
+      expect(sync.syncGen).toBe(before + 1);
+      expect(await sync.isExpired()).toBe(false);
+      expect(logger.lines.join('\n')).toMatch(/lost the connection[\s\S]*connected to Redis[^\n]* again/);
+    } finally {
+      await store.close();
+      proxy.close();
     }
   });
 });
