@@ -121,7 +121,7 @@ if raw then
   if -value > seed then seed = -value end
 end
 redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[1])
-redis.call('PUBLISH', ARGV[2], KEYS[1])
+redis.pcall('PUBLISH', ARGV[2], KEYS[1])
 return seed
 `;
 
@@ -134,7 +134,7 @@ if value == nil or value ~= math.floor(value) then
 end
 if value < 0 then return false end
 local generation = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], KEYS[1])
+redis.pcall('PUBLISH', ARGV[1], KEYS[1])
 return generation
 `;
 
@@ -147,7 +147,7 @@ if value == nil or value ~= math.floor(value) then
 end
 if value < 0 then return 0 end
 redis.call('SET', KEYS[1], string.format('%.0f', -value - 1), 'KEEPTTL')
-redis.call('PUBLISH', ARGV[1], KEYS[1])
+redis.pcall('PUBLISH', ARGV[1], KEYS[1])
 return 1
 `;
 
@@ -254,7 +254,12 @@ export class RedisStore implements AsyncStore {
   #subscriber: RedisClientLike | undefined;
   #watchPoll: NodeJS.Timeout | undefined;
   readonly #onError = (error: Error): void => this.#connectionLost(error);
-  readonly #onReady = (): void => this.#connectionBack();
+  readonly #onReady = (): void => {
+    this.#connectionBack();
+    void this.#checkPublishPermission();
+  };
+  /** Whether the channel permission was checked on some connection (once is enough). */
+  #publishChecked = false;
 
   private constructor(client: RedisClientLike, ownsClient: boolean, url: string | undefined, namespace: string, timing: Timing, logger: Logger) {
     this.#client = client;
@@ -303,6 +308,7 @@ export class RedisStore implements AsyncStore {
     client.on('ready', store.#onReady);
     if (client.isReady) {
       store.#connected = true;
+      void store.#checkPublishPermission();
       return store;
     }
     if (!client.isOpen) {
@@ -622,6 +628,32 @@ export class RedisStore implements AsyncStore {
       `Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} did not answer: ${message}.`,
       { cause: error },
     );
+  }
+
+  /**
+   * Changes are announced on the store's channel; a Redis user without
+   * access to it can still write (the scripts publish with pcall), but
+   * watchers in other processes then learn of changes only from their poll.
+   * Publish nothing (an empty message, which watchers ignore) once, and say
+   * what permission is missing.
+   */
+  async #checkPublishPermission(): Promise<void> {
+    if (this.#publishChecked || this.#closed) return;
+    this.#publishChecked = true;
+    try {
+      await this.#command(['PUBLISH', this.#channel, ''], true);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (!/NOPERM/i.test(message)) {
+        this.#publishChecked = false; // an outage, not an answer: check again on the next connection
+        return;
+      }
+      this.#logger.error(
+        `generation-sync: the Redis user cannot publish to the channel "${this.#channel}" (${message.split('\n')[0]}). ` +
+          `Updates still work, but watchers in other processes learn of them only every watchPollMs (${this.#watchPollMs} ms). ` +
+          `Grant it: ACL SETUSER <user> &${this.#channel}`,
+      );
+    }
   }
 
   #connectionLost(error: Error): void {

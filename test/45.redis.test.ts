@@ -357,3 +357,32 @@ describe('a Redis connection that silently stops answering (issue 13 item 6; fai
     }
   });
 });
+
+describe('a Redis user without pub/sub channel access (issue 13 item 4; failed at 1545de2)', () => {
+  it('updates and clears still succeed and say so; the missing permission is logged once, with the fix', async () => {
+    const ns = namespace();
+    const user = `limited-${process.pid}`;
+    // Redis 7's default for a new user: no channels (acl-pubsub-default resetchannels).
+    server.cli('ACL', 'SETUSER', user, 'on', '>secret', `~${ns}*`, 'resetchannels', '+@all');
+    const url = new URL(server.url);
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: `redis://${user}:secret@127.0.0.1:${url.port}`, namespace: ns, logger });
+    try {
+      const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+      const start = sync.syncGen as number;
+      expect(await sync.markUpdated()).toBe(true);
+      expect(Number(server.cli('GET', `${ns}k`))).toBe(start + 1);
+      expect(await sync.clear()).toBe(true);
+      expect(await sync.refresh()).toBe(true);
+      expect(await sync.markUpdated()).toBe(true);
+      await eventually('the permission problem to be logged', () => (logger.lines.some((line) => /channel/i.test(line)) ? true : undefined), 3000);
+      const about = logger.lines.filter((line) => /channel/i.test(line));
+      expect(about).toHaveLength(1);
+      expect(about[0]).toMatch(/ACL SETUSER/);
+      expect(about[0]).not.toMatch(/secret/);
+    } finally {
+      await store.close();
+      server.cli('ACL', 'DELUSER', user);
+    }
+  });
+});
