@@ -557,10 +557,9 @@ export class RedisStore implements AsyncStore {
       throw this.#translate(new Error(`Redis has not answered a command for more than ${this.#commandTimeoutMs} ms`));
     }
     const pending = this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
-    let timer: NodeJS.Timeout | undefined;
+    let timer: { cancel(): void } | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new CommandTimeout(this.#commandTimeoutMs)), this.#commandTimeoutMs);
-      timer.unref();
+      timer = this.#deadline(() => reject(new CommandTimeout(this.#commandTimeoutMs)));
     });
     try {
       return await Promise.race([pending, deadline]);
@@ -576,8 +575,47 @@ export class RedisStore implements AsyncStore {
       if (raw) throw error;
       throw this.#translate(error);
     } finally {
-      clearTimeout(timer);
+      timer?.cancel();
     }
+  }
+
+  /**
+   * Call `expire` when a command sent now has had `commandTimeoutMs` of the
+   * server's time to answer. Our own slowness must not count: if this
+   * process's event loop was blocked (the timer fires late), the reply may
+   * be waiting unread, or the command may have been written only after the
+   * stall; so a late timer first lets pending I/O be read (setImmediate runs
+   * after the poll phase) and, if it was late by more than half the
+   * timeout, gives the command one more full timeout from now.
+   */
+  #deadline(expire: () => void): { cancel(): void } {
+    const timeoutMs = this.#commandTimeoutMs;
+    let cancelled = false;
+    let extended = false;
+    let timer: NodeJS.Timeout;
+    const arm = (): void => {
+      const due = performance.now() + timeoutMs;
+      timer = setTimeout(() => {
+        const lateMs = performance.now() - due;
+        setImmediate(() => {
+          if (cancelled) return;
+          if (!extended && lateMs > timeoutMs / 2) {
+            extended = true;
+            arm();
+          } else {
+            expire();
+          }
+        }).unref();
+      }, timeoutMs);
+      timer.unref();
+    };
+    arm();
+    return {
+      cancel: () => {
+        cancelled = true;
+        clearTimeout(timer);
+      },
+    };
   }
 
   /**

@@ -386,3 +386,23 @@ describe('a Redis user without pub/sub channel access (issue 13 item 4; failed a
     }
   });
 });
+
+describe('a slow event loop is not a Redis outage (issue 13 item 7; failed at 1545de2)', () => {
+  it('checks in flight across a 600 ms stall of this process answer from Redis, and nothing is logged', async () => {
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace(), commandTimeoutMs: 200, logger });
+    try {
+      const syncs = await Promise.all(['a', 'b', 'c'].map((key) => AsyncGenerationSynchronizer.create(key, { store, logger })));
+      const checks = syncs.map((sync) => sync.isExpired());
+      const until = Date.now() + 600;
+      while (Date.now() < until) {
+        // the application blocks its event loop (a long synchronous task)
+      }
+      expect(await Promise.all(checks)).toEqual([false, false, false]);
+      expect(await syncs[0]?.markUpdated()).toBe(true);
+      expect(logger.lines).toEqual([]);
+    } finally {
+      await store.close();
+    }
+  });
+});
