@@ -241,7 +241,7 @@ export class RedisStore implements AsyncStore {
   #connected = false;
   #closed = false;
   #lostAt: number | undefined;
-  /** A command that timed out and has not been answered yet, and since when (performance.now()). */
+  /** The oldest command that timed out and has not been answered yet, and since when (performance.now()). */
   #stalled: Promise<unknown> | undefined;
   #stalledSince = 0;
   /** A dead connection of a client passed in was reported (the store cannot reconnect a client it did not make). */
@@ -546,15 +546,16 @@ export class RedisStore implements AsyncStore {
    * into typed errors (unless `raw`). node-redis's own `timeout` stops
    * counting once a command is written, so a server that stops answering
    * (stopped, or a network that drops packets) would hang it: we race it
-   * against our own timer. While a timed-out command is still unanswered,
-   * further commands fail at once instead of piling up behind it.
+   * against our own deadline. A command is always sent, even while an
+   * earlier one is unanswered: a stall that clears within its timeout must
+   * not fail it unsent. The oldest unanswered command tells a dead
+   * connection (see {@link #dropDeadConnection}).
    */
   async #command(args: string[], raw = false): Promise<unknown> {
     this.#checkOpen();
     if (this.#stalled !== undefined) {
       const stalledMs = performance.now() - this.#stalledSince;
       if (stalledMs > Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * this.#commandTimeoutMs)) this.#dropDeadConnection(stalledMs);
-      throw this.#translate(new Error(`Redis has not answered a command for more than ${this.#commandTimeoutMs} ms`));
     }
     const pending = this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
     let timer: { cancel(): void } | undefined;
@@ -564,7 +565,7 @@ export class RedisStore implements AsyncStore {
     try {
       return await Promise.race([pending, deadline]);
     } catch (error) {
-      if (error instanceof CommandTimeout) {
+      if (error instanceof CommandTimeout && this.#stalled === undefined) {
         this.#stalled = pending;
         this.#stalledSince = performance.now();
         const settled = (): void => {
@@ -605,7 +606,7 @@ export class RedisStore implements AsyncStore {
           } else {
             expire();
           }
-        }).unref();
+        }); // not unref'd: an unref'd immediate would let the poll phase block until the next I/O
       }, timeoutMs);
       timer.unref();
     };
@@ -622,7 +623,7 @@ export class RedisStore implements AsyncStore {
    * A command has gone unanswered far longer than a timeout: drop the
    * connection and connect again after a random pause (so that the
    * processes of a fleet do not all reconnect at once). Commands fail fast
-   * meanwhile, as during any outage. A client passed in is not ours to
+   * while it reconnects, as during any outage. A client passed in is not ours to
    * reconnect: say so, once.
    */
   #dropDeadConnection(stalledMs: number): void {

@@ -406,3 +406,28 @@ describe('a slow event loop is not a Redis outage (issue 13 item 7; failed at 15
     }
   });
 });
+
+describe('one stalled command does not fail the next updates unsent (issue 13 item 3; failed at 1545de2)', () => {
+  it('an update made while an earlier one is unanswered is sent, and succeeds once Redis answers within its timeout', async () => {
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace(), commandTimeoutMs: 200, logger });
+    const raw = createClient({ url: server.url });
+    await raw.connect();
+    try {
+      const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+      const start = sync.syncGen as number;
+      // Redis is busy for 300 ms (a script that spins): everything sent meanwhile waits.
+      const busy = raw.eval("local t = redis.call('TIME') local from = t[1] * 1000000 + t[2] repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - from > 300000 return 1");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(await sync.markUpdated()).toBe(false); // unanswered within 200 ms
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(await sync.markUpdated()).toBe(true); // sent at ~220 ms, answered at ~300 ms
+      await busy;
+      // The first update was only late: Redis applied it. Its caller heard false, and nobody lost a change.
+      expect(Number(server.cli('GET', `${store.namespace}k`))).toBe(start + 2);
+    } finally {
+      await raw.quit();
+      await store.close();
+    }
+  });
+});
