@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'ERR_GENSYNC_STORE_UNAVAILABLE'
   | 'ERR_GENSYNC_LOCK_TIMEOUT'
   | 'ERR_GENSYNC_NOT_PUBLISHED'
+  | 'ERR_GENSYNC_UNSUPPORTED_SERVER'
   | 'ERR_GENSYNC_ADDON_UNAVAILABLE'
   | 'ERR_GENSYNC_DEPENDENCY_MISSING';
 
@@ -69,7 +70,9 @@ export class GenerationSyncError extends Error {
 /**
  * Any problem with a store. Used directly, with `ERR_GENSYNC_STORE_IO`, when
  * the operating system refused an operation on the store's file or
- * directory; `cause` holds the system error.
+ * directory (`cause` holds the system error), and with
+ * `ERR_GENSYNC_UNSUPPORTED_SERVER` for a Redis deployment the Redis store
+ * does not support (Redis Cluster).
  */
 export class StoreError extends GenerationSyncError {}
 

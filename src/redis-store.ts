@@ -6,7 +6,7 @@
 
 import { createHash } from 'node:crypto';
 
-import { DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreFormatError, StoreUnavailableError } from './errors';
+import { DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
 import type { Logger } from './synchronizer';
 import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from './store';
 import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
@@ -108,15 +108,30 @@ const DEFAULT_WATCH_POLL_MS = 5000;
 // a client's: hosts' clocks disagree, and a millisecond clock repeats
 // within a millisecond. Scripts replicate their effects (the default since
 // Redis 5), so reading TIME before writing is allowed.
-const FETCH_OR_CREATE = `
-local raw = redis.call('GET', KEYS[1])
+// Every script starts with this reader: absent is false; a generation or a
+// tombstone is an integer written plainly ("0", "17", "-18"; never "-0",
+// "007" or "1e3"); anything else, a value of another type included, is
+// foreign data under our namespace.
+const READ_STORED = `
+local function stored(key)
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then
+    return nil, redis.error_reply('GENSYNC_CORRUPT ' .. key .. ' holds a value that is not a string')
+  end
+  if not raw then return false end
+  if raw ~= '0' and not string.find(raw, '^%-?[1-9]%d*$') then
+    return nil, redis.error_reply('GENSYNC_CORRUPT ' .. key .. ' holds ' .. string.sub(raw, 1, 40))
+  end
+  return tonumber(raw)
+end
+`;
+
+const FETCH_OR_CREATE = `${READ_STORED}
+local value, failure = stored(KEYS[1])
+if failure then return failure end
 local now = redis.call('TIME')
 local seed = tonumber(now[1]) * 1000000 + tonumber(now[2])
-if raw then
-  local value = tonumber(raw)
-  if value == nil or value ~= math.floor(value) then
-    return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
-  end
+if value then
   if value >= 0 then return value end
   if -value > seed then seed = -value end
 end
@@ -125,27 +140,19 @@ redis.pcall('PUBLISH', ARGV[2], KEYS[1])
 return seed
 `;
 
-const INCREMENT = `
-local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-local value = tonumber(raw)
-if value == nil or value ~= math.floor(value) then
-  return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
-end
-if value < 0 then return false end
+const INCREMENT = `${READ_STORED}
+local value, failure = stored(KEYS[1])
+if failure then return failure end
+if not value or value < 0 then return false end
 local generation = redis.call('INCR', KEYS[1])
 redis.pcall('PUBLISH', ARGV[1], KEYS[1])
 return generation
 `;
 
-const CLEAR = `
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local value = tonumber(raw)
-if value == nil or value ~= math.floor(value) then
-  return redis.error_reply('GENSYNC_CORRUPT ' .. KEYS[1] .. ' holds ' .. string.sub(raw, 1, 40))
-end
-if value < 0 then return 0 end
+const CLEAR = `${READ_STORED}
+local value, failure = stored(KEYS[1])
+if failure then return failure end
+if not value or value < 0 then return 0 end
 redis.call('SET', KEYS[1], string.format('%.0f', -value - 1), 'KEEPTTL')
 redis.pcall('PUBLISH', ARGV[1], KEYS[1])
 return 1
@@ -256,8 +263,11 @@ export class RedisStore implements AsyncStore {
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => {
     this.#connectionBack();
+    void this.#checkServer().catch(() => undefined); // an unsupported server is reported by #checkServer itself
     void this.#checkPublishPermission();
   };
+  /** Why this server cannot be used (a Redis Cluster node): every command fails with it. */
+  #unsupported: StoreError | undefined;
   /** Whether the channel permission was checked on some connection (once is enough). */
   #publishChecked = false;
 
@@ -297,6 +307,7 @@ export class RedisStore implements AsyncStore {
       if (typeof opts.client !== 'object' || opts.client === null || typeof opts.client.sendCommand !== 'function') {
         throw new InvalidArgumentError(`Option "client" must be a client from the redis package's createClient(), not ${describe(opts.client)}.`);
       }
+      checkNotClusterOrSentinel(opts.client);
       client = opts.client;
     } else {
       url = opts.url === undefined ? DEFAULT_URL : checkUrl(opts.url);
@@ -308,6 +319,7 @@ export class RedisStore implements AsyncStore {
     client.on('ready', store.#onReady);
     if (client.isReady) {
       store.#connected = true;
+      await store.#refuseUnsupportedServer();
       void store.#checkPublishPermission();
       return store;
     }
@@ -329,6 +341,7 @@ export class RedisStore implements AsyncStore {
       if (client.isReady) done();
     });
     if (!client.isReady) store.#connectionLost(new Error(`not connected within ${connectTimeoutMs} ms`));
+    else await store.#refuseUnsupportedServer();
     return store;
   }
 
@@ -553,6 +566,7 @@ export class RedisStore implements AsyncStore {
    */
   async #command(args: string[], raw = false): Promise<unknown> {
     this.#checkOpen();
+    if (this.#unsupported !== undefined) throw this.#unsupported;
     if (this.#stalled !== undefined) {
       const stalledMs = performance.now() - this.#stalledSince;
       if (stalledMs > Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * this.#commandTimeoutMs)) this.#dropDeadConnection(stalledMs);
@@ -655,6 +669,13 @@ export class RedisStore implements AsyncStore {
   #translate(error: unknown): Error {
     if (error instanceof StoreFormatError || error instanceof StoreClosedError) return error;
     const message = error instanceof Error ? error.message : String(error);
+    if (message.startsWith('WRONGTYPE')) {
+      return new StoreFormatError(
+        'ERR_GENSYNC_CORRUPT_FILE',
+        'A generation key in Redis holds a value of another type (a list, a hash, …). ' +
+          'Another program may be writing under this namespace: give this store its own "namespace".',
+      );
+    }
     if (message.startsWith('GENSYNC_CORRUPT')) {
       return new StoreFormatError(
         'ERR_GENSYNC_CORRUPT_FILE',
@@ -667,6 +688,40 @@ export class RedisStore implements AsyncStore {
       `Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} did not answer: ${message}.`,
       { cause: error },
     );
+  }
+
+  /** At connect: an unsupported server closes the store and rejects connect(). */
+  async #refuseUnsupportedServer(): Promise<void> {
+    try {
+      await this.#checkServer(false);
+    } catch (error) {
+      await this.close();
+      throw error;
+    }
+  }
+
+  /**
+   * Refuse a Redis Cluster node: keys of other shards would answer MOVED,
+   * which would read as an outage for ever. Throws (from connect()) and
+   * remembers the error, so that every later command fails with it; logs it
+   * once when found on a later connection.
+   */
+  async #checkServer(log = true): Promise<void> {
+    if (this.#unsupported !== undefined || this.#closed) return;
+    let info: string;
+    try {
+      info = String(await this.#command(['INFO', 'cluster'], true));
+    } catch {
+      return; // an outage: checked again on the next connection
+    }
+    if (!/^cluster_enabled:1\s*$/m.test(info)) return;
+    this.#unsupported = new StoreError(
+      'ERR_GENSYNC_UNSUPPORTED_SERVER',
+      `Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} is a Redis Cluster node, which the Redis store does not support ` +
+        '(keys on other shards would never answer). Use a standalone Redis, or a primary with replicas.',
+    );
+    if (log) this.#logger.error(`generation-sync: ${this.#unsupported.message}`);
+    throw this.#unsupported;
   }
 
   /**
@@ -747,9 +802,26 @@ function createOwnClient(url: string, connectTimeoutMs: number, failWhileOffline
   });
 }
 
+/** Clients of Redis Cluster and Sentinel route commands themselves and take other arguments: refuse them clearly. */
+function checkNotClusterOrSentinel(client: object): void {
+  const has = (name: string): boolean => typeof (client as Record<string, unknown>)[name] === 'function';
+  if (has('getSlotMaster') || 'masters' in client) {
+    throw new InvalidArgumentError(
+      'Option "client" is a Redis Cluster client (createCluster()), which the Redis store does not support. ' +
+        'Use a standalone Redis, or a primary with replicas, through createClient().',
+    );
+  }
+  if (has('getMasterNode') || has('getSentinelNode')) {
+    throw new InvalidArgumentError(
+      'Option "client" is a Redis Sentinel client (createSentinel()), which the Redis store does not support yet. ' +
+        'Pass a createClient() client connected to the current primary.',
+    );
+  }
+}
+
 function checkUrl(url: unknown): string {
   if (typeof url !== 'string' || !/^rediss?:\/\//.test(url)) {
-    throw new InvalidArgumentError(`Option "url" must be a redis:// or rediss:// URL, not ${describe(url)}.`);
+    throw new InvalidArgumentError(`Option "url" must be a redis:// or rediss:// URL, not ${typeof url === 'string' ? describe(redactUrl(url)) : describe(url)}.`);
   }
   return url;
 }
@@ -765,7 +837,8 @@ function escapeGlob(text: string): string {
 
 function parseStored(raw: string, redisKey: string): number {
   const value = Number(raw);
-  if (!/^-?\d+$/.test(raw) || !Number.isSafeInteger(value)) {
+  // Written plainly, as the scripts write them: "-0" or "007" are not ours.
+  if (!/^(0|-?[1-9]\d*)$/.test(raw) || !Number.isSafeInteger(value)) {
     throw new StoreFormatError(
       'ERR_GENSYNC_CORRUPT_FILE',
       `The Redis key ${redisKey} holds ${JSON.stringify(raw.slice(0, 40))}, not a generation. ` +

@@ -1,11 +1,11 @@
 // RedisStore against a real redis-server: outages, restarts, FLUSHALL,
 // timeouts, foreign data and bad options.
 import { cpSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createClient } from 'redis';
+import { createClient, createCluster, createSentinel } from 'redis';
 
 import {
   AsyncGenerationSynchronizer,
@@ -429,5 +429,58 @@ describe('one stalled command does not fail the next updates unsent (issue 13 it
       await raw.quit();
       await store.close();
     }
+  });
+});
+
+describe('foreign data, deployments and URLs the Redis store must refuse clearly (issue 13 items 9 and 11; failed at 1545de2)', () => {
+  it.each([
+    ['"-0"', ['SET', '-0']],
+    ['"007"', ['SET', '007']],
+    ['a list', ['RPUSH', 'x']],
+  ])('a key holding %s is foreign data, classified the same way everywhere: logged once as such, never a live generation', async (_what, command) => {
+    const ns = namespace();
+    const store = await RedisStore.connect({ url: server.url, namespace: ns });
+    const logger = recordingLogger();
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+    server.cli('DEL', `${ns}k`);
+    const [verb, value] = command as [string, string];
+    server.cli(verb, `${ns}k`, value);
+    expect(await sync.isExpired()).toBe(true);
+    expect(await sync.markUpdated()).toBe(false);
+    expect(await sync.refresh()).toBe(false);
+    expect(logger.lines).toHaveLength(1);
+    expect(logger.lines[0]).toMatch(/own "namespace"/);
+    await store.close();
+  });
+
+  it('refuses a Redis Cluster node at connect, and Cluster and Sentinel clients, with errors that say what to use', async () => {
+    const dir = tempDir();
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const node = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--dir', dir], { stdio: 'ignore' });
+    try {
+      await eventually('the cluster node to start', () => {
+        try {
+          return execFileSync('redis-cli', ['-p', String(port), 'PING'], { encoding: 'utf8' }).trim() === 'PONG' ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      });
+      await expect(RedisStore.connect({ url: `redis://127.0.0.1:${port}`, namespace: namespace() })).rejects.toMatchObject({
+        code: 'ERR_GENSYNC_UNSUPPORTED_SERVER',
+        message: expect.stringMatching(/Redis Cluster[\s\S]*standalone Redis/),
+      });
+    } finally {
+      node.kill('SIGKILL');
+    }
+    const cluster = createCluster({ rootNodes: [{ url: server.url }] });
+    await expect(RedisStore.connect({ client: cluster as never })).rejects.toThrow(/Redis Cluster client/);
+    const sentinel = createSentinel({ name: 'primary', sentinelRootNodes: [{ host: '127.0.0.1', port: 1 }] });
+    await expect(RedisStore.connect({ client: sentinel as never })).rejects.toThrow(/Redis Sentinel client/);
+  });
+
+  it('never echoes the password of a URL it refuses', async () => {
+    const error = await RedisStore.connect({ url: 'http://admin:hunter2@cache:6379' }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect((error as Error).message).not.toContain('hunter2');
   });
 });

@@ -344,14 +344,15 @@ describe('ending while watching, with another process bumping the key in a tight
   }, 300_000);
 });
 
-describe.each(STORE_KINDS.filter((kind) => !kind.asynchronous))('closing the $name store while waiting (item 10 of the review; failed at 1545de2)', (kind) => {
+describe.each(STORE_KINDS)('closing the $name store while waiting (issue 11 item 10, issue 13 item 11; failed at 1545de2)', (kind) => {
   it('a pending waitForChange() without a timeout rejects with StoreClosedError', async () => {
     const store = await kind.open(tempDir());
     const subject = SUBJECTS.find((candidate) => candidate.kind === kind) as (typeof SUBJECTS)[number];
     const sync = await subject.create('k', { store, logger: recordingLogger() });
-    const pending = sync.waitForChange();
+    // The expectation is attached first: closing an asynchronous store rejects the wait while close() is still running.
+    const rejected = expect(sync.waitForChange()).rejects.toMatchObject({ code: 'ERR_GENSYNC_STORE_CLOSED' });
     await store.close();
-    await expect(pending).rejects.toMatchObject({ code: 'ERR_GENSYNC_STORE_CLOSED' });
+    await rejected;
   });
 });
 
