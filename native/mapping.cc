@@ -87,7 +87,10 @@ struct Mapping {
   void* address;
   size_t length;
   bool released;
+  uint64_t id;  // tells this mapping from a later one at the same address
 };
+
+uint64_t g_next_mapping_id = 1;  // guarded by g_mappings_mutex
 
 std::mutex g_mappings_mutex;
 std::unordered_map<void*, Mapping*> g_mappings;
@@ -121,9 +124,10 @@ Napi::Value Map(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   RegisterRegion(address, length);
-  Mapping* mapping = new Mapping{address, length, false};
+  Mapping* mapping = new Mapping{address, length, false, 0};
   {
     std::lock_guard<std::mutex> guard(g_mappings_mutex);
+    mapping->id = g_next_mapping_id++;
     g_mappings[address] = mapping;
   }
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, address, length, Finalize, mapping);
@@ -148,16 +152,23 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
   }
   Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
   void* address = buffer.Data();
-  std::lock_guard<std::mutex> guard(g_mappings_mutex);
-  auto found = g_mappings.find(address);
-  if (address == nullptr || found == g_mappings.end()) return env.Undefined();
-  napi_status status = napi_detach_arraybuffer(env, buffer);
-  if (status != napi_ok) {
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> guard(g_mappings_mutex);
+    auto found = g_mappings.find(address);
+    if (address == nullptr || found == g_mappings.end()) return env.Undefined();
+    id = found->second->id;
+  }
+  // Detach without holding the mutex: should the runtime finalize the buffer right away, Finalize takes it.
+  if (napi_detach_arraybuffer(env, buffer) != napi_ok) {
     // Still reachable from JS: leave it mapped for the finalizer.
     Napi::Error::New(env, "the store's buffer could not be detached").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  Release(found->second);
+  std::lock_guard<std::mutex> guard(g_mappings_mutex);
+  auto found = g_mappings.find(address);
+  // Gone already if it was finalized during the detach (Finalize released it), perhaps replaced by a new mapping.
+  if (found != g_mappings.end() && found->second->id == id) Release(found->second);
   return env.Undefined();
 }
 
