@@ -98,6 +98,11 @@ const DEAD_CONNECTION_TIMEOUTS = 4;
 const DEAD_CONNECTION_MIN_MS = 1000;
 const SCAN_BATCH = 1000;
 const DEFAULT_WATCH_POLL_MS = 5000;
+/**
+ * How long the subscriber connection outlives the last watcher, so that
+ * `waitForChange()` in a loop does not open a connection per call.
+ */
+export const SUBSCRIBER_LINGER_MS = 1000;
 
 // Stored values: a generation (an integer >= 0), or a tombstone -(g + 1)
 // for a cleared key whose highest generation was g. Each script reads and
@@ -260,6 +265,7 @@ export class RedisStore implements AsyncStore {
   readonly #watched = new WatchList<{ running: boolean; again: boolean }>();
   #subscriber: RedisClientLike | undefined;
   #watchPoll: NodeJS.Timeout | undefined;
+  #subscriberLinger: NodeJS.Timeout | undefined;
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => {
     this.#connectionBack();
@@ -397,7 +403,7 @@ export class RedisStore implements AsyncStore {
     const { remove } = this.#watched.register(watched, since, undefined, listener, onClose);
     void this.#refreshWatched(watched);
     return () => {
-      if (remove() && this.#watched.size === 0) this.#stopWatching();
+      if (remove() && this.#watched.size === 0) this.#stopWatchingSoon();
     };
   }
 
@@ -464,6 +470,8 @@ export class RedisStore implements AsyncStore {
   }
 
   #startWatching(key: string): WatchedKey<{ running: boolean; again: boolean }> {
+    clearTimeout(this.#subscriberLinger);
+    this.#subscriberLinger = undefined;
     const watched = this.#watched.open(key, { running: false, again: false });
     if (this.#subscriber !== undefined) return watched;
     const subscriber = this.#makeSubscriber();
@@ -502,7 +510,19 @@ export class RedisStore implements AsyncStore {
     return this.#client.duplicate({ disableOfflineQueue: false });
   }
 
+  /** Stop watching once no key has been watched for SUBSCRIBER_LINGER_MS. */
+  #stopWatchingSoon(): void {
+    if (this.#subscriberLinger !== undefined) return;
+    this.#subscriberLinger = setTimeout(() => {
+      this.#subscriberLinger = undefined;
+      if (this.#watched.size === 0) this.#stopWatching();
+    }, SUBSCRIBER_LINGER_MS);
+    this.#subscriberLinger.unref();
+  }
+
   #stopWatching(): void {
+    clearTimeout(this.#subscriberLinger);
+    this.#subscriberLinger = undefined;
     clearInterval(this.#watchPoll);
     this.#watchPoll = undefined;
     this.#subscriber?.destroy();

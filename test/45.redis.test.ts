@@ -569,3 +569,18 @@ describe('a Redis soak: values and watchers through SIGSTOP, SIGKILL and restart
     }
   }, 300_000);
 });
+
+describe('the Redis subscriber lingers (issue 13 item 11; failed at 1545de2)', () => {
+  it('waitForChange() in a loop reuses one subscriber connection instead of opening one per call', async () => {
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace() });
+    try {
+      const sync = await AsyncGenerationSynchronizer.create('k', { store });
+      const connections = (): number => Number(/total_connections_received:(\d+)/.exec(server.cli('INFO', 'stats'))?.[1]);
+      const before = connections();
+      for (let i = 0; i < 30; i++) await sync.waitForChange({ timeoutMs: 20 });
+      expect(connections() - before).toBeLessThanOrEqual(2);
+    } finally {
+      await store.close();
+    }
+  });
+});
