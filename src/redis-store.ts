@@ -269,9 +269,13 @@ export class RedisStore implements AsyncStore {
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => {
     this.#connectionBack();
+    // During connect() the checks are connect()'s, which reports an unsupported server by rejecting.
+    if (!this.#connectReturned) return;
     void this.#checkServer().catch(() => undefined); // an unsupported server is reported by #checkServer itself
     void this.#checkPublishPermission();
   };
+  /** Whether connect() has returned this store (until then it makes the connection checks itself). */
+  #connectReturned = false;
   /** Why this server cannot be used (a Redis Cluster node): every command fails with it. */
   #unsupported: StoreError | undefined;
   /** Whether the channel permission was checked on some connection (once is enough). */
@@ -327,6 +331,7 @@ export class RedisStore implements AsyncStore {
       store.#connected = true;
       await store.#refuseUnsupportedServer();
       void store.#checkPublishPermission();
+      store.#connectReturned = true;
       return store;
     }
     if (!client.isOpen) {
@@ -346,8 +351,13 @@ export class RedisStore implements AsyncStore {
       client.on('ready', done);
       if (client.isReady) done();
     });
-    if (!client.isReady) store.#connectionLost(new Error(`not connected within ${connectTimeoutMs} ms`));
-    else await store.#refuseUnsupportedServer();
+    if (!client.isReady) {
+      store.#connectionLost(new Error(`not connected within ${connectTimeoutMs} ms`));
+    } else {
+      await store.#refuseUnsupportedServer();
+      void store.#checkPublishPermission();
+    }
+    store.#connectReturned = true;
     return store;
   }
 
