@@ -62,10 +62,22 @@ export interface RedisStoreOptions {
    * How long {@link RedisStore.connect} waits for the first connection. If
    * the server is not reachable by then, the store is returned anyway and
    * keeps reconnecting in the background; until it succeeds every key reads
-   * as expired.
+   * as expired. 0 returns at once. This bounds only the wait in connect():
+   * each connection attempt has its own timeout (`socket.connectTimeout`,
+   * node-redis' default unless given).
    * @default 2000
    */
   readonly connectTimeoutMs?: number | undefined;
+  /**
+   * Socket options for the client the store makes (the `socket` options of
+   * the redis package's `createClient()`), such as TLS settings for a
+   * private certificate authority: `{ ca: readFileSync('ca.pem') }` with a
+   * `rediss://` URL, or `connectTimeout`. The store's own reconnection
+   * strategy (randomised backoff up to 1 s) applies unless
+   * `reconnectStrategy` is given. Ignored when `client` is given.
+   * @default {}
+   */
+  readonly socket?: Readonly<Record<string, unknown>> | undefined;
   /**
    * Where losing and regaining the connection is reported, once each per
    * outage.
@@ -261,7 +273,7 @@ export class RedisStore implements AsyncStore {
   /** The pub/sub channel on which every change in this namespace is announced. */
   readonly #channel: string;
   readonly #watchPollMs: number;
-  readonly #connectTimeoutMs: number;
+  readonly #socket: Readonly<Record<string, unknown>>;
   readonly #watched = new WatchList<{ running: boolean; again: boolean }>();
   #subscriber: RedisClientLike | undefined;
   #watchPoll: NodeJS.Timeout | undefined;
@@ -288,8 +300,8 @@ export class RedisStore implements AsyncStore {
     this.namespace = namespace;
     this.#channel = `${namespace}changes`;
     this.#commandTimeoutMs = timing.commandTimeoutMs;
-    this.#connectTimeoutMs = timing.connectTimeoutMs;
     this.#watchPollMs = timing.watchPollMs;
+    this.#socket = timing.socket;
     this.#logger = logger;
   }
 
@@ -306,6 +318,7 @@ export class RedisStore implements AsyncStore {
     const commandTimeoutMs = optionalInteger(opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS, { min: 1, max: 2 ** 31 - 1 });
     const connectTimeoutMs = optionalInteger(opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
     const watchPollMs = optionalInteger(opts.watchPollMs, 'watchPollMs', DEFAULT_WATCH_POLL_MS, { min: 10, max: 2 ** 31 - 1 });
+    const socket = optionsObject(opts.socket, 'Option "socket"') as Readonly<Record<string, unknown>>;
     const logger = opts.logger ?? console;
     if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
       throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
@@ -321,10 +334,10 @@ export class RedisStore implements AsyncStore {
       client = opts.client;
     } else {
       url = opts.url === undefined ? DEFAULT_URL : checkUrl(opts.url);
-      client = createOwnClient(url, connectTimeoutMs);
+      client = createOwnClient(url, socket);
     }
 
-    const store = new RedisStore(client, opts.client === undefined, url, namespace, { commandTimeoutMs, connectTimeoutMs, watchPollMs }, logger);
+    const store = new RedisStore(client, opts.client === undefined, url, namespace, { commandTimeoutMs, watchPollMs, socket }, logger);
     client.on('error', store.#onError);
     client.on('ready', store.#onReady);
     if (client.isReady) {
@@ -513,7 +526,7 @@ export class RedisStore implements AsyncStore {
 
   #makeSubscriber(): RedisClientLike {
     // Subscribing may wait for the connection: queueing is safe here, unlike for INCR.
-    if (this.#ownsClient) return createOwnClient(this.url as string, this.#connectTimeoutMs, false);
+    if (this.#ownsClient) return createOwnClient(this.url as string, this.#socket, false);
     if (typeof this.#client.duplicate !== 'function' || typeof this.#client.subscribe !== 'function') {
       throw new InvalidArgumentError('Watching needs a client with duplicate() and subscribe(), as the redis package\'s clients have.');
     }
@@ -804,8 +817,9 @@ export class RedisStore implements AsyncStore {
 
 interface Timing {
   readonly commandTimeoutMs: number;
-  readonly connectTimeoutMs: number;
   readonly watchPollMs: number;
+  /** Socket options for clients the store makes (the main one and the subscriber). */
+  readonly socket: Readonly<Record<string, unknown>>;
 }
 
 class CommandTimeout extends Error {
@@ -814,7 +828,7 @@ class CommandTimeout extends Error {
   }
 }
 
-function createOwnClient(url: string, connectTimeoutMs: number, failWhileOffline = true): RedisClientLike {
+function createOwnClient(url: string, socket: Readonly<Record<string, unknown>>, failWhileOffline = true): RedisClientLike {
   let redis: { createClient(options: Record<string, unknown>): RedisClientLike };
   try {
     redis = require('redis') as typeof redis;
@@ -826,8 +840,8 @@ function createOwnClient(url: string, connectTimeoutMs: number, failWhileOffline
     // Fail fast while disconnected rather than queue: a queued INCR could run long after we reported failure.
     disableOfflineQueue: failWhileOffline,
     socket: {
-      connectTimeout: Math.max(connectTimeoutMs, 1),
       reconnectStrategy: (retries: number) => Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS) * (0.5 + Math.random()),
+      ...socket,
     },
   });
 }

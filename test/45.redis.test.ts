@@ -1,6 +1,6 @@
 // RedisStore against a real redis-server: outages, restarts, FLUSHALL,
 // timeouts, foreign data and bad options.
-import { cpSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import {
 
 import { eventually, recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { RedisServer } from './redis-server';
+import { makeTlsFiles } from './support/tls-ca.cjs';
 
 interface Report {
   syncGen: number | null;
@@ -581,6 +582,42 @@ describe('the Redis subscriber lingers (issue 13 item 11; failed at 1545de2)', (
       expect(connections() - before).toBeLessThanOrEqual(2);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe('connecting with TLS options, and connectTimeoutMs only bounding connect() (issue 13 item 10; failed at 1545de2)', () => {
+  it('reaches a TLS-only redis-server signed by a private CA through the socket option, with connectTimeoutMs 0', async () => {
+    const dir = tempDir();
+    const tls = makeTlsFiles(dir);
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const node = spawn(
+      'redis-server',
+      ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--tls-cert-file', tls.cert, '--tls-key-file', tls.key, '--tls-ca-cert-file', tls.ca, '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no', '--dir', dir],
+      { stdio: 'ignore' },
+    );
+    try {
+      const logger = recordingLogger();
+      // connectTimeoutMs 0: connect() does not wait at all; the connection (a TLS handshake) is made in the background.
+      const store = await RedisStore.connect({
+        url: `rediss://127.0.0.1:${port}`,
+        namespace: namespace(),
+        connectTimeoutMs: 0,
+        socket: { ca: readFileSync(tls.ca) },
+        logger,
+      });
+      try {
+        const sync = await eventually('a generation over TLS', async () => {
+          const candidate = await AsyncGenerationSynchronizer.create('k', { store, logger });
+          return candidate.syncGen === null ? undefined : candidate;
+        });
+        expect(await sync.markUpdated()).toBe(true);
+        expect(await sync.isExpired()).toBe(false);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      node.kill('SIGKILL');
     }
   });
 });

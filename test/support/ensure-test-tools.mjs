@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Part of `npm test`: some tests need programs from the system, never
 // skipped when missing — redis-server (the Redis tests start their own on a
-// free loopback port) and bindfs (a real FUSE filesystem, to prove that a
-// store on a network filesystem is refused). On a fresh Debian or Ubuntu
+// free loopback port), bindfs (a real FUSE filesystem, to prove that a
+// store on a network filesystem is refused) and openssl (a private CA for
+// the Redis TLS test). On a fresh Debian or Ubuntu
 // machine where we run as root, install them from the distribution's
 // packages; anywhere else, say how and fail.
 import { spawnSync } from 'node:child_process';
@@ -10,6 +11,7 @@ import { spawnSync } from 'node:child_process';
 const TOOLS = [
   { command: 'redis-server', args: ['--version'], packages: ['redis-server'], brew: 'redis' },
   { command: 'bindfs', args: ['--version'], packages: ['bindfs', 'fuse3'], brew: 'bindfs (with macFUSE)' },
+  { command: 'openssl', args: ['version'], packages: ['openssl'], brew: 'openssl' },
 ];
 
 const present = (tool) => spawnSync(tool.command, tool.args, { encoding: 'utf8' }).status === 0;
