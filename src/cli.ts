@@ -7,7 +7,7 @@
  * @module
  */
 
-import { readFileSync, statfsSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync, statfsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -16,7 +16,7 @@ import { makeCacheKey } from './cache-key';
 import { defaultStore, defaultStoreChoice, STORE_ENV } from './default-store';
 import { GenerationSyncError, StoreUnavailableError } from './errors';
 import { FileStore } from './file-store';
-import { currentUid, DIRECTORY_ENV, networkFilesystemName } from './filesystem';
+import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ } from './filesystem';
 import { addonStatus, PACKAGE_ROOT } from './native';
 import { RedisStore } from './redis-store';
 import { MAGIC } from './shm-format';
@@ -127,12 +127,20 @@ function kindOf(options: Options): Kind | undefined {
   if (options.store !== undefined) return options.store;
   if (options.redisUrl !== undefined) return 'redis';
   if (options.path === undefined) return undefined;
-  // A path without --store: tell the kind by the file's first bytes.
-  let head: Buffer;
+  // A path without --store: tell the kind by the file's first bytes, read only from a regular file
+  // (opened without following a symlink and without blocking on a FIFO), and only those bytes.
+  let fd: number;
   try {
-    head = readFileSync(options.path).subarray(0, MAGIC.length);
+    fd = openSync(options.path, OPEN_READ);
   } catch {
     throw new UsageError(`${options.path} does not exist yet: say which store to create there with --store shm or --store file.`);
+  }
+  const head = Buffer.alloc(MAGIC.length);
+  try {
+    if (!fstatSync(fd).isFile()) throw new CommandFailure(`${options.path} is not a regular file, so it is not a generation-sync store.`);
+    head.fill(0, readSync(fd, head, 0, head.length, 0));
+  } finally {
+    closeSync(fd);
   }
   if (head.equals(MAGIC)) return 'shm';
   if (head.toString('latin1').trimStart().startsWith('{')) return 'file';

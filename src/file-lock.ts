@@ -30,12 +30,24 @@ import { closeSync, linkSync, openSync, readFileSync, renameSync, rmdirSync, sta
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
-import lockfile from 'proper-lockfile';
+import type * as ProperLockfile from 'proper-lockfile';
 
 import { StoreUnavailableError } from './errors';
 import { errnoCode, ioError, processIsAlive } from './filesystem';
 import { checkpoint } from './test-hooks';
 import { pause } from './pause';
+
+/**
+ * proper-lockfile, loaded on the first lock: loading it installs exit and
+ * signal hooks (SIGINT, SIGTERM, SIGHUP, … through signal-exit, to remove
+ * its locks when the process ends), which a process that never uses a
+ * file store should not get.
+ */
+let properLockfile: typeof ProperLockfile | undefined;
+function lockfile(): typeof ProperLockfile {
+  properLockfile ??= require('proper-lockfile') as typeof ProperLockfile;
+  return properLockfile;
+}
 
 const OWNER_FILE = 'owner';
 const FIRST_BACKOFF_MS = 0.05;
@@ -106,7 +118,7 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
   let compromised = false;
   let releaseProperLock: () => void;
   try {
-    releaseProperLock = lockfile.lockSync(file, {
+    releaseProperLock = lockfile().lockSync(file, {
       realpath: false,
       stale: staleMs,
       onCompromised: () => {

@@ -60,6 +60,12 @@ const MIN_STALE_LOCK_MS = 2000;
 /** Attempts to read a file another process is publishing with link + unlink at that moment. */
 const READ_ATTEMPTS = 5;
 const READ_RETRY_PAUSE_MS = 2;
+/**
+ * The largest file store this code reads: far above any real one (a key
+ * takes about 120 bytes, so this is hundreds of thousands of keys), and
+ * small enough that reading a wrong file cannot exhaust memory.
+ */
+export const MAX_FILE_STORE_BYTES = 64 * 1024 * 1024;
 /** How often watchers re-check their keys in case a file-system event was missed. */
 export const WATCH_SAFETY_POLL_MS = 500;
 
@@ -419,6 +425,9 @@ export class FileStore implements Store {
         return undefined;
       }
       checkStoreFile(stats, this.path);
+      if (stats.size > MAX_FILE_STORE_BYTES) {
+        throw corruptFileError(this.path, 'file store', `it is ${stats.size} bytes, larger than a file store can be (${MAX_FILE_STORE_BYTES} bytes)`);
+      }
       const entries = parseStoreFile(readFileSync(fd, 'utf8'), this.path);
       return { fd, ino: stats.ino, dev: stats.dev, entries };
     } catch (error) {

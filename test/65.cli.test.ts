@@ -1,7 +1,7 @@
 // The generation-sync CLI against every store: each command, --json output
 // parsed and checked, and bad usage exiting 2 with a helpful message.
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -179,5 +179,52 @@ describe('the CLI, misused', () => {
     const missing = cli(['list', '--path', join(dir, 'none.shm')]);
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/--store shm or --store file/);
+  });
+});
+
+describe('devices, FIFOs and huge files (issue 12 item 7; failed at 1545de2)', () => {
+  /** The CLI bounded in time and memory: a hang or a runaway read ends as a failure, not a stuck test. */
+  function bounded(args: string[]): { status: number | null; signal: NodeJS.Signals | null; stderr: string } {
+    const result = spawnSync(process.execPath, ['--max-old-space-size=256', CLI, ...args], { encoding: 'utf8', timeout: 10_000 });
+    return { status: result.status, signal: result.signal, stderr: result.stderr };
+  }
+
+  it('the CLI refuses /dev/zero and a FIFO given with --path, at once and without reading them', () => {
+    const fifo = join(tempDir(), 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    for (const path of ['/dev/zero', fifo]) {
+      const result = bounded(['list', '--path', path]);
+      expect(result.signal, path).toBeNull();
+      expect(result.status, path).toBe(1);
+      expect(result.stderr, path).toMatch(/not a regular file/);
+    }
+  });
+
+  it('the file store refuses a file larger than a store can be with a typed error, without reading it', () => {
+    const path = join(tempDir(), 'g.json');
+    writeFileSync(path, '{ "format": "generation-sync-file-store"');
+    truncateSync(path, 2 ** 31); // 2 GiB, sparse: reading it would take the memory of a small machine
+    const started = Date.now();
+    const error = (() => {
+      try {
+        FileStore.open(path);
+      } catch (caught) {
+        return caught;
+      }
+      return undefined;
+    })();
+    expect(error).toMatchObject({ code: 'ERR_GENSYNC_CORRUPT_FILE', message: expect.stringMatching(/larger than/) });
+    expect(Date.now() - started).toBeLessThan(10_000); // a liveness bound: reading 2 GiB would not end this soon here
+  });
+
+  it('importing the library installs no signal handlers (proper-lockfile is loaded only when a file store locks)', () => {
+    const probe = `
+      const before = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((signal) => process.listenerCount(signal));
+      const gensync = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+      const after = ['SIGINT', 'SIGTERM', 'SIGHUP'].map((signal) => process.listenerCount(signal));
+      console.log(JSON.stringify({ before, after }));
+    `;
+    const { before, after } = JSON.parse(execFileSync(process.execPath, ['-e', probe], { encoding: 'utf8' })) as { before: number[]; after: number[] };
+    expect(after).toEqual(before);
   });
 });
