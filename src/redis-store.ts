@@ -332,6 +332,13 @@ export class RedisStore implements AsyncStore {
       }
       checkNotClusterOrSentinel(opts.client);
       client = opts.client;
+      if ((client as { options?: { disableOfflineQueue?: unknown } }).options?.disableOfflineQueue !== true) {
+        logger.warn(
+          'generation-sync: the Redis client passed to RedisStore queues commands while disconnected, so an update ' +
+            'reported as failed during an outage can still run when it reconnects, and checks wait instead of failing fast. ' +
+            'Create it with createClient({ ..., disableOfflineQueue: true }), or let the store make its own (the "url" option).',
+        );
+      }
     } else {
       url = opts.url === undefined ? DEFAULT_URL : checkUrl(opts.url);
       client = createOwnClient(url, socket);

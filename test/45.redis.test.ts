@@ -621,3 +621,18 @@ describe('connecting with TLS options, and connectTimeoutMs only bounding connec
     }
   });
 });
+
+describe('a client passed in with its offline queue (issue 13 item 11; failed at 1545de2)', () => {
+  it('is warned about once, with the fix; a client made with disableOfflineQueue is not', async () => {
+    for (const disableOfflineQueue of [false, true]) {
+      const client = createClient({ url: server.url, disableOfflineQueue });
+      await client.connect();
+      const logger = recordingLogger();
+      const store = await RedisStore.connect({ client, namespace: namespace(), logger });
+      const warnings = logger.lines.filter((line) => /disableOfflineQueue/.test(line));
+      expect(warnings).toHaveLength(disableOfflineQueue ? 0 : 1);
+      await store.close();
+      await client.quit();
+    }
+  });
+});
