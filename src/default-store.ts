@@ -6,12 +6,13 @@
 
 import { join } from 'node:path';
 
-import { OutOfRangeError } from './errors';
+import { OutOfRangeError, UnsafeStoreError } from './errors';
 import { FILE_STORE_NAME, FileStore } from './file-store';
-import { defaultDirectory } from './filesystem';
+import { defaultDirectory, DIRECTORY_ENV } from './filesystem';
 import { addonStatus } from './native';
 import { SHM_FILE_NAME, SharedMemoryStore } from './shm-store';
 import type { Store } from './store';
+import { UnreachableStore } from './unreachable-store';
 
 /** Environment variable that forces the default store's kind: `shm` or `file`. */
 export const STORE_ENV = 'GENERATION_SYNC_STORE';
@@ -27,6 +28,7 @@ export interface DefaultStoreChoice {
 
 let current: Store | undefined;
 let warned = false;
+let warnedUnsafe = false;
 
 /**
  * Which store {@link defaultStore} opens: the shared-memory store when the
@@ -68,17 +70,30 @@ export function defaultStoreChoice(): DefaultStoreChoice {
 export function defaultStore(): Store {
   if (current !== undefined && !current.closed) return current;
   const choice = defaultStoreChoice();
-  if (choice.kind === 'shm') {
-    current = SharedMemoryStore.open();
-  } else {
-    if (process.env[STORE_ENV] !== 'file' && !warned) {
-      warned = true;
-      process.emitWarning(
-        `generation-sync is using the slower JSON file store at ${choice.path}. ${choice.reason}`,
-        { type: 'GenerationSyncWarning', code: 'GENSYNC_FILE_STORE_FALLBACK' },
-      );
+  const open = (): Store => (choice.kind === 'shm' ? SharedMemoryStore.open() : FileStore.open());
+  if (choice.kind === 'file' && process.env[STORE_ENV] !== 'file' && !warned) {
+    warned = true;
+    process.emitWarning(
+      `generation-sync is using the slower JSON file store at ${choice.path}. ${choice.reason}`,
+      { type: 'GenerationSyncWarning', code: 'GENSYNC_FILE_STORE_FALLBACK' },
+    );
+  }
+  try {
+    current = open();
+  } catch (error) {
+    // Another local user can create the default directory in the shared temp directory first. That must not
+    // stop the application: it is an outage (keys read as expired, logged by each synchronizer) that ends once
+    // the directory is fixed. A directory the application configured is its own to fix: that still throws.
+    const configured = process.env[DIRECTORY_ENV];
+    if (!(error instanceof UnsafeStoreError) || (configured !== undefined && configured !== '')) throw error;
+    if (!warnedUnsafe) {
+      warnedUnsafe = true;
+      process.emitWarning(`generation-sync cannot use its default store yet: ${error.message}`, {
+        type: 'GenerationSyncWarning',
+        code: 'GENSYNC_DEFAULT_DIRECTORY_UNSAFE',
+      });
     }
-    current = FileStore.open();
+    current = new UnreachableStore(choice.kind, choice.path, error, open);
   }
   return current;
 }

@@ -2,7 +2,7 @@
 // the file store (with one warning) when it does not, and what
 // GENERATION_SYNC_STORE forces.
 import { execFileSync } from 'node:child_process';
-import { cpSync, symlinkSync } from 'node:fs';
+import { chmodSync, cpSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -88,5 +88,54 @@ describe('defaultStore()', () => {
     const report = probe(ROOT, { GENERATION_SYNC_DIR: tempDir(), GENERATION_SYNC_STORE: 'redis' });
     expect(report.error).toMatchObject({ code: 'ERR_GENSYNC_OUT_OF_RANGE' });
     expect(report.error?.message).toMatch(/GENERATION_SYNC_STORE must be "shm", "file" or unset, not "redis"/);
+  });
+});
+
+describe('another local user squatting the default directory (issue 12 item 5; failed at 1545de2)', () => {
+  const SQUATTER_UID = 4242;
+  const isRoot = process.getuid?.() === 0;
+
+  // Running a process as another user needs root; CI runs as root, so this always runs there.
+  it.skipIf(!isRoot)('is an outage, not a crash: the application starts, is told once who owns the directory and what to do, and recovers once it is fixed', () => {
+    const tmp = tempDir();
+    chmodSync(tmp, 0o1777); // a shared temp directory, like /tmp
+    const squatted = join(tmp, `generation-sync-${process.getuid?.()}`);
+    // Another user creates the victim's default directory first.
+    execFileSync(process.execPath, ['-e', `require('node:fs').mkdirSync(${JSON.stringify(squatted)}, { mode: 0o755 })`], { uid: SQUATTER_UID, gid: SQUATTER_UID });
+    const script = `
+      const warnings = [];
+      process.on('warning', (w) => warnings.push({ code: w.code, message: w.message }));
+      const lines = [];
+      const logger = { error: (m) => lines.push(m), warn: (m) => lines.push(m), info: (m) => lines.push(m) };
+      const gs = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+      const out = { warnings, lines };
+      try {
+        const sync = new gs.GenerationSynchronizer('k', { logger });
+        const other = new gs.GenerationSynchronizer('other', { logger });
+        out.during = { syncGen: sync.syncGen, expired: sync.isExpired(), updated: sync.markUpdated(), otherExpired: other.isExpired() };
+        // An operator removes the squatted directory; within about a second the default store opens.
+        require('node:fs').rmSync(${JSON.stringify(squatted)}, { recursive: true });
+        const until = Date.now() + 1200;
+        while (Date.now() < until) {}
+        out.after = { refreshed: sync.refresh(), updated: sync.markUpdated(), expired: sync.isExpired(), kind: gs.defaultStore().kind };
+      } catch (error) {
+        out.error = { name: error.name, code: error.code, message: error.message };
+      }
+      setImmediate(() => console.log(JSON.stringify(out)));
+    `;
+    const stdout = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, TMPDIR: tmp, GENERATION_SYNC_DIR: '', GENERATION_SYNC_STORE: '' } });
+    const report = JSON.parse(stdout) as {
+      error?: unknown;
+      warnings: Array<{ code: string; message: string }>;
+      lines: string[];
+      during: { syncGen: number | null; expired: boolean; updated: boolean; otherExpired: boolean };
+      after: { refreshed: boolean; updated: boolean; expired: boolean; kind: string };
+    };
+    expect(report.error).toBeUndefined();
+    expect(report.during).toEqual({ syncGen: null, expired: true, updated: false, otherExpired: true });
+    const told = report.warnings.filter((warning) => warning.code === 'GENSYNC_DEFAULT_DIRECTORY_UNSAFE');
+    expect(told).toHaveLength(1);
+    expect(told[0]?.message).toMatch(new RegExp(`belongs to user ${SQUATTER_UID}[\\s\\S]*GENERATION_SYNC_DIR`));
+    expect(report.after).toMatchObject({ refreshed: true, updated: true, expired: false });
   });
 });
