@@ -7,7 +7,7 @@
  * @module
  */
 
-import { StoreError } from './errors';
+import { StoreError, type StoreClosedError } from './errors';
 import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from './store';
 
 /** How often, at most, the real store is tried again. */
@@ -66,8 +66,8 @@ export class UnreachableStore implements Store {
     return this.real().entries();
   }
 
-  watch(key: string, since: number | null | undefined, listener: GenerationListener): () => void {
-    return this.real().watch(key, since, listener);
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
+    return this.real().watch(key, since, listener, onClose);
   }
 
   close(): void {
