@@ -153,7 +153,7 @@ if value then
   if -value > seed then seed = -value end
 end
 redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[1])
-redis.pcall('PUBLISH', ARGV[2], KEYS[1])
+redis.pcall('PUBLISH', ARGV[2], redis.sha1hex(KEYS[1]))
 return seed
 `;
 
@@ -162,7 +162,7 @@ local value, failure = stored(KEYS[1])
 if failure then return failure end
 if not value or value < 0 then return false end
 local generation = redis.call('INCR', KEYS[1])
-redis.pcall('PUBLISH', ARGV[1], KEYS[1])
+redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]))
 return generation
 `;
 
@@ -171,7 +171,7 @@ local value, failure = stored(KEYS[1])
 if failure then return failure end
 if not value or value < 0 then return 0 end
 redis.call('SET', KEYS[1], string.format('%.0f', -value - 1), 'KEEPTTL')
-redis.pcall('PUBLISH', ARGV[1], KEYS[1])
+redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]))
 return 1
 `;
 
@@ -278,6 +278,8 @@ export class RedisStore implements AsyncStore {
   #subscriber: RedisClientLike | undefined;
   #watchPoll: NodeJS.Timeout | undefined;
   #subscriberLinger: NodeJS.Timeout | undefined;
+  /** Watched keys by the SHA-1 (hex) of their Redis key, which is what change messages carry. */
+  readonly #watchedDigests = new Map<string, string>();
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => {
     this.#connectionBack();
@@ -433,7 +435,9 @@ export class RedisStore implements AsyncStore {
     const { remove } = this.#watched.register(watched, since, undefined, listener, onClose);
     void this.#refreshWatched(watched);
     return () => {
-      if (remove() && this.#watched.size === 0) this.#stopWatchingSoon();
+      if (!remove()) return;
+      this.#watchedDigests.delete(createHash('sha1').update(this.#redisKey(checked)).digest('hex'));
+      if (this.#watched.size === 0) this.#stopWatchingSoon();
     };
   }
 
@@ -503,6 +507,7 @@ export class RedisStore implements AsyncStore {
     clearTimeout(this.#subscriberLinger);
     this.#subscriberLinger = undefined;
     const watched = this.#watched.open(key, { running: false, again: false });
+    this.#watchedDigests.set(createHash('sha1').update(this.#redisKey(key)).digest('hex'), key);
     if (this.#subscriber !== undefined) return watched;
     const subscriber = this.#makeSubscriber();
     this.#subscriber = subscriber;
@@ -510,8 +515,9 @@ export class RedisStore implements AsyncStore {
     subscriber.on('error', () => undefined);
     subscriber.on('ready', () => this.#refreshAll());
     const onMessage = (message: string): void => {
-      if (!message.startsWith(this.namespace)) return;
-      const entry = this.#watched.get(message.slice(this.namespace.length));
+      // A digest of the Redis key; a whole key from a publisher of an older version.
+      const key = this.#watchedDigests.get(message) ?? (message.startsWith(this.namespace) ? message.slice(this.namespace.length) : undefined);
+      const entry = key === undefined ? undefined : this.#watched.get(key);
       if (entry !== undefined) void this.#refreshWatched(entry);
     };
     const subscribed = subscriber.isOpen ? Promise.resolve() : subscriber.connect();

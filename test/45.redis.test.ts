@@ -636,3 +636,28 @@ describe('a client passed in with its offline queue (issue 13 item 11; failed at
     }
   });
 });
+
+describe('change messages stay small (issue 13 item 11; failed at 1545de2)', () => {
+  it('200 bumps of a 100 kB key announce themselves in a few kilobytes, and watchers still hear each change', async () => {
+    const ns = namespace();
+    const store = await RedisStore.connect({ url: server.url, namespace: ns });
+    const listener = createClient({ url: server.url });
+    await listener.connect();
+    let bytes = 0;
+    await listener.subscribe(`${ns}changes`, (message) => (bytes += Buffer.byteLength(message)));
+    try {
+      const key = 'k'.repeat(100_000);
+      const watcher = await AsyncGenerationSynchronizer.create(key, { store, normalizeCacheKey: false });
+      const seen: Array<number | null> = [];
+      const unwatch = watcher.watch((change) => seen.push(change.generation));
+      const bumper = await AsyncGenerationSynchronizer.create(key, { store, normalizeCacheKey: false });
+      for (let i = 0; i < 200; i++) await bumper.markUpdated();
+      await eventually('the watcher to hear the last bump', () => (seen.at(-1) === bumper.syncGen ? true : undefined));
+      unwatch();
+      expect(bytes).toBeLessThan(200 * 100);
+    } finally {
+      await listener.quit();
+      await store.close();
+    }
+  });
+});
