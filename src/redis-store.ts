@@ -332,7 +332,7 @@ export class RedisStore implements AsyncStore {
       if (typeof opts.client !== 'object' || opts.client === null || typeof opts.client.sendCommand !== 'function') {
         throw new InvalidArgumentError(`Option "client" must be a client from the redis package's createClient(), not ${describe(opts.client)}.`);
       }
-      checkNotClusterOrSentinel(opts.client);
+      checkSupportedClient(opts.client);
       client = opts.client;
       if ((client as { options?: { disableOfflineQueue?: unknown } }).options?.disableOfflineQueue !== true) {
         logger.warn(
@@ -859,8 +859,13 @@ function createOwnClient(url: string, socket: Readonly<Record<string, unknown>>,
   });
 }
 
-/** Clients of Redis Cluster and Sentinel route commands themselves and take other arguments: refuse them clearly. */
-function checkNotClusterOrSentinel(client: object): void {
+/**
+ * Only a single node-redis client will do: Cluster and Sentinel clients route
+ * commands themselves and take other arguments, a pool cannot give watching a
+ * connection of its own, and other libraries (ioredis) have other APIs.
+ * Refuse them clearly instead of failing on every call.
+ */
+function checkSupportedClient(client: object): void {
   const has = (name: string): boolean => typeof (client as Record<string, unknown>)[name] === 'function';
   if (has('getSlotMaster') || 'masters' in client) {
     throw new InvalidArgumentError(
@@ -872,6 +877,19 @@ function checkNotClusterOrSentinel(client: object): void {
     throw new InvalidArgumentError(
       'Option "client" is a Redis Sentinel client (createSentinel()), which the Redis store does not support yet. ' +
         'Pass a createClient() client connected to the current primary.',
+    );
+  }
+  const isBoolean = (name: string): boolean => typeof (client as Record<string, unknown>)[name] === 'boolean';
+  if (has('execute') && 'totalClients' in client) {
+    throw new InvalidArgumentError(
+      'Option "client" is a node-redis client pool (createClientPool()), which the Redis store does not support: ' +
+        'watching needs a connection of its own. Pass a createClient() client, or let the store make its own (the "url" option).',
+    );
+  }
+  if (!isBoolean('isReady') || !isBoolean('isOpen')) {
+    throw new InvalidArgumentError(
+      'Option "client" must be a client from the redis package\'s createClient() (node-redis 5 or newer); ' +
+        'other clients, such as ioredis, are not supported yet. Pass one, or let the store make its own (the "url" option).',
     );
   }
 }

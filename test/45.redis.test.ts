@@ -5,7 +5,8 @@ import { execFileSync, spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createClient, createCluster, createSentinel } from 'redis';
+import IORedis from 'ioredis';
+import { createClient, createClientPool, createCluster, createSentinel } from 'redis';
 
 import {
   AsyncGenerationSynchronizer,
@@ -659,5 +660,15 @@ describe('change messages stay small (issue 13 item 11; failed at 1545de2)', () 
       await listener.quit();
       await store.close();
     }
+  });
+});
+
+describe('clients the Redis store does not support are refused clearly (issue 13 item 11; failed at 1545de2)', () => {
+  it('an ioredis client and a node-redis pool get an error that says what to pass instead', async () => {
+    const ioredis = new IORedis({ lazyConnect: true });
+    await expect(RedisStore.connect({ client: ioredis as never })).rejects.toThrow(/createClient\(\)[\s\S]*ioredis/);
+    ioredis.disconnect();
+    const pool = createClientPool({ url: server.url });
+    await expect(RedisStore.connect({ client: pool as never })).rejects.toThrow(/pool[\s\S]*createClient\(\)/);
   });
 });
