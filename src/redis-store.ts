@@ -511,9 +511,24 @@ export class RedisStore implements AsyncStore {
     if (this.#subscriber !== undefined) return watched;
     const subscriber = this.#makeSubscriber();
     this.#subscriber = subscriber;
-    // Errors are the main connection's to report; the subscriber reconnects by itself.
-    subscriber.on('error', () => undefined);
-    subscriber.on('ready', () => this.#refreshAll());
+    // The subscriber reconnects (and resubscribes) by itself. Its loss is reported once, and its return:
+    // meanwhile watchers hear of changes only from their poll.
+    let lostAt: number | undefined;
+    subscriber.on('error', (error: Error) => {
+      if (lostAt !== undefined || this.#closed || this.#subscriber !== subscriber) return;
+      lostAt = Date.now();
+      this.#logger.error(
+        `generation-sync: lost the change subscription to Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} (${error.message}). ` +
+          `Reconnecting; until then watchers hear of changes only every watchPollMs (${this.#watchPollMs} ms).`,
+      );
+    });
+    subscriber.on('ready', () => {
+      if (lostAt !== undefined) {
+        (this.#logger.info ?? this.#logger.warn).call(this.#logger, `generation-sync: the change subscription to Redis works again after ${Date.now() - lostAt} ms.`);
+        lostAt = undefined;
+      }
+      this.#refreshAll();
+    });
     const onMessage = (message: string): void => {
       // A digest of the Redis key; a whole key from a publisher of an older version.
       const key = this.#watchedDigests.get(message) ?? (message.startsWith(this.namespace) ? message.slice(this.namespace.length) : undefined);

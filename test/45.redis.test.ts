@@ -672,3 +672,26 @@ describe('clients the Redis store does not support are refused clearly (issue 13
     await expect(RedisStore.connect({ client: pool as never })).rejects.toThrow(/pool[\s\S]*createClient\(\)/);
   });
 });
+
+describe('the change subscription failing on its own (issue 13 item 11; failed at 1545de2)', () => {
+  it('is logged once when lost and once when back, and watchers hear changes again', async () => {
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace(), watchPollMs: 60_000, logger });
+    try {
+      const watcher = await AsyncGenerationSynchronizer.create('k', { store, logger });
+      const bumper = await AsyncGenerationSynchronizer.create('k', { store, logger });
+      const seen: Array<number | null> = [];
+      const unwatch = watcher.watch((change) => seen.push(change.generation));
+      await eventually('the subscription', () => (Number(server.cli('PUBSUB', 'NUMSUB', `${store.namespace}changes`).split('\n')[1]) === 1 ? true : undefined));
+      server.cli('CLIENT', 'KILL', 'TYPE', 'pubsub');
+      await eventually('the loss and the return to be logged', () => (logger.lines.some((line) => /subscription[^\n]*again/i.test(line)) ? true : undefined));
+      expect(logger.lines.filter((line) => /change subscription/i.test(line))).toHaveLength(2);
+      await bumper.markUpdated();
+      // The poll is a minute away: only the restored subscription can deliver this.
+      await eventually('the watcher to hear the bump', () => (seen.at(-1) === bumper.syncGen ? true : undefined), 10_000);
+      unwatch();
+    } finally {
+      await store.close();
+    }
+  });
+});
