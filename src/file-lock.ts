@@ -16,17 +16,18 @@
  *   the lock, and {@link HeldFileLock.verify} checks it before every write.
  * - A process writing in a loop would starve the others; see
  *   {@link announceWaiting}.
- * - A holder that died leaves its lock behind. Its owner file names its pid:
- *   a waiter that finds the pid gone (or the owner file older than the
- *   stale time) removes the dead lock at once instead of waiting for it to
- *   go stale.
+ * - A holder that died leaves its lock behind. Its owner file names its pid,
+ *   PID namespace and boot: a waiter in the same namespace and boot that
+ *   finds the pid gone (or any waiter that finds the owner file older than
+ *   the stale time) removes the dead lock at once instead of waiting for it
+ *   to go stale. A pid from another namespace proves nothing.
  *
  * @internal
  * @module
  */
 
 import { randomBytes } from 'node:crypto';
-import { closeSync, linkSync, openSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { closeSync, linkSync, openSync, readFileSync, readlinkSync, renameSync, rmdirSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
@@ -63,8 +64,34 @@ const OWNERLESS_GRACE_MS = 500;
 interface OwnerRecord {
   readonly pid: number;
   readonly host: string;
+  /**
+   * Where `pid` means something: the PID namespace (`/proc/self/ns/pid`) and
+   * the boot (`/proc/sys/kernel/random/boot_id`). Containers of one pod share
+   * a host name and a volume but not their pids, and a pid from before a
+   * reboot names nothing. Absent where the system does not say (not Linux).
+   */
+  readonly pidNamespace?: string | undefined;
+  readonly boot?: string | undefined;
   readonly createdAt: number;
   readonly nonce: string;
+}
+
+let identity: { readonly pidNamespace: string | undefined; readonly boot: string | undefined } | undefined;
+
+/** This process's PID namespace and boot, as owner records carry them. */
+function processScope(): { readonly pidNamespace: string | undefined; readonly boot: string | undefined } {
+  const read = (what: () => string): string | undefined => {
+    try {
+      return what().trim();
+    } catch {
+      return undefined;
+    }
+  };
+  identity ??= {
+    pidNamespace: read(() => readlinkSync('/proc/self/ns/pid')),
+    boot: read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8')),
+  };
+  return identity;
 }
 
 /** A writer lock this process holds. */
@@ -133,7 +160,7 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
   }
   checkpoint('file-write', 'lock-made');
 
-  const owner: OwnerRecord = { pid: process.pid, host: hostname(), createdAt: Date.now(), nonce: randomBytes(8).toString('hex') };
+  const owner: OwnerRecord = { pid: process.pid, host: hostname(), ...processScope(), createdAt: Date.now(), nonce: randomBytes(8).toString('hex') };
   const token = JSON.stringify(owner);
   // Written in full beside the store, then linked in: link() refuses an existing name, like O_EXCL,
   // and nobody ever reads a half-written owner file.
@@ -247,6 +274,10 @@ function ownerIsGone(content: string, staleMs: number): boolean {
   }
   if (typeof owner.createdAt !== 'number' || Date.now() - owner.createdAt > staleMs) return true;
   if (owner.host !== hostname() || typeof owner.pid !== 'number') return false;
+  // A pid is only evidence in the PID namespace and boot it came from: elsewhere the holder may be alive and
+  // invisible (another container of the pod), and only the age above may declare it gone.
+  const scope = processScope();
+  if (owner.pidNamespace !== scope.pidNamespace || owner.boot !== scope.boot) return false;
   return !processIsAlive(owner.pid);
 }
 

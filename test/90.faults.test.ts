@@ -582,3 +582,39 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
     );
   }, 300_000);
 });
+
+describe('a file-store lock holder in another PID namespace (containers of one pod; issue 12 item 2; failed at 1545de2)', () => {
+  // unshare needs root; CI runs as root, so this always runs there.
+  it.skipIf(process.getuid?.() !== 0)('is never judged dead by a pid this process cannot see: its live lock is not taken over', async () => {
+    const path = join(tempDir(), 'g.json');
+    FileStore.open(path).close();
+    // Same host name and files, its own PID namespace, and a pid (77777) that does not exist out here.
+    const holder = spawn(
+      'unshare',
+      // Node is forked (not exec'd: pid 1 exists out here too) after ns_last_pid is set.
+      ['--pid', '--fork', '--mount-proc', '--kill-child', 'sh', '-c', `echo 77776 > /proc/sys/kernel/ns_last_pid; ${process.execPath} ${join(FIXTURES, 'hold-file-lock.mjs')} ${path}; :`],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    try {
+      const locked = await new Promise<string>((resolve, reject) => {
+        holder.stdout?.on('data', (data: Buffer) => resolve(String(data)));
+        holder.once('exit', (code) => reject(new Error(`the holder exited with ${code}`)));
+      });
+      expect(locked).toMatch(/^locked \d+/);
+      const holderPid = Number(locked.split(' ')[1]);
+      expect(existsSync(`/proc/${holderPid}`)).toBe(false); // dead-looking from here
+      const store = FileStore.open(path, { lockTimeoutMs: 1000 });
+      const logger = { error: () => undefined, warn: () => undefined, info: () => undefined };
+      const sync = new GenerationSynchronizer('k', { store, logger });
+      // The holder is alive: this process must wait for it (and time out), never take its lock over.
+      expect(sync.syncGen).toBeNull();
+      expect(existsSync(`${path}.lock/owner`)).toBe(true);
+      holder.stdin?.write('release\n');
+      await new Promise((resolve) => holder.once('exit', resolve));
+      expect(sync.refresh()).toBe(true);
+      store.close();
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  });
+});
