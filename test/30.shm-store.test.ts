@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
@@ -8,6 +8,7 @@ import {
   linkSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   statSync,
   symlinkSync,
@@ -110,7 +111,21 @@ describe('SharedMemoryStore files', () => {
     execFileSync(process.execPath, ['-e', script], { env });
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     chownSync(dir, 65534, 65534);
-    expect(() => execFileSync(process.execPath, ['-e', script], { env, stdio: 'pipe' })).toThrow(/belongs to user 65534/);
+    // Since issue 12 item 5 that is an outage, not an exception: nothing in the directory is used, every
+    // operation fails with the reason, and one warning names the owner (test/36 covers recovery).
+    const refused = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const gs = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+         try { gs.defaultStore().bind('k', { expirationSecs: 60 }).fetchOrCreate(Date.now()); console.log('used'); }
+         catch (error) { console.log(error.code + ' ' + error.message); }`,
+      ],
+      { env, encoding: 'utf8' },
+    );
+    expect(refused.stdout).toMatch(/^ERR_GENSYNC_UNSAFE_FILE .*belongs to user 65534/);
+    expect(refused.stderr).toMatch(/GENSYNC_DEFAULT_DIRECTORY_UNSAFE[\s\S]*belongs to user 65534/);
+    expect(readdirSync(dir)).toEqual(['generations.shm']); // the file made before the change of owner, untouched
   });
 
   it('uses GENERATION_SYNC_DIR when set, creating it if needed', () => {
