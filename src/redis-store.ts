@@ -436,7 +436,7 @@ export class RedisStore implements AsyncStore {
     void this.#refreshWatched(watched);
     return () => {
       if (!remove()) return;
-      this.#watchedDigests.delete(createHash('sha1').update(this.#redisKey(checked)).digest('hex'));
+      this.#watchedDigests.delete(this.#digestOf(checked));
       if (this.#watched.size === 0) this.#stopWatchingSoon();
     };
   }
@@ -503,11 +503,16 @@ export class RedisStore implements AsyncStore {
     return this.namespace + key;
   }
 
+  /** What change messages carry for `key`: the SHA-1 (hex) of its Redis key, as the scripts' redis.sha1hex() gives it. */
+  #digestOf(key: string): string {
+    return createHash('sha1').update(this.#redisKey(key)).digest('hex');
+  }
+
   #startWatching(key: string): WatchedKey<{ running: boolean; again: boolean }> {
     clearTimeout(this.#subscriberLinger);
     this.#subscriberLinger = undefined;
     const watched = this.#watched.open(key, { running: false, again: false });
-    this.#watchedDigests.set(createHash('sha1').update(this.#redisKey(key)).digest('hex'), key);
+    this.#watchedDigests.set(this.#digestOf(key), key);
     if (this.#subscriber !== undefined) return watched;
     const subscriber = this.#makeSubscriber();
     this.#subscriber = subscriber;

@@ -155,8 +155,9 @@ export class AsyncSynchronizedValue<T> {
     const flight = this.#reloading;
     if (flight !== undefined) {
       const generation = await flight.taken;
-      if (flight === this.#reloading && generation === this.synchronizer.syncGen && !(await this.synchronizer.isExpired())) return flight.value;
-      if (this.#reloading !== flight && this.#reloading !== undefined) return this.get();
+      // Finished or overtaken meanwhile: decide again from what is there now.
+      if (flight !== this.#reloading) return this.get();
+      if (generation === this.synchronizer.syncGen && !(await this.synchronizer.isExpired())) return flight.value;
       return this.#startReload(() => this.synchronizer.refresh());
     }
     const current = this.#loaded && this.#valueGeneration === this.synchronizer.syncGen && !(await this.synchronizer.isExpired());
