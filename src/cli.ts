@@ -16,7 +16,7 @@ import { makeCacheKey } from './cache-key';
 import { defaultStore, defaultStoreChoice, STORE_ENV } from './default-store';
 import { GenerationSyncError, StoreUnavailableError } from './errors';
 import { FileStore } from './file-store';
-import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ } from './filesystem';
+import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ, otherStoreBeside } from './filesystem';
 import { addonStatus, PACKAGE_ROOT } from './native';
 import { RedisStore } from './redis-store';
 import { MAGIC } from './shm-format';
@@ -403,6 +403,13 @@ async function storeReport(store: Store | AsyncStore, problems: Problem[]): Prom
     Object.assign(info, { keys: (await store.entries()).length });
   }
   if (filesystem.network) problems.push({ problem: `the store is on ${filesystem.type}`, fix: `move it to local disk (${DIRECTORY_ENV})` });
+  const other = otherStoreBeside(path, store.kind === 'shm' ? 'shm' : 'file', false);
+  if (other !== undefined) {
+    problems.push({
+      problem: `${other} is the other kind of store, beside this one: processes on one do not see changes made on the other`,
+      fix: `make every process use the same kind (the native addon everywhere, or ${STORE_ENV}=file everywhere), then remove the unused file`,
+    });
+  }
   return info;
 }
 

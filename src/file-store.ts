@@ -35,7 +35,9 @@ import {
   OPEN_NEW,
   OPEN_READ,
   openFailure,
+  otherStoreBeside,
   preparedDefaultDirectory,
+  STORE_FILE_NAMES,
   publishWithoutReplacing,
   removeAbandonedFiles,
   storePathArgument,
@@ -47,7 +49,7 @@ import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedS
 import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
 
 /** File name of the file store in the default directory. */
-export const FILE_STORE_NAME = 'generations.json';
+export const FILE_STORE_NAME = STORE_FILE_NAMES.file;
 
 /** The `format` field that marks a file as a store of this kind. */
 export const FILE_FORMAT = 'generation-sync-file-store';
@@ -230,6 +232,7 @@ export class FileStore implements Store {
       store.#createEmptyFile();
       if (store.#current().fd < 0) throw ioError(new Error('the file vanished as it was created'), 'create the store', file);
     }
+    otherStoreBeside(file, 'file');
     return store;
   }
 

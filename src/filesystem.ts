@@ -22,6 +22,43 @@ export const DEFAULT_FILE_MODE = 0o600;
 /** Mode of the default store directory. */
 export const DIRECTORY_MODE = 0o700;
 
+/** The file names of the two local stores in a directory (the default directory, or one an application picks). */
+export const STORE_FILE_NAMES = { shm: 'generations.shm', file: 'generations.json' } as const;
+
+const mixedStoresReported = new Set<string>();
+
+/**
+ * Processes that share a directory but end up on different kinds of local
+ * store (the addon loads in some and not in others: a bundle and the CLI,
+ * Alpine and Debian containers, hosts without a compiler) never see each
+ * other's changes. If the other kind's file is beside `path`, say so once
+ * per process and path (`GENSYNC_MIXED_STORES`, unless `warn` is false), and
+ * return its path.
+ */
+export function otherStoreBeside(path: string, kind: keyof typeof STORE_FILE_NAMES, warn = true): string | undefined {
+  const otherKind = kind === 'shm' ? 'file' : 'shm';
+  const other = join(dirname(path), STORE_FILE_NAMES[otherKind]);
+  let stats: Stats;
+  try {
+    stats = lstatSync(other);
+  } catch {
+    return undefined;
+  }
+  if (!stats.isFile() || other === path) return undefined;
+  if (warn && !mixedStoresReported.has(path)) {
+    mixedStoresReported.add(path);
+    const name = (which: 'shm' | 'file'): string => (which === 'shm' ? 'shared-memory' : 'file');
+    process.emitWarning(
+      `generation-sync: ${path} is a ${name(kind)} store, and ${other} beside it is a ${name(otherKind)} store: ` +
+        'processes on one do not see changes made on the other. Make every process use the same kind (install the ' +
+        'native addon everywhere, see "generation-sync doctor", or set GENERATION_SYNC_STORE=file in all of them), ' +
+        'then remove the file nobody uses.',
+      { type: 'GenerationSyncWarning', code: 'GENSYNC_MIXED_STORES' },
+    );
+  }
+  return other;
+}
+
 /** Permission bits that would let other users write the store. */
 const OTHERS_WRITE = 0o002;
 

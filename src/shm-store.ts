@@ -17,7 +17,9 @@ import {
   fileModeOption,
   ioError,
   lockTimeoutOption,
+  otherStoreBeside,
   preparedDefaultDirectory,
+  STORE_FILE_NAMES,
   removeAbandonedFiles,
   storePathArgument,
 } from './filesystem';
@@ -29,7 +31,7 @@ import { optionalInteger, optionsObject, wellFormedString } from './validate';
 import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
 
 /** File name of the shared-memory store in the default directory. */
-export const SHM_FILE_NAME = 'generations.shm';
+export const SHM_FILE_NAME = STORE_FILE_NAMES.shm;
 
 /**
  * How often each store checks, in the background, that its path still
@@ -250,7 +252,9 @@ export class SharedMemoryStore implements Store {
     const addon = nativeAddon();
     checkLocalFilesystem(dirname(file));
     removeAbandonedFiles(file);
-    return new SharedMemoryStore(file, StoreFile.openLive(file, settings, addon), addon, settings);
+    const store = new SharedMemoryStore(file, StoreFile.openLive(file, settings, addon), addon, settings);
+    otherStoreBeside(file, 'shm');
+    return store;
   }
 
   /** How many keys the store can hold. */

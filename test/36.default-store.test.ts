@@ -1,7 +1,7 @@
 // How defaultStore() chooses: the shared-memory store when the addon loads,
 // the file store (with one warning) when it does not, and what
 // GENERATION_SYNC_STORE forces.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -137,5 +137,38 @@ describe('another local user squatting the default directory (issue 12 item 5; f
     expect(told).toHaveLength(1);
     expect(told[0]?.message).toMatch(new RegExp(`belongs to user ${SQUATTER_UID}[\\s\\S]*GENERATION_SYNC_DIR`));
     expect(report.after).toMatchObject({ refreshed: true, updated: true, expired: false });
+  });
+});
+
+describe('both kinds of local store in one directory (issue 12 item 8; failed at 1545de2)', () => {
+  /** Open the store of `kind` at `path` twice in a fresh process; report the warnings it got. */
+  function openTwice(kind: 'shm' | 'file', path: string): Array<{ code: string; message: string }> {
+    const script = `
+      const warnings = [];
+      process.on('warning', (w) => warnings.push({ code: w.code, message: w.message }));
+      const gs = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+      const open = () => ${kind === 'shm' ? 'gs.SharedMemoryStore' : 'gs.FileStore'}.open(${JSON.stringify(path)});
+      open().close();
+      open().close();
+      setImmediate(() => console.log(JSON.stringify(warnings)));
+    `;
+    return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as Array<{ code: string; message: string }>;
+  }
+
+  it.each([
+    ['shm', 'file'],
+    ['file', 'shm'],
+  ] as const)('a %s store that finds a %s store beside it warns once, with the fix; doctor reports it', (kind, other) => {
+    const dir = tempDir();
+    const names = { shm: 'generations.shm', file: 'generations.json' };
+    expect(openTwice(other, join(dir, names[other]))).toEqual([]);
+    const warnings = openTwice(kind, join(dir, names[kind])).filter((warning) => warning.code === 'GENSYNC_MIXED_STORES');
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.message).toContain(join(dir, names[other]));
+    expect(warnings[0]?.message).toMatch(/do not see[\s\S]*GENERATION_SYNC_STORE/);
+    const doctor = spawnSync(process.execPath, [join(ROOT, 'dist', 'cli.js'), 'doctor', '--store', kind, '--path', join(dir, names[kind]), '--json'], { encoding: 'utf8' });
+    const report = JSON.parse(doctor.stdout) as { problems: Array<{ problem: string; fix: string }> };
+    expect(report.problems.some((problem) => problem.problem.includes(join(dir, names[other])))).toBe(true);
+    expect(doctor.status).toBe(1);
   });
 });
