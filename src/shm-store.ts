@@ -366,11 +366,7 @@ export class SharedMemoryStore implements Store {
   /** @internal */
   readBinding(binding: SharedMemoryBinding): number | null {
     const file = this.#live();
-    if (binding.file !== file) {
-      const record = file.find(binding.identity);
-      if (record < 0) return null;
-      this.#attach(file, binding, record);
-    }
+    if (!this.#attachIfPublished(file, binding)) return null;
     return generationOf(file, Atomics.load(file.gens, binding.index));
   }
 
@@ -409,10 +405,7 @@ export class SharedMemoryStore implements Store {
     const file = this.#live(); // moves to the live file first if the binding's was retired or shrunk
     if (binding.file !== file) {
       // Unbound, or bound to a file this process has left: the add reached nobody. Make the increment here.
-      const record = file.find(binding.identity);
-      if (record < 0) return false;
-      this.#attach(file, binding, record);
-      return binding.increment();
+      return this.#attachIfPublished(file, binding) && binding.increment();
     }
     if (previous < 0n) throw file.corrupt(`key "${binding.key}" holds generation word ${previous}`);
     // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
@@ -425,11 +418,7 @@ export class SharedMemoryStore implements Store {
   /** @internal */
   deleteBinding(binding: SharedMemoryBinding): void {
     const file = this.#live();
-    if (binding.file !== file) {
-      const record = file.find(binding.identity);
-      if (record < 0) return;
-      this.#attach(file, binding, record);
-    }
+    if (!this.#attachIfPublished(file, binding)) return;
     const previous = Atomics.or(file.gens, binding.index, ABSENT);
     file.stamp(binding.record);
     if ((previous & (ABSENT | WATCHED)) === WATCHED) this.#notify(file, binding);
@@ -468,6 +457,15 @@ export class SharedMemoryStore implements Store {
         'Something keeps replacing it: stop it, or use another path.',
       { path: this.path },
     );
+  }
+
+  /** Bind `binding` to its key's record in `file`, if the key is published there; false when it is not. */
+  #attachIfPublished(file: StoreFile, binding: SharedMemoryBinding): boolean {
+    if (binding.file === file) return true;
+    const record = file.find(binding.identity);
+    if (record < 0) return false;
+    this.#attach(file, binding, record);
+    return true;
   }
 
   #attach(file: StoreFile, binding: SharedMemoryBinding, record: number): void {
