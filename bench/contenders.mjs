@@ -2,13 +2,16 @@
 // is handed a repetition count and an operation count, and returns the time
 // of each repetition in nanoseconds per operation.
 import cluster from 'node:cluster';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { open as openLmdb } from 'lmdb';
 import { createClient } from 'redis';
+
+const lockfile = createRequire(import.meta.url)('proper-lockfile');
 
 import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
 
@@ -177,9 +180,30 @@ export const contenders = {
       }, options);
     },
   },
+  'floor: proper-lockfile write': {
+    ops: 300,
+    run(options) {
+      // What a hand-rolled file store does for one update: lock, read, parse, change, write a temporary file,
+      // rename it over the store, unlock. No flush, no owner record, no fence: the floor for 'file markUpdated()'.
+      const store = temporaryFileStore();
+      const path = store.path;
+      const temporary = `${path}.floor.tmp`;
+      return measure((ops) => {
+        for (let i = 0; i < ops; i++) {
+          const release = lockfile.lockSync(path, { realpath: false });
+          const document = JSON.parse(readFileSync(path, 'utf8'));
+          document.entries[0].generation += 1;
+          writeFileSync(temporary, JSON.stringify(document));
+          renameSync(temporary, path);
+          release();
+          sink += document.entries.length;
+        }
+      }, { ...options, warmup: 1 });
+    },
+  },
   'file markUpdated()': {
     ops: 300,
-    baseline: 'floor: readFileSync + JSON.parse',
+    baseline: 'floor: proper-lockfile write',
     run(options) {
       const sync = new GenerationSynchronizer('bench-key-0', { store: temporaryFileStore() });
       return measure((ops) => {

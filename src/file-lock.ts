@@ -9,32 +9,55 @@
  * - A compromised lock throws from a timer unless `onCompromised` is given:
  *   we give one that marks the lock lost, and a lost lock never writes.
  * - Taking over a stale lock is `rmdir` then `mkdir`, so two processes can
- *   both "win". Each winner must also create an `owner` file inside the
- *   lock directory with O_EXCL: only one can. A lock directory holding an
- *   owner file cannot be removed by another process's stale check (rmdir
- *   fails on a non-empty directory), so the owner file decides who holds
- *   the lock, and {@link HeldFileLock.verify} checks it before every write.
+ *   both "win". Each winner must also create an `owner` record inside the
+ *   lock directory (a symlink, which like O_EXCL refuses an existing name):
+ *   only one can. A lock directory holding it cannot be removed by another
+ *   process's stale check (rmdir fails on a non-empty directory), so the
+ *   owner record decides who holds the lock.
  * - A process writing in a loop would starve the others; see
  *   {@link announceWaiting}.
- * - A holder that died leaves its lock behind. Its owner file names its pid,
- *   PID namespace and boot: a waiter in the same namespace and boot that
- *   finds the pid gone (or any waiter that finds the owner file older than
- *   the stale time) removes the dead lock at once instead of waiting for it
- *   to go stale. A pid from another namespace proves nothing.
+ * - A holder that is gone leaves its lock behind. Its owner record names it
+ *   (holder.ts: pid, PID namespace, boot, thread and thread start time): a
+ *   waiter that can see it is gone removes the lock at once. A holder
+ *   nobody can see (another host, another container) or that hangs is
+ *   taken over once its record is older than the stale time.
+ * - Taking over a lock from a holder that is only slow must not let that
+ *   holder publish what it read before. That safety never rests on time:
+ *   each holder builds the file it publishes in its own staging directory,
+ *   named in its owner record, and whoever takes the lock over removes that
+ *   directory before the lock can be taken again. The slow holder's rename
+ *   into place then fails (a removed directory holds nothing and accepts
+ *   nothing, even for a process that looked it up before), so every
+ *   publication is made under a lock nobody else has held since its read.
  *
  * @internal
  * @module
  */
 
 import { randomBytes } from 'node:crypto';
-import { closeSync, linkSync, openSync, readFileSync, readlinkSync, renameSync, rmdirSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { hostname } from 'node:os';
-import { join } from 'node:path';
+import {
+  closeSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmdirSync,
+  statSync,
+  unlinkSync,
+  utimesSync,
+  symlinkSync,
+} from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 
 import type * as ProperLockfile from 'proper-lockfile';
 
 import { StoreUnavailableError } from './errors';
-import { errnoCode, ioError, processIsAlive } from './filesystem';
+import { errnoCode, ioError, removeStagingDirectory, stagingDirectoryName } from './filesystem';
+import { holderIsGone, thisHolder, type Holder } from './holder';
 import { checkpoint } from './test-hooks';
 import { pause } from './pause';
 
@@ -51,6 +74,8 @@ function lockfile(): typeof ProperLockfile {
 }
 
 const OWNER_FILE = 'owner';
+/** Owner files a cleaner has claimed (renamed) before removing a dead lock: `owner.dead-…`. */
+const CLAIMED_PREFIX = `${OWNER_FILE}.dead-`;
 const FIRST_BACKOFF_MS = 0.05;
 /** Waiters retry at least this often, so they notice a release during a releaser's courtesy pause. */
 const MAX_BACKOFF_MS = 1;
@@ -60,44 +85,59 @@ const COURTESY_PAUSE_MS = 2;
 /** A lock directory that has had no owner file for this long belongs to a process that died taking it. */
 const OWNERLESS_GRACE_MS = 500;
 
-/** What a lock's owner file says. */
-interface OwnerRecord {
-  readonly pid: number;
-  readonly host: string;
-  /**
-   * Where `pid` means something: the PID namespace (`/proc/self/ns/pid`) and
-   * the boot (`/proc/sys/kernel/random/boot_id`). Containers of one pod share
-   * a host name and a volume but not their pids, and a pid from before a
-   * reboot names nothing. Absent where the system does not say (not Linux).
-   */
-  readonly pidNamespace?: string | undefined;
-  readonly boot?: string | undefined;
+/** What a lock's owner file says: who holds it (see holder.ts), since when, and where it stages its writes. */
+interface OwnerRecord extends Holder {
   readonly createdAt: number;
   readonly nonce: string;
+  /** The name (beside the store) of the directory where this holder builds the files it publishes. */
+  readonly staging?: string | undefined;
 }
 
-let identity: { readonly pidNamespace: string | undefined; readonly boot: string | undefined } | undefined;
+/** Each thread's staging directory per store file (this module is loaded once per thread). */
+const stagingDirectories = new Map<string, string>();
 
-/** This process's PID namespace and boot, as owner records carry them. */
-function processScope(): { readonly pidNamespace: string | undefined; readonly boot: string | undefined } {
-  const read = (what: () => string): string | undefined => {
-    try {
-      return what().trim();
-    } catch {
-      return undefined;
-    }
-  };
-  identity ??= {
-    pidNamespace: read(() => readlinkSync('/proc/self/ns/pid')),
-    boot: read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8')),
-  };
-  return identity;
+/**
+ * This thread's staging directory for `file`, made when there is none.
+ * Once a cleaner removed it (because it took over a lock of ours), it is
+ * never made again under that name: a new one gets a new random name.
+ */
+function stagingDirectoryOf(file: string): string {
+  const known = stagingDirectories.get(file);
+  if (known !== undefined && lstatSync(known, { throwIfNoEntry: false })?.isDirectory() === true) return known;
+  const made = stagingDirectoryName(file);
+  mkdirSync(made, { mode: 0o700 });
+  stagingDirectories.set(file, made);
+  return made;
+}
+
+/** Remove this thread's staging directory for `file`, if it has one (its last store on that file closed). */
+export function removeOwnStagingDirectory(file: string): void {
+  const dir = stagingDirectories.get(file);
+  if (dir === undefined) return;
+  stagingDirectories.delete(file);
+  removeStagingDirectory(dir);
+}
+
+/** The staging directory an owner record names, if the name is one this code makes for `file`. */
+function stagingDirectoryNamed(file: string, record: Partial<OwnerRecord>): string | undefined {
+  const name = record.staging;
+  const ours = `${basename(file)}.w.`;
+  if (typeof name !== 'string' || !name.startsWith(ours) || !/^[\w.-]+$/.test(name)) return undefined;
+  return join(dirname(file), name);
 }
 
 /** A writer lock this process holds. */
 export interface HeldFileLock {
   /** Whether taking it meant removing a lock left by a process that died: its leftovers may need tidying. */
   readonly recovered: boolean;
+  /**
+   * Where to build a file to publish under this lock. Whoever takes the
+   * lock over removes this directory first, so a file built here can be
+   * renamed into place only while nobody else can have written since this
+   * lock was taken: a rename from it that fails with ENOENT means the lock
+   * was lost (see {@link lostLockError}).
+   */
+  readonly staging: string;
   /**
    * Throws unless this process still holds the lock and held it briefly
    * enough that nobody can have judged it stale. Call it right before
@@ -124,7 +164,7 @@ export function acquireFileLock(file: string, options: FileLockOptions): HeldFil
   for (;;) {
     const held = tryAcquire(file, lockDir, ownerPath, options.staleMs, recovered);
     if (held !== undefined) return held;
-    if (removeDeadLock(lockDir, ownerPath, options.staleMs)) recovered = true;
+    if (removeDeadLock(file, lockDir, ownerPath, options.staleMs)) recovered = true;
     announceWaiting(file);
     if (performance.now() >= deadline) {
       throw new StoreUnavailableError(
@@ -160,42 +200,44 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
   }
   checkpoint('file-write', 'lock-made');
 
-  const owner: OwnerRecord = { pid: process.pid, host: hostname(), ...processScope(), createdAt: Date.now(), nonce: randomBytes(8).toString('hex') };
-  const token = JSON.stringify(owner);
-  // Written in full beside the store, then linked in: link() refuses an existing name, like O_EXCL,
-  // and nobody ever reads a half-written owner file.
-  const staged = `${file}.owner.${process.pid}.${owner.nonce}`;
+  let staging: string;
   try {
-    // proper-lockfile proves its ownership by the directory's mtime, which adding the owner file
-    // changes: put it back, or its refresh timer would call a long-held lock compromised.
-    const { mtime } = statSync(lockDir);
-    writeFileSync(staged, token, { flag: 'wx', mode: 0o600 });
+    staging = stagingDirectoryOf(file);
+  } catch (error) {
+    quietly(releaseProperLock);
+    throw ioError(error, 'make a writer staging directory beside', file);
+  }
+  const owner: OwnerRecord = {
+    ...thisHolder(),
+    createdAt: Date.now(),
+    nonce: randomBytes(8).toString('hex'),
+    staging: basename(staging),
+  };
+  const token = JSON.stringify(owner);
+  try {
     checkpoint('file-write', 'owner-staged');
-    linkSync(staged, ownerPath);
+    // The owner record is a symbolic link whose target is the record: made whole in one step, refused
+    // if the name exists (like O_EXCL), and read in one readlink, so nobody sees a half-written record.
+    // (Adding it changes the directory's mtime, by which proper-lockfile's refresh timer judges its lock:
+    // a hold longer than half the stale time is then reported compromised, and such a hold never writes.)
+    symlinkSync(token, ownerPath);
     checkpoint('file-write', 'owner-linked');
-    utimesSync(lockDir, mtime, mtime);
   } catch (error) {
     quietly(releaseProperLock);
     const code = errnoCode(error);
     // Another process won this lock directory in a stale-lock race, or removed it.
     if (code === 'EEXIST' || code === 'ENOENT') return undefined;
     throw ioError(error, 'take the writer lock', lockDir);
-  } finally {
-    quietly(() => unlinkSync(staged));
   }
 
   const acquiredAt = performance.now();
-  const lost = (why: string): StoreUnavailableError =>
-    new StoreUnavailableError(
-      'ERR_GENSYNC_LOCK_TIMEOUT',
-      `Lost the writer lock ${lockDir} before writing (${why}); nothing was written.`,
-      { path: file },
-    );
+  const lost = (why: string): StoreUnavailableError => lostLockError(file, why);
   return {
     recovered,
+    staging,
     verify(): void {
-      if (compromised) throw lost('proper-lockfile reported it compromised');
       if (performance.now() - acquiredAt > staleMs / 2) throw lost(`held for more than ${staleMs / 2} ms`);
+      if (compromised) throw lost('proper-lockfile reported it compromised');
       if (readOwner(ownerPath) !== token) throw lost('another process owns it now');
     },
     release(): void {
@@ -207,7 +249,22 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
   };
 }
 
+/** The error for a write that found its lock lost (`why`) and so published nothing. */
+export function lostLockError(file: string, why: string): StoreUnavailableError {
+  return new StoreUnavailableError(
+    'ERR_GENSYNC_LOCK_TIMEOUT',
+    `Lost the writer lock ${file}.lock before writing (${why}); nothing was written.`,
+    { path: file },
+  );
+}
+
+/** An owner record: the target of the owner symlink (or, as versions before 0.2 wrote it, a file's content). */
 function readOwner(ownerPath: string): string | undefined {
+  try {
+    return readlinkSync(ownerPath);
+  } catch (error) {
+    if (errnoCode(error) !== 'EINVAL') return undefined;
+  }
   try {
     return readFileSync(ownerPath, 'utf8');
   } catch {
@@ -219,13 +276,13 @@ function readOwner(ownerPath: string): string | undefined {
  * If the lock's owner is dead (or its owner file is stale), remove the lock
  * so the next attempt can take it. Returns whether it removed one.
  */
-function removeDeadLock(lockDir: string, ownerPath: string, staleMs: number): boolean {
+function removeDeadLock(file: string, lockDir: string, ownerPath: string, staleMs: number): boolean {
   const content = readOwner(ownerPath);
-  if (content === undefined) return removeOwnerlessLock(lockDir);
+  if (content === undefined) return removeOwnerlessLock(file, lockDir);
   if (!ownerIsGone(content, staleMs)) return false;
 
   // Claim this exact owner file atomically, so only one waiter cleans up.
-  const claimed = join(lockDir, `${OWNER_FILE}.dead-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const claimed = join(lockDir, `${CLAIMED_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     renameSync(ownerPath, claimed);
   } catch {
@@ -237,6 +294,27 @@ function removeDeadLock(lockDir: string, ownerPath: string, staleMs: number): bo
     quietly(() => unlinkSync(claimed));
     return false;
   }
+  return finishRemoval(file, lockDir, claimed, content);
+}
+
+/**
+ * The fence. Before the lock can be taken again, the staging directory of
+ * the holder being removed is emptied and removed, so that a holder that is
+ * only slow (stopped, swapping, a clock jump made it look stale) can no
+ * longer publish what it read before: its rename out of that directory now
+ * fails. Only then do the claimed owner file and the lock directory go. If
+ * the directory cannot be removed, the claimed file stays and keeps the
+ * lock closed; a later waiter finishes the job (see removeOwnerlessLock).
+ */
+function finishRemoval(file: string, lockDir: string, claimed: string, content: string): boolean {
+  let record: Partial<OwnerRecord> = {};
+  try {
+    record = JSON.parse(content) as Partial<OwnerRecord>;
+  } catch {
+    // not written by this code: it names no staging directory
+  }
+  const staging = stagingDirectoryNamed(file, record);
+  if (staging !== undefined && !removeStagingDirectory(staging)) return false;
   quietly(() => unlinkSync(claimed));
   quietly(() => rmdirSync(lockDir));
   return true;
@@ -244,19 +322,31 @@ function removeDeadLock(lockDir: string, ownerPath: string, staleMs: number): bo
 
 /**
  * A lock directory with no owner file: its holder is between mkdir and
- * linking its owner file, which takes microseconds — or died there. After
- * OWNERLESS_GRACE_MS it is dead: remove the (empty) directory. A holder
- * that was merely stopped that long finds its directory gone when it links
- * its owner file, and tries again.
+ * linking its owner file, which takes microseconds — or died there; or a
+ * cleaner that claimed a dead owner's file died before finishing. After
+ * OWNERLESS_GRACE_MS it is dead: finish any claimed removal and remove the
+ * directory. A holder that was merely stopped that long finds its
+ * directory gone when it links its owner file, and tries again.
  */
-function removeOwnerlessLock(lockDir: string): boolean {
+function removeOwnerlessLock(file: string, lockDir: string): boolean {
   let stats;
+  let names: string[];
   try {
     stats = statSync(lockDir);
+    names = readdirSync(lockDir);
   } catch {
     return false;
   }
-  if (Date.now() - stats.mtimeMs < OWNERLESS_GRACE_MS) return false;
+  const now = Date.now();
+  for (const name of names) {
+    if (!name.startsWith(CLAIMED_PREFIX)) continue;
+    const claimed = join(lockDir, name);
+    const content = readOwner(claimed);
+    const claimedAt = statSync(claimed, { throwIfNoEntry: false })?.ctimeMs;
+    if (content === undefined || claimedAt === undefined || now - claimedAt < OWNERLESS_GRACE_MS) return false;
+    if (!finishRemoval(file, lockDir, claimed, content)) return false;
+  }
+  if (now - stats.mtimeMs < OWNERLESS_GRACE_MS) return false;
   try {
     rmdirSync(lockDir);
     return true;
@@ -265,6 +355,12 @@ function removeOwnerlessLock(lockDir: string): boolean {
   }
 }
 
+/**
+ * Whether the lock's owner is gone: provably (see holder.ts), or judged so
+ * by the age of its owner file. The age is only a liveness fallback for
+ * holders this process cannot see or that hang: taking over from a holder
+ * that is merely slow is safe, because of the fence in finishRemoval.
+ */
 function ownerIsGone(content: string, staleMs: number): boolean {
   let owner: Partial<OwnerRecord>;
   try {
@@ -273,12 +369,7 @@ function ownerIsGone(content: string, staleMs: number): boolean {
     return true; // an owner file we cannot read was not written by a live holder of this code
   }
   if (typeof owner.createdAt !== 'number' || Date.now() - owner.createdAt > staleMs) return true;
-  if (owner.host !== hostname() || typeof owner.pid !== 'number') return false;
-  // A pid is only evidence in the PID namespace and boot it came from: elsewhere the holder may be alive and
-  // invisible (another container of the pod), and only the age above may declare it gone.
-  const scope = processScope();
-  if (owner.pidNamespace !== scope.pidNamespace || owner.boot !== scope.boot) return false;
-  return !processIsAlive(owner.pid);
+  return holderIsGone(owner);
 }
 
 /**

@@ -24,7 +24,7 @@ import {
 import { basename, dirname, join } from 'node:path';
 
 import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from './errors';
-import { acquireFileLock } from './file-lock';
+import { acquireFileLock, lostLockError, removeOwnStagingDirectory, type HeldFileLock } from './file-lock';
 import {
   checkLocalFilesystem,
   checkStoreFile,
@@ -41,6 +41,7 @@ import {
   publishWithoutReplacing,
   removeAbandonedFiles,
   storePathArgument,
+  temporaryName,
 } from './filesystem';
 import { pause } from './pause';
 import { checkpoint } from './test-hooks';
@@ -121,6 +122,9 @@ interface Snapshot {
 }
 
 const NO_FILE: Snapshot = { fd: -1, ino: -1, dev: -1, entries: new Map() };
+
+/** Open stores per path in this thread: the last to close removes the thread's writer staging directory. */
+const openStores = new Map<string, number>();
 
 class FileBinding implements KeyBinding {
   /** The synced generation; NaN until there is one, so that it never matches. */
@@ -233,6 +237,7 @@ export class FileStore implements Store {
       if (store.#current().fd < 0) throw ioError(new Error('the file vanished as it was created'), 'create the store', file);
     }
     otherStoreBeside(file, 'file');
+    openStores.set(file, (openStores.get(file) ?? 0) + 1);
     return store;
   }
 
@@ -283,6 +288,13 @@ export class FileStore implements Store {
     this.#stopWatching();
     this.#watched.close(new StoreClosedError(`The store at ${this.path} was closed while a watch was pending.`, { path: this.path }));
     this.#replaceSnapshot(NO_FILE);
+    const open = (openStores.get(this.path) ?? 1) - 1;
+    if (open > 0) {
+      openStores.set(this.path, open);
+    } else {
+      openStores.delete(this.path);
+      removeOwnStagingDirectory(this.path);
+    }
   }
 
   #startWatching(key: string): WatchedKey<string> {
@@ -458,66 +470,75 @@ export class FileStore implements Store {
       const entries = new Map(this.#current().entries);
       checkpoint('file-write', 'read');
       const { result, changed } = change(entries, this.#clock());
-      if (changed) {
-        lock.verify();
-        this.#write(entries);
-      }
+      if (changed) this.#write(entries, lock);
       return result;
     } finally {
       lock.release();
     }
   }
 
-  /** Write `entries` to a temporary file and rename it over the store; keep it as the current snapshot. */
-  #write(entries: ReadonlyMap<string, FileEntry>): void {
-    const { fd, temporary } = this.#writeTemporary(entries, 'write');
+  /**
+   * Build `entries` as a file in the lock's staging directory and rename it
+   * over the store; keep it as the current snapshot. The rename is the
+   * fence: it fails (ENOENT) if another process took the lock over, because
+   * that process removed the staging directory first.
+   */
+  #write(entries: ReadonlyMap<string, FileEntry>, lock: HeldFileLock): void {
+    const temporary = join(lock.staging, `${randomBytes(6).toString('hex')}.tmp`);
+    const lost = (error: unknown): StoreError =>
+      error instanceof StoreError
+        ? error
+        : errnoCode(error) === 'ENOENT'
+          ? lostLockError(this.path, 'another process took it over')
+          : ioError(error, 'write', this.path);
+    let fd: number;
     try {
+      fd = openSync(temporary, OPEN_NEW, this.#mode);
+    } catch (error) {
+      throw lost(error);
+    }
+    try {
+      this.#fill(fd, entries);
+      lock.verify();
       renameSync(temporary, this.path);
-      checkpoint('file-write', 'renamed');
-      const stats = fstatSync(fd);
-      this.#replaceSnapshot({ fd, ino: stats.ino, dev: stats.dev, entries });
     } catch (error) {
       closeSync(fd);
       removeQuietly(temporary);
-      throw ioError(error, 'write', this.path);
+      throw lost(error);
     }
+    checkpoint('file-write', 'renamed');
+    const { ino, dev } = fstatSync(fd);
+    this.#replaceSnapshot({ fd, ino, dev, entries });
   }
 
   /** Publish an empty store, unless another process publishes one first. */
   #createEmptyFile(): void {
-    const { fd, temporary } = this.#writeTemporary(new Map(), 'create the store');
+    const temporary = temporaryName(this.path);
+    let fd: number;
     try {
-      publishWithoutReplacing(temporary, this.path);
+      fd = openSync(temporary, OPEN_NEW, this.#mode);
     } catch (error) {
       throw ioError(error, 'create the store', this.path);
+    }
+    try {
+      this.#fill(fd, new Map());
+      publishWithoutReplacing(temporary, this.path);
+    } catch (error) {
+      throw error instanceof StoreError ? error : ioError(error, 'create the store', this.path);
     } finally {
       closeSync(fd);
       removeQuietly(temporary);
     }
   }
 
-  /** A complete, flushed temporary file holding `entries`, mode set exactly; still open. */
-  #writeTemporary(entries: ReadonlyMap<string, FileEntry>, action: string): { fd: number; temporary: string } {
-    const temporary = `${this.path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
-    let fd: number;
-    try {
-      fd = openSync(temporary, OPEN_NEW, this.#mode);
-    } catch (error) {
-      throw ioError(error, action, this.path);
-    }
+  /** Write `entries` into the new file `fd` in full, with its mode set exactly, and flush it. */
+  #fill(fd: number, entries: ReadonlyMap<string, FileEntry>): void {
     checkpoint('file-write', 'temp-opened');
-    try {
-      fchmodSync(fd, this.#mode);
-      writeAll(fd, serialize(entries));
-      checkpoint('file-write', 'temp-written');
-      fdatasyncSync(fd);
-      checkpoint('file-write', 'temp-synced');
-      return { fd, temporary };
-    } catch (error) {
-      closeSync(fd);
-      removeQuietly(temporary);
-      throw ioError(error, action, this.path);
-    }
+    fchmodSync(fd, this.#mode);
+    writeAll(fd, serialize(entries));
+    checkpoint('file-write', 'temp-written');
+    fdatasyncSync(fd);
+    checkpoint('file-write', 'temp-synced');
   }
 }
 

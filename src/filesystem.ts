@@ -6,11 +6,13 @@
  * @module
  */
 
-import { chmodSync, constants, linkSync, lstatSync, mkdirSync, readdirSync, statfsSync, unlinkSync, type Stats } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, constants, linkSync, lstatSync, mkdirSync, readdirSync, rmdirSync, statfsSync, unlinkSync, type Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
+import { processIsAlive, scopeTag, thisHolder } from './holder';
 import { describe, optionalInteger } from './validate';
 
 /** Environment variable naming the directory of the default store. */
@@ -329,20 +331,34 @@ export function openFailure(error: unknown, file: string): StoreError {
   }
 }
 
-/** Whether a process with this pid exists (on this host). A pid owned by another user counts as alive. */
-export function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return errnoCode(error) !== 'ESRCH';
-  }
+/** `<file>.<pid>-<scope>-<thread>.`: how the names of a thread's leftovers beside `file` begin after their kind. */
+function leftoverStem(): string {
+  const { pid, thread } = thisHolder();
+  return `${pid}-${scopeTag()}-${thread ?? 0}.${randomBytes(6).toString('hex')}`;
+}
+
+/** A unique name beside `file` for a temporary file that this thread builds and then publishes. */
+export function temporaryName(file: string): string {
+  return `${file}.${leftoverStem()}.tmp`;
+}
+
+/** A unique name beside `file` for this thread's writer staging directory (see file-lock.ts). */
+export function stagingDirectoryName(file: string): string {
+  return `${file}.w.${leftoverStem()}`;
 }
 
 /**
- * Remove what a process that died mid-write left beside a store file:
- * temporaries `<file>.<pid>.<random>.tmp` and staged lock owner files
- * `<file>.owner.<pid>.<nonce>`, when no process with that pid exists.
+ * The pattern of the names above (after `<file>.`): kind, pid, scope tag, thread. Older versions wrote
+ * `<pid>.` alone, and staged lock owner files as `owner.<pid>.<nonce>`.
+ */
+const LEFTOVER = /^(owner\.|w\.)?(\d+)(?:-([0-9a-f]{8})-(\d+))?\.[0-9a-f]+(\.tmp)?$/;
+
+/**
+ * Remove what a thread that is gone left beside a store file: temporaries,
+ * staged lock owner files, and writer staging directories (with what is in
+ * them). Only leftovers whose maker is provably gone are touched: same PID
+ * namespace and boot (the scope tag in the name), and the thread or process
+ * no longer there.
  */
 export function removeAbandonedFiles(file: string): void {
   const dir = dirname(file);
@@ -355,16 +371,62 @@ export function removeAbandonedFiles(file: string): void {
   }
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
-    const rest = name.slice(prefix.length);
-    const match = /^(?:owner\.)?(\d+)\.[0-9a-f]+(?:\.tmp)?$/.exec(rest);
-    if (match === null || (!rest.endsWith('.tmp') && !rest.startsWith('owner.'))) continue;
-    const pid = Number(match[1]);
-    if (pid > 0 && !processIsAlive(pid)) {
-      try {
-        unlinkSync(join(dir, name));
-      } catch {
-        // someone else removed it
-      }
+    const match = LEFTOVER.exec(name.slice(prefix.length));
+    if (match === null) continue;
+    const [, kind, pid, tag, thread, tmp] = match;
+    if (kind === undefined ? tmp === undefined : tmp !== undefined) continue; // temporaries end in .tmp, nothing else does
+    if (tag !== undefined && tag !== scopeTag()) continue;
+    if (!leftoverMakerIsGone(Number(pid), thread === undefined ? 0 : Number(thread))) continue;
+    if (kind === 'w.') removeStagingDirectory(join(dir, name));
+    else quietly(() => unlinkSync(join(dir, name)));
+  }
+}
+
+function leftoverMakerIsGone(pid: number, thread: number): boolean {
+  if (pid <= 0) return false;
+  if (!processIsAlive(pid)) return true;
+  if (thread <= 0 || thread === pid) return false;
+  try {
+    lstatSync(`/proc/${pid}/task/${thread}`);
+    return false;
+  } catch (error) {
+    return errnoCode(error) === 'ENOENT';
+  }
+}
+
+/**
+ * Empty and remove a writer staging directory, so that whatever its writer
+ * still tries there fails: a file cannot be created in, or renamed out of,
+ * a directory that was removed, even by a writer that looked it up before.
+ * Returns whether it is gone. A writer creates at most one file there per
+ * write, so a few rounds always suffice.
+ */
+export function removeStagingDirectory(dir: string): boolean {
+  for (let round = 0; round < 20; round++) {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch (error) {
+      if (errnoCode(error) === 'ENOENT') return true;
+      return false;
     }
+    for (const name of names) quietly(() => unlinkSync(join(dir, name)));
+    try {
+      rmdirSync(dir);
+      return true;
+    } catch (error) {
+      const code = errnoCode(error);
+      if (code === 'ENOENT') return true;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') return false;
+    }
+  }
+  return false;
+}
+
+function quietly(action: () => void): void {
+  try {
+    action();
+  } catch {
+    // already gone, or not ours to remove
   }
 }

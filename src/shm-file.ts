@@ -9,7 +9,7 @@
  * @module
  */
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import {
   closeSync,
   fchmodSync,
@@ -25,7 +25,7 @@ import {
 } from 'node:fs';
 
 import { corruptFileError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
-import { checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing } from './filesystem';
+import { checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing, temporaryName } from './filesystem';
 import type { NativeAddon } from './native';
 import { pause } from './pause';
 import {
@@ -519,10 +519,6 @@ function readHeader(fd: number, stats: Stats, file: string): Buffer {
   } catch (error) {
     throw ioError(error, 'read the header of', file);
   }
-}
-
-function temporaryName(file: string): string {
-  return `${file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
 }
 
 function removeQuietly(file: string): void {

@@ -9,6 +9,7 @@ import {
   linkSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   renameSync,
   statSync,
@@ -17,7 +18,8 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { Worker as NodeWorker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import {
@@ -30,7 +32,10 @@ import {
 } from 'generation-sync';
 
 import { acquireFileLock } from '../dist/file-lock.js';
-import { recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
+import { eventually, recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
+
+/** A process's state letter from /proc (R, S, T for stopped, …). */
+const processState = (pid: number): string | undefined => /\) (\w)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1];
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -223,6 +228,65 @@ describe('the FileStore writer lock', () => {
       expect(new GenerationSynchronizer('bumped', { store }).syncGen).toBe(base + 6 * 150);
       store.close();
     }
+  });
+
+  it('a writer stalled at any step cannot publish over a takeover: no acknowledged update lost, no generation goes back', async () => {
+    // Issue 12 item 1. The stalled writer held the lock when it stopped; the lock goes stale while it sleeps
+    // (a slow flush, a stall right before the rename), this process takes it over and writes three times.
+    for (const stallIn of ['fdatasyncSync', 'renameSync']) {
+      const path = storeFile(tempDir());
+      const store = FileStore.open(path, { staleLockMs: 2000 });
+      const writer = new GenerationSynchronizer('k', { store });
+      const reader = new GenerationSynchronizer('k', { store: FileStore.open(path) });
+      const stalled = startWorker('stall-writer.mjs', [path, stallIn]);
+      workers.push(stalled);
+      const { syncGen: base } = await stalled.next<{ syncGen: number }>();
+      expect(writer.syncGen).toBe(base);
+
+      stalled.send('go');
+      await eventually('the writer to stop itself', () => (processState(stalled.child.pid as number) === 'T' ? true : undefined));
+      await new Promise((resolve) => setTimeout(resolve, 2200)); // its lock is now stale
+      const acknowledged = [1, 2, 3].map(() => writer.markUpdated());
+      expect(acknowledged).toEqual([true, true, true]);
+      expect(writer.syncGen).toBe(base + 3);
+      reader.refresh();
+      expect(reader.syncGen).toBe(base + 3);
+
+      stalled.child.kill('SIGCONT');
+      const { ok } = await stalled.next<{ ok: boolean }>();
+      expect(ok, `the writer stalled in ${stallIn} must report its update as not made`).toBe(false);
+      await stalled.exited;
+      // Nothing acknowledged is lost, and nobody who saw base + 3 is taken back.
+      expect(reader.isExpired(), stallIn).toBe(false);
+      expect(new GenerationSynchronizer('k', { store: FileStore.open(path) }).syncGen).toBe(base + 3);
+      expect(writer.markUpdated()).toBe(true);
+      expect(writer.syncGen).toBe(base + 4);
+      store.close();
+    }
+  });
+
+  it('a lock left by a worker thread terminated mid-write is taken over at once, though its process lives', async () => {
+    // Issue 12 item 3: the owner's pid is alive (it is this process), its thread is not.
+    const path = storeFile(tempDir());
+    const store = FileStore.open(path, { lockTimeoutMs: 3000 });
+    const sync = new GenerationSynchronizer('k', { store });
+    const base = sync.syncGen as number;
+    for (let round = 1; round <= 3; round++) {
+      const thread = new NodeWorker(join(ROOT, 'test', 'fixtures', 'thread-writer.cjs'), { workerData: { path } });
+      const said = await new Promise((resolve, reject) => {
+        thread.once('message', resolve);
+        thread.once('error', reject);
+      });
+      expect(said).toBe('writing');
+      await thread.terminate();
+      expect(readdirSync(`${path}.lock`).includes('owner')).toBe(true); // it died holding the lock
+      // Before the fix this waited out the lock timeout and failed; a thread that is gone holds nothing.
+      expect(sync.markUpdated(), `round ${round}`).toBe(true);
+      expect(sync.syncGen).toBe(base + round);
+    }
+    // Its staging directories went with its locks; nothing it built was published.
+    expect(readdirSync(dirname(path)).filter((name) => name.includes('.w.'))).toHaveLength(1);
+    store.close();
   });
 
   it('a compromised lock does not crash the process, and a lock held too long never writes', async () => {

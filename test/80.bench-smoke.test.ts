@@ -30,6 +30,7 @@ describe('npm run bench, smoke version', () => {
         'floor: Atomics.add',
         'floor: Atomics.load',
         'floor: readFileSync + JSON.parse',
+        'floor: proper-lockfile write',
         'lmdb: get',
         'lmdb: increment (write txn)',
         'lmdb: increment (write txn, noSync)',
@@ -48,7 +49,7 @@ describe('npm run bench, smoke version', () => {
     );
     expect(run.scaling).toHaveLength(8);
     expect(run.creation.map((row) => row.kind)).toEqual(['shm', 'file', 'redis']);
-    expect(run.bars).toHaveLength(6);
+    expect(run.bars).toHaveLength(7);
     for (const bar of run.bars) expect(typeof bar.value).toBe('number');
 
     const report = readFileSync(join(out, 'benchmarks.md'), 'utf8');
