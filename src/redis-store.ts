@@ -47,8 +47,12 @@ export interface RedisStoreOptions {
    */
   readonly client?: RedisClientLike | undefined;
   /**
-   * Prefix of every key this store writes, so that it shares a database
-   * with other data safely.
+   * The name under which this store keeps its keys, so that it shares a
+   * database with other data safely. Keys are stored as `<namespace>:<key>`,
+   * with any `:` and `%` inside the name percent-encoded, so that no two
+   * namespaces can share a key (`app` with key `sub:x`, and `app:sub` with
+   * key `x`, stay apart). A trailing `:` is allowed and changes nothing:
+   * `app` and `app:` are the same namespace.
    * @default 'generation-sync:'
    */
   readonly namespace?: string | undefined;
@@ -256,7 +260,7 @@ export class RedisStore implements AsyncStore {
   readonly asynchronous = true;
   /** Where the server is, when the store made its own client. */
   readonly url: string | undefined;
-  /** Prefix of every key this store writes. */
+  /** Prefix of every key this store writes: the namespace, encoded (see {@link RedisStoreOptions.namespace}), then `:`. */
   readonly namespace: string;
   readonly #client: RedisClientLike;
   readonly #ownsClient: boolean;
@@ -316,7 +320,7 @@ export class RedisStore implements AsyncStore {
    */
   static async connect(options?: RedisStoreOptions): Promise<RedisStore> {
     const opts = optionsObject(options, 'RedisStore options');
-    const namespace = opts.namespace === undefined ? DEFAULT_NAMESPACE : wellFormedString(opts.namespace, 'Option "namespace"');
+    const namespace = namespacePrefix(opts.namespace === undefined ? DEFAULT_NAMESPACE : wellFormedString(opts.namespace, 'Option "namespace"'));
     const commandTimeoutMs = optionalInteger(opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS, { min: 1, max: 2 ** 31 - 1 });
     const connectTimeoutMs = optionalInteger(opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
     const watchPollMs = optionalInteger(opts.watchPollMs, 'watchPollMs', DEFAULT_WATCH_POLL_MS, { min: 10, max: 2 ** 31 - 1 });
@@ -859,6 +863,24 @@ class CommandTimeout extends Error {
   constructor(ms: number) {
     super(`no answer within ${ms} ms`);
   }
+}
+
+
+/**
+ * The prefix of every Redis key in `namespace`: its name with `%` and `:`
+ * percent-encoded, then one `:`. Such a prefix holds exactly one `:`, at its
+ * end, so the first `:` of any key ends its namespace, and no namespace's
+ * keys can be another's.
+ */
+function namespacePrefix(namespace: string): string {
+  const name = namespace.endsWith(':') ? namespace.slice(0, -1) : namespace;
+  if (name === '') {
+    throw new InvalidArgumentError(
+      'Option "namespace" must name something: an empty namespace would share its keys with every other. ' +
+        "Leave it out for the default 'generation-sync:', or name your application.",
+    );
+  }
+  return `${name.replaceAll('%', '%25').replaceAll(':', '%3A')}:`;
 }
 
 function createOwnClient(url: string, socket: Readonly<Record<string, unknown>>, failWhileOffline = true): RedisClientLike {

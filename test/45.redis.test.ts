@@ -434,6 +434,31 @@ describe('one stalled command does not fail the next updates unsent (issue 13 it
   });
 });
 
+describe('namespaces never share a key (issue 13 item 11; failed at 1545de2)', () => {
+  it('"app:" with key "sub:x" and "app:sub:" with key "x" stay apart; "app" is "app:"; an empty namespace is refused', async () => {
+    const app = `ns${process.pid}-${namespaceCounter++}`;
+    const outer = await RedisStore.connect({ url: server.url, namespace: `${app}:` });
+    const inner = await RedisStore.connect({ url: server.url, namespace: `${app}:sub:` });
+    const bare = await RedisStore.connect({ url: server.url, namespace: app });
+    const a = await AsyncGenerationSynchronizer.create('sub:x', { store: outer, normalizeCacheKey: false });
+    const b = await AsyncGenerationSynchronizer.create('x', { store: inner, normalizeCacheKey: false });
+    const before = b.syncGen;
+    expect(await a.markUpdated()).toBe(true);
+    expect(await b.isExpired()).toBe(false);
+    expect(b.syncGen).toBe(before);
+    expect(await b.clear()).toBe(true);
+    expect(await a.isExpired()).toBe(false);
+    expect((await outer.entries()).map((entry) => entry.key)).toEqual(['sub:x']);
+    expect((await inner.entries()).map((entry) => entry.key)).toEqual(['x']);
+    // The same namespace with or without its trailing colon.
+    const same = await AsyncGenerationSynchronizer.create('sub:x', { store: bare, normalizeCacheKey: false });
+    expect(same.syncGen).toBe(a.syncGen);
+    await expect(RedisStore.connect({ url: server.url, namespace: ':' })).rejects.toThrow(/must name something/);
+    await expect(RedisStore.connect({ url: server.url, namespace: '' })).rejects.toThrow(InvalidArgumentError);
+    for (const store of [outer, inner, bare]) await store.close();
+  });
+});
+
 describe('foreign data, deployments and URLs the Redis store must refuse clearly (issue 13 items 9 and 11; failed at 1545de2)', () => {
   it.each([
     ['"-0"', ['SET', '-0']],
