@@ -287,6 +287,9 @@ export class RedisStore implements AsyncStore {
   readonly #onError = (error: Error): void => this.#connectionLost(error);
   readonly #onReady = (): void => {
     this.#connectionBack();
+    // Watchers re-read at once: an announcement the subscriber received while this connection was down
+    // could not be read, and a restart or FLUSHALL meanwhile announces nothing.
+    this.#refreshAll();
     // During connect() the checks are connect()'s, which reports an unsupported server by rejecting.
     if (!this.#connectReturned) return;
     void this.#checkServer().catch(() => undefined); // an unsupported server is reported by #checkServer itself

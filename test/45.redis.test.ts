@@ -1,5 +1,6 @@
 // RedisStore against a real redis-server: outages, restarts, FLUSHALL,
 // timeouts, foreign data and bad options.
+import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
@@ -431,6 +432,26 @@ describe('one stalled command does not fail the next updates unsent (issue 13 it
       await raw.quit();
       await store.close();
     }
+  });
+});
+
+describe('watchers after the main connection comes back (issue 13 item 11; failed at 1545de2)', () => {
+  it('a change announced while only the main connection was down reaches watchers when it returns, not at the next poll', async () => {
+    const ns = namespace();
+    const logger = recordingLogger();
+    // Reconnects wait 1.5 s, so the announcement surely arrives (on the subscriber) while the main connection is down.
+    const store = await RedisStore.connect({ url: server.url, namespace: ns, watchPollMs: 120_000, socket: { reconnectStrategy: () => 1500 }, logger });
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, normalizeCacheKey: false, logger });
+    const seen: Array<number | null> = [];
+    const stop = store.watch('k', sync.syncGen, (generation) => seen.push(generation));
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the subscriber is subscribed
+
+    server.cli('CLIENT', 'KILL', 'TYPE', 'normal'); // the main connection only; the subscriber stays
+    const changed = Number(server.cli('INCR', `${ns}k`));
+    server.cli('PUBLISH', `${ns}changes`, createHash('sha1').update(`${ns}k`).digest('hex'));
+    await eventually('the watcher to hear of the change', () => (seen.includes(changed) ? true : undefined), 15_000);
+    stop();
+    await store.close();
   });
 });
 
