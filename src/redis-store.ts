@@ -766,9 +766,16 @@ export class RedisStore implements AsyncStore {
           'Another program may be writing under this namespace: give this store its own "namespace".',
       );
     }
+    // A client shared with the application queues the store's commands behind the application's own:
+    // one blocking command there stalls every key.
+    const shared =
+      error instanceof CommandTimeout && !this.#ownsClient
+        ? ' The client was passed in, so the application shares it: a blocking command on it (BLPOP, BRPOP, XREAD BLOCK, ' +
+          'WAIT, …) holds up every command behind it. Give the store a connection of its own (client.duplicate(), or the "url" option).'
+        : '';
     return new StoreUnavailableError(
       'ERR_GENSYNC_STORE_UNAVAILABLE',
-      `Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} did not answer: ${message}.`,
+      `Redis${this.url ? ` at ${redactUrl(this.url)}` : ''} did not answer: ${message}.${shared}`,
       { cause: error },
     );
   }
@@ -867,7 +874,6 @@ class CommandTimeout extends Error {
     super(`no answer within ${ms} ms`);
   }
 }
-
 
 /**
  * The prefix of every Redis key in `namespace`: its name with `%` and `:`

@@ -435,6 +435,23 @@ describe('one stalled command does not fail the next updates unsent (issue 13 it
   });
 });
 
+describe('a client shared with an application that blocks on it (issue 13 item 7; failed at 1545de2)', () => {
+  it('the outage it causes is logged with the reason and the fix, and ends when the blocking command does', async () => {
+    const client = createClient({ url: server.url });
+    await client.connect();
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ client, namespace: namespace(), commandTimeoutMs: 200, logger });
+    const sync = await AsyncGenerationSynchronizer.create('k', { store, logger });
+    const blocked = client.blPop(`${namespace()}queue`, 1); // the application waits on a queue, on the shared connection
+    expect(await sync.isExpired()).toBe(true);
+    expect(logger.lines.join('\n')).toMatch(/blocking command on it \(BLPOP.*holds up every command.*client\.duplicate\(\)/);
+    expect(await blocked).toBeNull();
+    await eventually('the checks to answer again', async () => ((await sync.isExpired()) ? undefined : true));
+    await store.close();
+    await client.quit();
+  });
+});
+
 describe('watchers after the main connection comes back (issue 13 item 11; failed at 1545de2)', () => {
   it('a change announced while only the main connection was down reaches watchers when it returns, not at the next poll', async () => {
     const ns = namespace();
