@@ -7,6 +7,7 @@
  * @module
  */
 
+import { execFileSync } from 'node:child_process';
 import { closeSync, fstatSync, openSync, readFileSync, readSync, statfsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -14,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { AsyncGenerationSynchronizer } from './async-synchronizer';
 import { makeCacheKey } from './cache-key';
 import { defaultStore, defaultStoreChoice, STORE_ENV } from './default-store';
-import { GenerationSyncError, StoreUnavailableError } from './errors';
+import { GenerationSyncError, StoreUnavailableError, UnsafeStoreError } from './errors';
 import { FileStore } from './file-store';
 import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ, otherStoreBeside } from './filesystem';
 import { addonStatus, PACKAGE_ROOT } from './native';
@@ -41,6 +42,8 @@ Options:
   --redis-url URL   the Redis server (implies --store redis)
   --namespace NS    the Redis key namespace (default: generation-sync:)
   --prefix PART     key prefix part, as the application's keyPrefix (repeatable)
+  --user NAME       run as this user (a name or uid; needs root): to act, as
+                    root, on the store of an application that runs as NAME
   --raw             use KEY exactly, without the library's normalization
   --json            machine-readable output
   -h, --help        show this help
@@ -64,6 +67,7 @@ interface Options {
   readonly redisUrl: string | undefined;
   readonly namespace: string | undefined;
   readonly prefix: string[];
+  readonly user: string | undefined;
   readonly raw: boolean;
   readonly json: boolean;
 }
@@ -85,6 +89,7 @@ function parse(argv: readonly string[]): { command: string | undefined; args: st
         'redis-url': { type: 'string' },
         namespace: { type: 'string' },
         prefix: { type: 'string', multiple: true },
+        user: { type: 'string' },
         raw: { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -117,10 +122,36 @@ function parse(argv: readonly string[]): { command: string | undefined; args: st
       redisUrl: values['redis-url'],
       namespace: values.namespace,
       prefix: values.prefix ?? [],
+      user: values.user,
       raw: values.raw,
       json: values.json,
     },
   };
+}
+
+/**
+ * Run as `user` from here on (issue 12 item 9): an operator who is root
+ * (`docker exec`, `sudo`) acts on an application's store as the application,
+ * so the store's ownership checks pass and whatever the command creates
+ * belongs to the application, not to root.
+ */
+function becomeUser(user: string): void {
+  const idOf = (flag: '-u' | '-g'): number => {
+    try {
+      return Number(execFileSync('id', [flag, user], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+    } catch {
+      throw new UsageError(`--user: there is no user "${user}" on this system.`);
+    }
+  };
+  const uid = idOf('-u');
+  const gid = idOf('-g');
+  if (currentUid() === uid) return;
+  if (currentUid() !== 0 || process.setuid === undefined || process.setgid === undefined || process.setgroups === undefined) {
+    throw new CommandFailure(`--user ${user} needs root: run the command with sudo, or as ${user} itself.`);
+  }
+  process.setgroups([gid]); // drop root's supplementary groups
+  process.setgid(gid);
+  process.setuid(uid);
 }
 
 function kindOf(options: Options): Kind | undefined {
@@ -429,6 +460,7 @@ export async function run(argv: readonly string[], out: Output = { log: (line) =
     return 0;
   }
   if (command === undefined) throw new UsageError('a command is needed.');
+  if (options.user !== undefined) becomeUser(options.user);
   if (command === 'doctor') {
     if (args.length > 0) throw new UsageError('doctor takes no arguments.');
     return doctor(options, out);
@@ -439,7 +471,15 @@ export async function run(argv: readonly string[], out: Output = { log: (line) =
   const key = command === 'list' ? '' : requireKey(command, args);
   const action = actions[command];
 
-  const store = await openStore(options);
+  let store: Store | AsyncStore;
+  try {
+    store = await openStore(options);
+  } catch (error) {
+    if (error instanceof UnsafeStoreError && currentUid() === 0 && /belongs to user \d+/.test(error.message)) {
+      throw new CommandFailure(`${error.message} As root, add --user with the store owner's name or uid: the command then runs as that user.`);
+    }
+    throw error;
+  }
   try {
     if (command === 'list') return await list(store, options, out);
     return await (action as typeof get)(store, storedKey(key, options), options, out);

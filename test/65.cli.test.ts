@@ -1,7 +1,7 @@
 // The generation-sync CLI against every store: each command, --json output
 // parsed and checked, and bad usage exiting 2 with a helpful message.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -226,5 +226,35 @@ describe('devices, FIFOs and huge files (issue 12 item 7; failed at 1545de2)', (
     `;
     const { before, after } = JSON.parse(execFileSync(process.execPath, ['-e', probe], { encoding: 'utf8' })) as { before: number[]; after: number[] };
     expect(after).toEqual(before);
+  });
+});
+
+describe('the CLI run by root on an application user\'s store (issue 12 item 9; failed at 1545de2)', () => {
+  // Needs root (CI runs as root) and the system user "nobody", as which the application runs here.
+  it.skipIf(process.getuid?.() !== 0)('is refused with the way out, and with --user acts as the owner: files stay the owner\'s', () => {
+    const nobody = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim());
+    const parent = tempDir();
+    chmodSync(parent, 0o755);
+    for (const kind of ['file', 'shm'] as const) {
+      // The application's store: its directory and files belong to it.
+      const dir = join(parent, `app-${kind}`);
+      const env = { GENERATION_SYNC_DIR: dir, GENERATION_SYNC_STORE: kind };
+      expect(cli(['bump', 'settings'], env).status).toBe(0);
+      for (const name of readdirSync(dir)) chownSync(join(dir, name), nobody, nobody);
+      chownSync(dir, nobody, nobody);
+
+      const refused = cli(['bump', 'settings'], env);
+      expect(refused.status, kind).toBe(1);
+      expect(refused.stderr).toMatch(/belongs to user \d+.*add --user with the store owner's name or uid/);
+
+      const before = Number(cli(['get', 'settings', '--user', 'nobody'], env).stdout.trim());
+      const bumped = cli(['bump', 'settings', '--user', 'nobody'], env);
+      expect(bumped.status, bumped.stderr).toBe(0);
+      expect(cli(['bump', 'other', '--user', String(nobody)], env).status).toBe(0); // a uid works too, and creates a key
+      expect(Number(cli(['get', 'settings', '--user', 'nobody'], env).stdout.trim())).toBe(before + 1);
+      // Nothing in the directory became root's: the application can still use all of it.
+      for (const name of readdirSync(dir)) expect(statSync(join(dir, name)).uid, `${kind}: ${name}`).toBe(nobody);
+    }
+    expect(cli(['list', '--user', 'no-such-user-here']).status).toBe(2);
   });
 });
