@@ -37,6 +37,7 @@
 import { randomBytes } from 'node:crypto';
 import {
   closeSync,
+  constants,
   linkSync,
   lstatSync,
   mkdirSync,
@@ -48,7 +49,7 @@ import {
   rmdirSync,
   statSync,
   unlinkSync,
-  utimesSync,
+  lutimesSync,
   symlinkSync,
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -383,9 +384,9 @@ function announceWaiting(file: string): void {
   const wanted = `${file}.lock-wanted`;
   const now = new Date();
   try {
-    utimesSync(wanted, now, now);
+    lutimesSync(wanted, now, now); // never through a symbolic link
   } catch {
-    quietly(() => closeSync(openSync(wanted, 'a', 0o600)));
+    quietly(() => closeSync(openSync(wanted, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600)));
   }
 }
 

@@ -26,6 +26,7 @@ import { basename, dirname, join } from 'node:path';
 import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from './errors';
 import { acquireFileLock, lostLockError, removeOwnStagingDirectory, type HeldFileLock } from './file-lock';
 import {
+  checkDirectoryChain,
   checkLocalFilesystem,
   checkStoreFile,
   errnoCode,
@@ -228,6 +229,7 @@ export class FileStore implements Store {
     });
     const clock = optionalFunction(opts.clock, 'clock', Date.now);
     const file = path === undefined ? join(preparedDefaultDirectory(), FILE_STORE_NAME) : storePathArgument(path);
+    checkDirectoryChain(dirname(file));
     checkLocalFilesystem(dirname(file));
 
     removeAbandonedFiles(file);
@@ -425,6 +427,8 @@ export class FileStore implements Store {
    * us and should be read again, unless this is the `last` attempt.
    */
   #read(last: boolean): Snapshot | undefined {
+    // Another version is at the path: before opening it, make sure that the path still leads where it did.
+    checkDirectoryChain(dirname(this.path));
     let fd: number;
     try {
       fd = openSync(this.path, OPEN_READ);

@@ -7,7 +7,7 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { chmodSync, constants, linkSync, lstatSync, mkdirSync, readdirSync, rmdirSync, statfsSync, unlinkSync, type Stats } from 'node:fs';
+import { chmodSync, constants, linkSync, lstatSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, statfsSync, unlinkSync, type Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
@@ -163,6 +163,68 @@ export function ensurePrivateDirectory(dir: string, isDefault: boolean): void {
       `The store directory ${dir} is writable by every user (mode ${(stats.mode & 0o7777).toString(8)}). ${advice}`,
       { path: dir },
     );
+  }
+}
+
+/** How many symbolic links a store directory's path may pass through (as the kernel's own limit). */
+const MAX_LINKS_FOLLOWED = 40;
+const STICKY = 0o1000;
+const GROUP_WRITE = 0o020;
+
+/**
+ * Check every directory on the way to `dir` (and every symbolic link met on
+ * the way): each must belong to root or to this user, and none may be
+ * writable by other users, unless it is sticky (like /tmp, where others
+ * cannot rename or remove what is ours) or writable only by this process's
+ * own group. Then nobody else can swap a directory on the path, so the path
+ * names the same place each time it is resolved again. Run at every open
+ * and re-open of a store file. Does nothing where the system has no uids.
+ */
+export function checkDirectoryChain(dir: string): void {
+  const uid = currentUid();
+  if (uid === undefined) return;
+  const gid = process.getgid?.();
+  const refuse = (path: string, why: string): UnsafeStoreError =>
+    new UnsafeStoreError(
+      'ERR_GENSYNC_UNSAFE_FILE',
+      `The store directory ${dir} is reached through ${path}, which ${why}, so another user could swap it for a ` +
+        `directory of their choosing. Keep the store under directories that only root and this user can change.`,
+      { path: dir },
+    );
+  const check = (path: string, stats: Stats): void => {
+    if (stats.uid !== 0 && stats.uid !== uid) throw refuse(path, `belongs to user ${stats.uid}`);
+    if (stats.isSymbolicLink() || (stats.mode & STICKY) !== 0) return;
+    if ((stats.mode & OTHERS_WRITE) !== 0) throw refuse(path, `is writable by every user (mode ${(stats.mode & 0o7777).toString(8)})`);
+    if ((stats.mode & GROUP_WRITE) !== 0 && stats.gid !== gid) throw refuse(path, `is writable by group ${stats.gid}`);
+  };
+  let pending = resolve(dir).split('/').filter((part) => part !== '');
+  let current = '/';
+  let followed = 0;
+  try {
+    check('/', lstatSync('/'));
+    while (pending.length > 0) {
+      const name = pending.shift() as string;
+      if (name === '.') continue;
+      if (name === '..') {
+        current = dirname(current);
+        continue;
+      }
+      const next = join(current, name);
+      const stats = lstatSync(next);
+      check(next, stats);
+      if (stats.isSymbolicLink()) {
+        if (++followed > MAX_LINKS_FOLLOWED) throw refuse(next, 'leads through too many symbolic links');
+        const target = readlinkSync(next);
+        if (target.startsWith('/')) current = '/';
+        pending = [...target.split('/').filter((part) => part !== ''), ...pending];
+        continue;
+      }
+      if (!stats.isDirectory()) throw refuse(next, `is a ${fileKind(stats)}, not a directory`);
+      current = next;
+    }
+  } catch (error) {
+    if (error instanceof UnsafeStoreError) throw error;
+    throw ioError(error, 'inspect the directories leading to', dir);
   }
 }
 

@@ -23,9 +23,10 @@ import {
   writeSync,
   type Stats,
 } from 'node:fs';
+import { dirname } from 'node:path';
 
 import { corruptFileError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
-import { checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing, temporaryName } from './filesystem';
+import { checkDirectoryChain, checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing, temporaryName } from './filesystem';
 import type { NativeAddon } from './native';
 import { pause } from './pause';
 import {
@@ -158,6 +159,8 @@ export class StoreFile {
   }
 
   static #openAt(path: string, settings: OpenSettings, addon: NativeAddon): StoreFile {
+    // Every open and re-open: the path must still lead where only root and this user can change it.
+    checkDirectoryChain(dirname(path));
     for (let attempt = 1; ; attempt++) {
       let fd: number;
       try {

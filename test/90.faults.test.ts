@@ -3,7 +3,7 @@
 // races, and a soak with random kills. Real processes throughout; every
 // loop is bounded in count and time.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -583,6 +583,57 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
         `${total('watchEvents')} watch events, 0 lost, 0 backwards, 0 crashes`,
     );
   }, 300_000);
+});
+
+describe('every open and re-open checks the whole path to the store (issue 12 item 6; failed at 1545de2)', () => {
+  const kinds = [
+    ['file', (path: string): Store => FileStore.open(path), 'g.json'],
+    ['shm', (path: string): Store => SharedMemoryStore.open(path), 'g.shm'],
+  ] as const;
+  const quiet = { error: () => undefined, warn: () => undefined, info: () => undefined };
+
+  it.each(kinds)('%s: a directory on the way that others can write is refused at open, naming it; a sticky one is not', (_kind, open, name) => {
+    const parent = tempDir();
+    for (const [mode, refused] of [[0o777, true], [0o1777, false], [0o755, false]] as const) {
+      const dir = join(parent, `m${mode.toString(8)}`, 'app');
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      chmodSync(join(dir, '..'), mode);
+      if (refused) {
+        expect(() => open(join(dir, name))).toThrow(new RegExp(`reached through ${join(dir, '..')}, which is writable by every user`));
+      } else {
+        open(join(dir, name)).close();
+      }
+    }
+  });
+
+  it.each(kinds)('%s: a directory on the way swapped for a link to another store of the same user is never followed', async (_kind, open, name) => {
+    const parent = tempDir();
+    const shared = join(parent, 'shared');
+    mkdirSync(join(shared, 'app'), { recursive: true, mode: 0o700 });
+    mkdirSync(join(parent, 'other'), { mode: 0o700 });
+    const ours = open(join(shared, 'app', name));
+    const theirs = open(join(parent, 'other', name));
+    const sync = new GenerationSynchronizer('k', { store: ours, normalizeCacheKey: false, logger: quiet, clock: () => 1_000_000_000_000 });
+    const other = new GenerationSynchronizer('k', { store: theirs, normalizeCacheKey: false, clock: () => 2_000_000_000_000 });
+    const otherGen = other.syncGen;
+
+    // The shared directory is loosened (by mistake, or it was always so), and someone swaps app/ for a link.
+    chmodSync(shared, 0o777);
+    renameSync(join(shared, 'app'), join(shared, 'app-moved'));
+    symlinkSync(join(parent, 'other'), join(shared, 'app'));
+    await new Promise((resolve) => setTimeout(resolve, 700)); // the shared-memory store's background check runs
+
+    // Whatever the store reports (an outage, or its old file), it never reads or writes the other store.
+    sync.refresh();
+    expect(sync.syncGen).not.toBe(otherGen);
+    sync.markUpdated();
+    sync.clear();
+    other.refresh();
+    expect(other.syncGen).toBe(otherGen);
+    expect(other.isExpired()).toBe(false);
+    ours.close();
+    theirs.close();
+  });
 });
 
 describe('a file-store soak: four writers (processes and worker threads), one with a slow disk, killed and terminated at random (issue 12)', () => {
