@@ -12,22 +12,33 @@
  * @module
  */
 
+/** The codes of a {@link StoreFormatError}. */
+export type StoreFormatCode =
+  | 'ERR_GENSYNC_FOREIGN_FILE'
+  | 'ERR_GENSYNC_CORRUPT_FILE'
+  | 'ERR_GENSYNC_CORRUPT_VALUE'
+  | 'ERR_GENSYNC_UNSUPPORTED_VERSION';
+/** The codes of an {@link UnsafeStoreError}. */
+export type UnsafeStoreCode = 'ERR_GENSYNC_UNSAFE_FILE' | 'ERR_GENSYNC_NETWORK_FILESYSTEM';
+/** The codes of a {@link StoreUnavailableError}. */
+export type StoreUnavailableCode =
+  | 'ERR_GENSYNC_STORE_UNAVAILABLE'
+  | 'ERR_GENSYNC_LOCK_TIMEOUT'
+  | 'ERR_GENSYNC_LOCK_LOST'
+  | 'ERR_GENSYNC_NOT_PUBLISHED';
+/** The codes a plain {@link StoreError} carries. */
+export type PlainStoreCode = 'ERR_GENSYNC_STORE_IO' | 'ERR_GENSYNC_UNSUPPORTED_SERVER';
+
 /** Every `code` this library puts on its errors. */
 export type ErrorCode =
   | 'ERR_GENSYNC_INVALID_ARGUMENT'
   | 'ERR_GENSYNC_OUT_OF_RANGE'
-  | 'ERR_GENSYNC_FOREIGN_FILE'
-  | 'ERR_GENSYNC_CORRUPT_FILE'
-  | 'ERR_GENSYNC_UNSUPPORTED_VERSION'
-  | 'ERR_GENSYNC_UNSAFE_FILE'
-  | 'ERR_GENSYNC_NETWORK_FILESYSTEM'
+  | StoreFormatCode
+  | UnsafeStoreCode
+  | StoreUnavailableCode
+  | PlainStoreCode
   | 'ERR_GENSYNC_STORE_FULL'
   | 'ERR_GENSYNC_STORE_CLOSED'
-  | 'ERR_GENSYNC_STORE_IO'
-  | 'ERR_GENSYNC_STORE_UNAVAILABLE'
-  | 'ERR_GENSYNC_LOCK_TIMEOUT'
-  | 'ERR_GENSYNC_NOT_PUBLISHED'
-  | 'ERR_GENSYNC_UNSUPPORTED_SERVER'
   | 'ERR_GENSYNC_ADDON_UNAVAILABLE'
   | 'ERR_GENSYNC_DEPENDENCY_MISSING';
 
@@ -58,6 +69,11 @@ export class GenerationSyncError extends Error {
 
   constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    // Each code belongs to exactly one class: the constructors' types say which, and this makes sure.
+    const owner = CLASS_OF_CODE[code];
+    if (owner !== undefined && owner !== new.target) {
+      throw new TypeError(`generation-sync internal error: ${code} is a code of ${owner.name}, not of ${new.target.name}.`);
+    }
     this.code = code;
     this.path = details.path;
   }
@@ -74,14 +90,27 @@ export class GenerationSyncError extends Error {
  * `ERR_GENSYNC_UNSUPPORTED_SERVER` for a Redis deployment the Redis store
  * does not support (Redis Cluster).
  */
-export class StoreError extends GenerationSyncError {}
+export class StoreError extends GenerationSyncError {
+  constructor(code: PlainStoreCode | StoreCodeOfSubclass, message: string, details: ErrorDetails = {}) {
+    super(code, message, details);
+  }
+}
+
+/** Codes that StoreError's subclasses pass up to it. */
+type StoreCodeOfSubclass = StoreFormatCode | UnsafeStoreCode | StoreUnavailableCode | 'ERR_GENSYNC_STORE_FULL' | 'ERR_GENSYNC_STORE_CLOSED';
 
 /**
  * The file is not a store of this kind (`ERR_GENSYNC_FOREIGN_FILE`), is
  * damaged (`ERR_GENSYNC_CORRUPT_FILE`), or was written by a newer version of
- * this library (`ERR_GENSYNC_UNSUPPORTED_VERSION`). The file is left as it is.
+ * this library (`ERR_GENSYNC_UNSUPPORTED_VERSION`); or Redis holds a value at a
+ * generation key that is not one (`ERR_GENSYNC_CORRUPT_VALUE`). The file or
+ * value is left as it is.
  */
-export class StoreFormatError extends StoreError {}
+export class StoreFormatError extends StoreError {
+  constructor(code: StoreFormatCode, message: string, details: ErrorDetails = {}) {
+    super(code, message, details);
+  }
+}
 
 /**
  * The path is not safe to share memory through: a symlink, not a regular
@@ -89,7 +118,11 @@ export class StoreFormatError extends StoreError {}
  * (`ERR_GENSYNC_UNSAFE_FILE`); or it is on a network filesystem, where shared
  * mappings are not coherent between hosts (`ERR_GENSYNC_NETWORK_FILESYSTEM`).
  */
-export class UnsafeStoreError extends StoreError {}
+export class UnsafeStoreError extends StoreError {
+  constructor(code: UnsafeStoreCode, message: string, details: ErrorDetails = {}) {
+    super(code, message, details);
+  }
+}
 
 /** The store has no room for another key (`ERR_GENSYNC_STORE_FULL`). Keys it already holds keep working. */
 export class StoreFullError extends StoreError {
@@ -107,12 +140,18 @@ export class StoreClosedError extends StoreError {
 
 /**
  * The store could not be reached just now (`ERR_GENSYNC_STORE_UNAVAILABLE`),
- * or its lock was held by another process for longer than the lock timeout
- * (`ERR_GENSYNC_LOCK_TIMEOUT`): an outage, expected to pass. A synchronized
- * value's `invalidate()` throws it with `ERR_GENSYNC_NOT_PUBLISHED` when the
- * change could not be recorded, so other processes were not told.
+ * its lock was held by another process for longer than the lock timeout
+ * (`ERR_GENSYNC_LOCK_TIMEOUT`), or a writer found that another process took
+ * its lock over, so it wrote nothing (`ERR_GENSYNC_LOCK_LOST`): an outage,
+ * expected to pass. A synchronized value's `invalidate()` throws it with
+ * `ERR_GENSYNC_NOT_PUBLISHED` when the change could not be recorded, so other
+ * processes were not told.
  */
-export class StoreUnavailableError extends StoreError {}
+export class StoreUnavailableError extends StoreError {
+  constructor(code: StoreUnavailableCode, message: string, details: ErrorDetails = {}) {
+    super(code, message, details);
+  }
+}
 
 /**
  * The native addon could not be loaded, so the shared-memory store is not
@@ -164,3 +203,31 @@ export function corruptFileError(path: string, kind: string, why: string): Store
     { path },
   );
 }
+
+/** @internal A value at a Redis generation key that is not a generation (`what` says which, as a sentence); it is left as it is. */
+export function corruptValueError(what: string): StoreFormatError {
+  return new StoreFormatError(
+    'ERR_GENSYNC_CORRUPT_VALUE',
+    `${what} Another program may be writing under this namespace: give this store its own "namespace".`,
+  );
+}
+
+/** The class each code belongs to (the two argument errors are built-in subclasses and are not listed). */
+const CLASS_OF_CODE: Partial<Record<ErrorCode, abstract new (...args: never[]) => GenerationSyncError>> = {
+  ERR_GENSYNC_FOREIGN_FILE: StoreFormatError,
+  ERR_GENSYNC_CORRUPT_FILE: StoreFormatError,
+  ERR_GENSYNC_CORRUPT_VALUE: StoreFormatError,
+  ERR_GENSYNC_UNSUPPORTED_VERSION: StoreFormatError,
+  ERR_GENSYNC_UNSAFE_FILE: UnsafeStoreError,
+  ERR_GENSYNC_NETWORK_FILESYSTEM: UnsafeStoreError,
+  ERR_GENSYNC_STORE_UNAVAILABLE: StoreUnavailableError,
+  ERR_GENSYNC_LOCK_TIMEOUT: StoreUnavailableError,
+  ERR_GENSYNC_LOCK_LOST: StoreUnavailableError,
+  ERR_GENSYNC_NOT_PUBLISHED: StoreUnavailableError,
+  ERR_GENSYNC_STORE_IO: StoreError,
+  ERR_GENSYNC_UNSUPPORTED_SERVER: StoreError,
+  ERR_GENSYNC_STORE_FULL: StoreFullError,
+  ERR_GENSYNC_STORE_CLOSED: StoreClosedError,
+  ERR_GENSYNC_ADDON_UNAVAILABLE: AddonUnavailableError,
+  ERR_GENSYNC_DEPENDENCY_MISSING: DependencyMissingError,
+};

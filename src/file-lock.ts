@@ -253,7 +253,7 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
 /** The error for a write that found its lock lost (`why`) and so published nothing. */
 export function lostLockError(file: string, why: string): StoreUnavailableError {
   return new StoreUnavailableError(
-    'ERR_GENSYNC_LOCK_TIMEOUT',
+    'ERR_GENSYNC_LOCK_LOST',
     `Lost the writer lock ${file}.lock before writing (${why}); nothing was written.`,
     { path: file },
   );

@@ -6,7 +6,7 @@
 
 import { createHash } from 'node:crypto';
 
-import { DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
+import { corruptValueError, DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
 import type { Logger } from './synchronizer';
 import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from './store';
 import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
@@ -753,18 +753,10 @@ export class RedisStore implements AsyncStore {
     if (error instanceof StoreFormatError || error instanceof StoreClosedError) return error;
     const message = error instanceof Error ? error.message : String(error);
     if (message.startsWith('WRONGTYPE')) {
-      return new StoreFormatError(
-        'ERR_GENSYNC_CORRUPT_FILE',
-        'A generation key in Redis holds a value of another type (a list, a hash, …). ' +
-          'Another program may be writing under this namespace: give this store its own "namespace".',
-      );
+      return corruptValueError('A generation key in Redis holds a value of another type (a list, a hash, …).');
     }
     if (message.startsWith('GENSYNC_CORRUPT')) {
-      return new StoreFormatError(
-        'ERR_GENSYNC_CORRUPT_FILE',
-        `A generation key in Redis holds something that is not a generation (${message.slice('GENSYNC_CORRUPT '.length)}). ` +
-          'Another program may be writing under this namespace: give this store its own "namespace".',
-      );
+      return corruptValueError(`A generation key in Redis holds something that is not a generation (${message.slice('GENSYNC_CORRUPT '.length)}).`);
     }
     // A client shared with the application queues the store's commands behind the application's own:
     // one blocking command there stalls every key.
@@ -965,11 +957,7 @@ function parseStored(raw: string, redisKey: string): number {
   const value = Number(raw);
   // Written plainly, as the scripts write them: "-0" or "007" are not ours.
   if (!/^(0|-?[1-9]\d*)$/.test(raw) || !Number.isSafeInteger(value)) {
-    throw new StoreFormatError(
-      'ERR_GENSYNC_CORRUPT_FILE',
-      `The Redis key ${redisKey} holds ${JSON.stringify(raw.slice(0, 40))}, not a generation. ` +
-        'Another program may be writing under this namespace: give this store its own "namespace".',
-    );
+    throw corruptValueError(`The Redis key ${redisKey} holds ${JSON.stringify(raw.slice(0, 40))}, not a generation.`);
   }
   return value;
 }
@@ -977,7 +965,7 @@ function parseStored(raw: string, redisKey: string): number {
 function checkReply(reply: unknown, redisKey: string): number {
   const value = typeof reply === 'number' ? reply : Number(reply);
   if (!Number.isSafeInteger(value) || value < 0) {
-    throw new StoreFormatError('ERR_GENSYNC_CORRUPT_FILE', `Redis answered ${describe(reply)} for ${redisKey}, not a generation.`);
+    throw corruptValueError(`Redis answered ${describe(reply)} for ${redisKey}, not a generation.`);
   }
   return value;
 }

@@ -118,3 +118,19 @@ describe('the built package', () => {
     expect(files.some((file) => file.startsWith('test/') || file.startsWith('src/'))).toBe(false);
   });
 });
+
+describe('errors: each code belongs to one class (issue 14)', () => {
+  it('a class made with another class\'s code is refused, and each class takes its own codes', async () => {
+    const errors = await import('generation-sync');
+    const own: Array<[new (code: never, message: string) => Error, string]> = [
+      [errors.StoreFormatError as never, 'ERR_GENSYNC_CORRUPT_VALUE'],
+      [errors.StoreUnavailableError as never, 'ERR_GENSYNC_LOCK_LOST'],
+      [errors.UnsafeStoreError as never, 'ERR_GENSYNC_NETWORK_FILESYSTEM'],
+      [errors.StoreError as never, 'ERR_GENSYNC_STORE_IO'],
+    ];
+    for (const [Class, code] of own) expect(new Class(code as never, 'm')).toMatchObject({ code, message: 'm' });
+    expect(() => new errors.StoreError('ERR_GENSYNC_LOCK_TIMEOUT' as never, 'm')).toThrow(/ERR_GENSYNC_LOCK_TIMEOUT is a code of StoreUnavailableError/);
+    expect(() => new errors.StoreUnavailableError('ERR_GENSYNC_CORRUPT_FILE' as never, 'm')).toThrow(TypeError);
+    expect(new errors.StoreFullError('m').code).toBe('ERR_GENSYNC_STORE_FULL');
+  });
+});

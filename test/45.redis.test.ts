@@ -209,7 +209,7 @@ describe('RedisStore outages', () => {
     expect(await sync.refresh()).toBe(false);
     expect(logger.lines).toHaveLength(1);
     expect(logger.lines[0]).toMatch(/holds "not-a-number", not a generation.*own "namespace"/);
-    await expect(store.entries()).rejects.toMatchObject({ code: 'ERR_GENSYNC_CORRUPT_FILE' });
+    await expect(store.entries()).rejects.toMatchObject({ code: 'ERR_GENSYNC_CORRUPT_VALUE' });
     await store.close();
   });
 
