@@ -48,7 +48,7 @@ import { pause } from './pause';
 import { checkpoint } from './test-hooks';
 import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
 import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
-import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
+import { WatchList, type WatchedKey } from './watch';
 
 /** File name of the file store in the default directory. */
 export const FILE_STORE_NAME = STORE_FILE_NAMES.file;
@@ -333,17 +333,13 @@ export class FileStore implements Store {
   /** Give every listener whose key changed the current generation. */
   #deliver(): void {
     if (this.#closed) return;
-    const failures: unknown[] = [];
-    for (const watched of this.#watched.values()) {
-      let generation: number | null;
+    this.#watched.deliverAll((watched) => {
       try {
-        generation = this.generationOf(watched.key);
+        return this.generationOf(watched.key);
       } catch {
-        continue; // the file is unreadable just now: the synchronizers report it
+        return undefined; // the file is unreadable just now: the synchronizers report it
       }
-      deliver(watched, generation, failures);
-    }
-    rethrowLater(failures);
+    });
   }
 
   /** @internal The live generation of `key`, or null when absent or expired. */

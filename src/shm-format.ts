@@ -26,7 +26,7 @@
 
 import { createHash } from 'node:crypto';
 
-import { corruptFileError, foreignFileError, OutOfRangeError, StoreFormatError } from './errors';
+import { corruptFileError, foreignFileError, StoreFormatError } from './errors';
 
 /** First eight bytes of every store file. */
 export const MAGIC = Buffer.from('GSYNCSHM', 'latin1');
@@ -131,13 +131,6 @@ export interface Layout {
 
 function alignUp(value: number, alignment: number): number {
   return Math.ceil(value / alignment) * alignment;
-}
-
-export function checkCapacity(capacity: number): number {
-  if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_CAPACITY) {
-    throw new OutOfRangeError(`Option "capacity" must be an integer from 1 to ${MAX_CAPACITY}, not ${String(capacity)}.`);
-  }
-  return capacity;
 }
 
 export function layoutFor(capacity: number): Layout {

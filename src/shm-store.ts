@@ -28,7 +28,7 @@ import { ABSENT, DEFAULT_CAPACITY, H_NOTIFY_SEQ, INLINE_KEY_BYTES, MAX_CAPACITY,
 import { identityOf, MAX_CAS_ATTEMPTS, StoreFile, type CapturedKey, type KeyIdentity, type OpenSettings } from './shm-file';
 import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
 import { optionalInteger, optionsObject, wellFormedString } from './validate';
-import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
+import { WatchList, type WatchedKey } from './watch';
 
 /** File name of the shared-memory store in the default directory. */
 export const SHM_FILE_NAME = STORE_FILE_NAMES.shm;
@@ -613,17 +613,13 @@ export class SharedMemoryStore implements Store {
   /** Give every listener whose key changed the current generation. */
   #deliver(): void {
     if (this.#closed) return;
-    const failures: unknown[] = [];
-    for (const watched of this.#watched.values()) {
-      let generation: number | null;
+    this.#watched.deliverAll((watched) => {
       try {
-        generation = this.readBinding(watched.target);
+        return this.readBinding(watched.target);
       } catch {
-        generation = null; // the file is unusable just now: the key reads as absent, as it does for isExpired()
+        return null; // the file is unusable just now: the key reads as absent, as it does for isExpired()
       }
-      deliver(watched, generation, failures);
-    }
-    rethrowLater(failures);
+    });
   }
 
   /**

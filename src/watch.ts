@@ -79,6 +79,20 @@ export class WatchList<T> {
     };
   }
 
+  /**
+   * Give every listener whose key changed the current generation, as
+   * `read` gives it; a key whose `read` returns undefined is skipped this
+   * time. Listeners' errors are rethrown afterwards, each on its own.
+   */
+  deliverAll(read: (watched: WatchedKey<T>) => number | null | undefined): void {
+    const failures: unknown[] = [];
+    for (const watched of this.#entries.values()) {
+      const generation = read(watched);
+      if (generation !== undefined) deliver(watched, generation, failures);
+    }
+    rethrowLater(failures);
+  }
+
   /** The store closed: tell every registration that asked (a pending waitForChange() rejects), and forget them all. */
   close(error: StoreClosedError): void {
     const registrations = [...this.#entries.values()].flatMap((entry) => [...entry.registrations]);

@@ -4,15 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { AsyncGenerationSynchronizer, type AsyncStore, type Store } from 'generation-sync';
 
-import { startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { ask, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 import { STORE_KINDS } from './stores';
-
-interface Reply {
-  syncGen?: number | null;
-  failures?: number;
-  error?: { message: string };
-  [key: string]: unknown;
-}
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -22,13 +15,6 @@ async function startWorkers(count: number, args: string[]): Promise<Worker[]> {
   workers.push(...started);
   await Promise.all(started.map((worker) => worker.next()));
   return started;
-}
-
-async function ask(worker: Worker, message: Record<string, unknown>): Promise<Reply> {
-  worker.send(message);
-  const reply = await worker.next<Reply>();
-  if (reply.error) throw new Error(`worker failed: ${reply.error.message}`);
-  return reply;
 }
 
 /** Per store kind: processes × increments for the exact-total test. */
@@ -71,12 +57,12 @@ describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
 
     for (let round = 0; round < 5; round++) {
       for (const watcher of watchers) watcher.send({ cmd: 'watch', key: 'settings', timeoutMs: 20_000 });
-      const started = await Promise.all(watchers.map((watcher) => watcher.next<Reply>()));
+      const started = await Promise.all(watchers.map((watcher) => watcher.next<WorkerReply>()));
       expect(started.map((reply) => reply.expiredAtStart)).toEqual(watchers.map(() => false));
 
       const bumped = await ask(bumper as Worker, { cmd: round === 3 ? 'clear' : 'bump', key: 'settings' });
       expect(bumped.ok).toBe(true);
-      const seen = await Promise.all(watchers.map((watcher) => watcher.next<Reply>()));
+      const seen = await Promise.all(watchers.map((watcher) => watcher.next<WorkerReply>()));
       for (const reply of seen) {
         expect(reply.timedOut).toBe(false);
         expect(reply.expiredAfterRefresh).toBe(false);
@@ -93,7 +79,7 @@ describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
       if (round === 3) {
         bumper?.send({ cmd: 'watch', key: 'settings', timeoutMs: 1000 });
         await bumper?.next();
-        expect((await bumper?.next<Reply>())?.syncGen).toBe(seen[0]?.syncGen);
+        expect((await bumper?.next<WorkerReply>())?.syncGen).toBe(seen[0]?.syncGen);
       }
     }
   });

@@ -18,7 +18,7 @@ import {
   type Logger,
 } from 'generation-sync';
 
-import { eventually, recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { ask, eventually, recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { RedisServer } from './redis-server';
 import { makeTlsFiles } from './support/tls-ca.cjs';
 
@@ -54,11 +54,6 @@ async function isUp(): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-async function ask<T>(worker: Worker, message: Record<string, unknown>): Promise<T> {
-  worker.send(message);
-  return worker.next<T>(30_000);
 }
 
 describe('RedisStore outages', () => {

@@ -10,26 +10,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FileStore, GenerationSynchronizer, SharedMemoryStore, type Store } from 'generation-sync';
 
 import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/test-hooks.js';
-import { eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { ask, eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
-
-interface Reply {
-  syncGen?: number | null;
-  ok?: boolean;
-  expired?: boolean;
-  failures?: number;
-  error?: { message: string };
-  [key: string]: unknown;
-}
-
-async function ask(worker: Worker, message: Record<string, unknown>): Promise<Reply> {
-  worker.send(message);
-  const reply = await worker.next<Reply>(30_000);
-  if (reply.error) throw new Error(`worker failed: ${reply.error.message}`);
-  return reply;
-}
 
 /** Run the step-victim fixture with the kill hook set; resolves with how it ended. */
 function victim(args: string[], killAt: string): { status: number | null; signal: NodeJS.Signals | null } {
@@ -417,7 +401,7 @@ describe('the outside review of the shared-memory store (each of these failed at
     replaceWithFreshStore(path);
     await eventually('the other process to notice', async () => ((await ask(noticer as Worker, { cmd: 'expired', key: 'quiet' })).expired ? true : undefined));
     holder.send('release');
-    const created = await (creator as Worker).next<Reply>(30_000);
+    const created = await (creator as Worker).next<WorkerReply>(30_000);
     expect(created.ok).toBe(true);
     for (let i = 0; i < 3; i++) expect((await ask(creator as Worker, { cmd: 'bump', key: 'fresh' })).ok).toBe(true);
     const { syncGen: creatorGen } = await ask(creator as Worker, { cmd: 'sync', key: 'fresh' });

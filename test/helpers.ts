@@ -71,6 +71,24 @@ export function startWorker(fixture: string, args: string[] = [], env: NodeJS.Pr
   };
 }
 
+/** What a fixture worker (worker.mjs and its kin) answers to a command. */
+export interface WorkerReply {
+  syncGen?: number | null;
+  ok?: boolean;
+  expired?: boolean;
+  failures?: number;
+  error?: { message: string };
+  [key: string]: unknown;
+}
+
+/** Send a worker one command and wait for its answer; a reply carrying an error fails the test. */
+export async function ask<T extends object = WorkerReply>(worker: Worker, message: Record<string, unknown>, timeoutMs = 60_000): Promise<T> {
+  worker.send(message);
+  const reply = await worker.next<T & { error?: { message: string } }>(timeoutMs);
+  if (reply.error !== undefined) throw new Error(`worker failed: ${reply.error.message}`);
+  return reply;
+}
+
 /** Kill any workers still running after a test. */
 export function stopAll(workers: Worker[]): void {
   for (const worker of workers) if (worker.child.exitCode === null) worker.child.kill('SIGKILL');

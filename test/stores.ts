@@ -109,8 +109,3 @@ export const SUBJECTS: readonly Subject[] = STORE_KINDS.flatMap((kind) => {
   };
   return [viaSync, viaAsync];
 });
-
-/** Close a store of any kind. */
-export async function closeStore(store: Store | AsyncStore): Promise<void> {
-  await store.close();
-}
