@@ -23,7 +23,8 @@ import { RedisStore } from './redis-store';
 import { MAGIC } from './shm-format';
 import { SharedMemoryStore } from './shm-store';
 import type { AsyncStore, Store, StoreEntry } from './store';
-import { DEFAULT_CACHE_EXPIRATION_SECS, type Logger } from './synchronizer';
+import type { Logger } from './logger';
+import { DEFAULT_CACHE_EXPIRATION_SECS } from './synchronizer';
 
 const USAGE = `Usage: generation-sync <command> [options]
 

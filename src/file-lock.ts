@@ -30,7 +30,8 @@
  *   nothing, even for a process that looked it up before), so every
  *   publication is made under a lock nobody else has held since its read.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

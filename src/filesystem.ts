@@ -2,7 +2,8 @@
  * File checks shared by the file-backed stores: where the default store
  * lives, and what makes a path safe to share state through.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

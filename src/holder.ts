@@ -10,7 +10,8 @@
  * thread's start time. A holder is declared gone only where this process can
  * see it and sees it gone; anything else answers "not provably gone".
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

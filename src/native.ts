@@ -7,7 +7,8 @@
  * version). The first that loads wins; if none does, the error says what
  * was tried and how to get the native store.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

@@ -1,5 +1,6 @@
 /**
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 
 import { corruptValueError, DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
-import type { Logger } from './synchronizer';
+import type { Logger } from './logger';
 import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from './store';
 import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
 import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';

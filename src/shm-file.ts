@@ -5,7 +5,8 @@
  * (`shm-store.ts`) decides which file is in use; everything here acts on
  * exactly the file it is called on.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

@@ -20,7 +20,8 @@
  * All multi-byte fields are in the machine's byte order, which the header
  * records; every 64-bit field is 8-byte aligned.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

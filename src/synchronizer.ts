@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { Logger } from './logger';
 import { makeCacheKey } from './cache-key';
 import { defaultStore } from './default-store';
 import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from './errors';
@@ -15,12 +16,7 @@ import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type W
 /** One year, djblets' default lifetime of a synchronization key. */
 export const DEFAULT_CACHE_EXPIRATION_SECS = 60 * 60 * 24 * 365;
 
-/** Where a synchronizer reports store outages. `console` fits; so do pino, winston and bunyan loggers. */
-export interface Logger {
-  error(message: string, ...details: unknown[]): void;
-  warn(message: string, ...details: unknown[]): void;
-  info?(message: string, ...details: unknown[]): void;
-}
+export type { Logger } from './logger';
 
 /** Options of {@link GenerationSynchronizer}. */
 export interface GenerationSynchronizerOptions {

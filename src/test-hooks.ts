@@ -6,7 +6,8 @@
  * SIGKILL at that checkpoint. Without the variable, a checkpoint is one
  * comparison.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

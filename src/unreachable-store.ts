@@ -3,7 +3,8 @@
  * that ends by itself once the directory is fixed, instead of an error
  * thrown from every synchronizer's constructor.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 

@@ -2,7 +2,8 @@
  * Argument checks shared by every public entry point. Each failure names
  * the option and says what was expected, so the caller can fix the call.
  *
- * @internal
+ * Not part of the public API: the package exports only what index.ts names.
+ *
  * @module
  */
 
