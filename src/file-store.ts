@@ -24,6 +24,7 @@ import {
 import { basename, dirname, join } from 'node:path';
 
 import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from './errors';
+import { CallsBinding } from './binding';
 import { acquireFileLock, lostLockError, removeOwnStagingDirectory, type HeldFileLock } from './file-lock';
 import {
   checkDirectoryChain,
@@ -127,44 +128,6 @@ const NO_FILE: Snapshot = { fd: -1, ino: -1, dev: -1, entries: new Map() };
 /** Open stores per path in this thread: the last to close removes the thread's writer staging directory. */
 const openStores = new Map<string, number>();
 
-class FileBinding implements KeyBinding {
-  /** The synced generation; NaN until there is one, so that it never matches. */
-  #expected = Number.NaN;
-
-  constructor(
-    readonly key: string,
-    private readonly store: FileStore,
-    private readonly expirationSecs: number,
-  ) {}
-
-  get synced(): number | null {
-    return Number.isNaN(this.#expected) ? null : this.#expected;
-  }
-
-  isStale(): boolean {
-    return this.store.generationOf(this.key) !== this.#expected;
-  }
-
-  read(): number | null {
-    return this.store.generationOf(this.key);
-  }
-
-  fetchOrCreate(now: number): number {
-    return (this.#expected = this.store.fetchOrCreate(this.key, unixSecond(now), this.expirationSecs));
-  }
-
-  increment(): boolean {
-    const generation = this.store.increment(this.key);
-    if (generation === null) return false;
-    this.#expected = generation;
-    return true;
-  }
-
-  delete(): void {
-    this.store.delete(this.key);
-  }
-}
-
 /**
  * Generations in one JSON file, for hosts without the native addon.
  *
@@ -249,7 +212,7 @@ export class FileStore implements Store {
 
   bind(key: string, options: BindOptions): KeyBinding {
     this.#checkOpen();
-    return new FileBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
+    return new CallsBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
   }
 
   entries(): StoreEntry[] {
@@ -350,9 +313,10 @@ export class FileStore implements Store {
   }
 
   /** @internal */
-  fetchOrCreate(key: string, seed: number, expirationSecs: number): number {
+  fetchOrCreate(key: string, now: number, expirationSecs: number): number {
     const existing = this.generationOf(key);
     if (existing !== null) return existing;
+    const seed = unixSecond(now);
     return this.#mutate((entries, now) => {
       const entry = entries.get(key);
       if (entry !== undefined && isLive(entry, now)) return { result: entry.generation, changed: false };

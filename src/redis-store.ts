@@ -6,6 +6,7 @@
 
 import { createHash } from 'node:crypto';
 
+import { AsyncCallsBinding } from './binding';
 import { corruptValueError, DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
 import type { Logger } from './logger';
 import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from './store';
@@ -187,44 +188,6 @@ interface Script {
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 const SCRIPTS = { fetchOrCreate: script(FETCH_OR_CREATE), increment: script(INCREMENT), clear: script(CLEAR) };
 
-class RedisBinding implements AsyncKeyBinding {
-  #expected = Number.NaN;
-
-  constructor(
-    readonly key: string,
-    private readonly store: RedisStore,
-    private readonly expirationSecs: number,
-  ) {}
-
-  get synced(): number | null {
-    return Number.isNaN(this.#expected) ? null : this.#expected;
-  }
-
-  async isStale(): Promise<boolean> {
-    return (await this.store.generationOf(this.key)) !== this.#expected;
-  }
-
-  read(): Promise<number | null> {
-    return this.store.generationOf(this.key);
-  }
-
-  /** `now` is not used: Redis seeds a new generation from its own clock. */
-  async fetchOrCreate(_now: number): Promise<number> {
-    return (this.#expected = await this.store.fetchOrCreate(this.key, this.expirationSecs));
-  }
-
-  async increment(): Promise<boolean> {
-    const generation = await this.store.increment(this.key);
-    if (generation === null) return false;
-    this.#expected = generation;
-    return true;
-  }
-
-  delete(): Promise<void> {
-    return this.store.delete(this.key);
-  }
-}
-
 /**
  * Generations in Redis, through the `redis` client package, for processes
  * on many hosts. Use it with {@link AsyncGenerationSynchronizer}.
@@ -396,7 +359,7 @@ export class RedisStore implements AsyncStore {
 
   bind(key: string, options: BindOptions): AsyncKeyBinding {
     this.#checkOpen();
-    return new RedisBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
+    return new AsyncCallsBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
   }
 
   /** Every key under this store's namespace, found with `SCAN`. */
@@ -491,7 +454,8 @@ export class RedisStore implements AsyncStore {
   }
 
   /** @internal */
-  async fetchOrCreate(key: string, expirationSecs: number): Promise<number> {
+  async fetchOrCreate(key: string, _now: number, expirationSecs: number): Promise<number> {
+    // `now` is not used: the creating script seeds a new generation from the server's own clock.
     return checkReply(await this.#script(SCRIPTS.fetchOrCreate, key, [String(expirationSecs), this.#channel]), this.#redisKey(key));
   }
 
