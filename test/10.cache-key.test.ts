@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, makeCacheKey, MAX_KEY_LENGTH } from 'generation-sync';
@@ -160,5 +161,58 @@ describe('makeCacheKey', () => {
       });
       expect(actual, JSON.stringify(item)).toBe(expected[index]);
     });
+  });
+});
+
+describe('makeCacheKey, properties', () => {
+  // Unicode strings including controls, spaces, ":" and "%", and astral characters.
+  const codePoint = fc
+    .integer({ min: 0, max: 0x10ffff })
+    .filter((cp) => cp < 0xd800 || cp > 0xdfff)
+    .map((cp) => String.fromCodePoint(cp));
+  const text = fc.string({ unit: fc.oneof(fc.constantFrom(':', '%', ' ', '\t', '\u0000', '\u007f', '😀', '中'), codePoint), maxLength: 300 });
+  const codePoints = (value: string): number => Array.from(value).length;
+
+  it('is at most 240 code points, has no control characters or spaces, and is deterministic', () => {
+    fc.assert(
+      fc.property(fc.oneof(text, fc.array(text, { minLength: 1, maxLength: 5 })), fc.option(fc.array(text, { maxLength: 2 }), { nil: undefined }), (key, prefix) => {
+        const result = makeCacheKey(key, { prefix });
+        expect(codePoints(result)).toBeLessThanOrEqual(240);
+        expect(result).not.toMatch(/[\u0000-\u0020\u007f]/);
+        expect(result.isWellFormed()).toBe(true);
+        expect(makeCacheKey(key, { prefix })).toBe(result);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('gives distinct sequences of two or more parts distinct keys', () => {
+    const sequence = fc.array(text, { minLength: 2, maxLength: 4 });
+    fc.assert(
+      fc.property(sequence, sequence, (a, b) => {
+        fc.pre(JSON.stringify(a) !== JSON.stringify(b));
+        expect(makeCacheKey(a)).not.toBe(makeCacheKey(b));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('does not escape a sequence of one part, as djblets does not', () => {
+    fc.assert(
+      fc.property(text, (part) => {
+        expect(makeCacheKey([part])).toBe(makeCacheKey(part));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('encrypted, is always 64 hex digits', () => {
+    fc.assert(
+      fc.property(text, fc.string({ minLength: 1 }), (key, secret) => {
+        fc.pre(secret.isWellFormed());
+        expect(makeCacheKey(key, { useEncryption: true, encryptionKey: secret })).toMatch(/^[0-9a-f]{64}$/);
+      }),
+      { numRuns: 200 },
+    );
   });
 });

@@ -1,7 +1,7 @@
-// Hostile or broken input: a store on a real FUSE (network-class)
-// filesystem, arguments of every wrong kind, file modes under any umask,
-// property-based tests of makeCacheKey, and a model-based test of every
-// store against a simple in-memory model, with operations from two processes.
+// The store contract, for every store: each against an in-memory model with
+// operations from two processes (fast-check, model-based), its files' modes
+// under any umask, and refusal of a network-class filesystem (a real FUSE
+// mount).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,13 +10,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
-  AsyncGenerationSynchronizer,
   FileStore,
-  GenerationSynchronizer,
-  InvalidArgumentError,
-  makeCacheKey,
-  OutOfRangeError,
-  RedisStore,
   SharedMemoryStore,
   UnsafeStoreError,
   type AsyncStore,
@@ -63,46 +57,6 @@ describe('a store on a network-class filesystem (a real FUSE mount)', () => {
   });
 });
 
-describe('arguments of the wrong type or out of range', () => {
-  const store = (): Store => SharedMemoryStore.open(join(tempDir(), 'g.shm'));
-  const cases: Array<[string, () => unknown, ErrorConstructor | typeof InvalidArgumentError | typeof OutOfRangeError, RegExp]> = [
-    ['a number as key', () => new GenerationSynchronizer(5 as unknown as string, { store: store() }), InvalidArgumentError, /cacheKey must be a string or an array/],
-    ['a lone surrogate', () => new GenerationSynchronizer('x\ud800', { store: store() }), InvalidArgumentError, /lone UTF-16 surrogate/],
-    ['a lone surrogate, unnormalized', () => new GenerationSynchronizer('\udfff', { store: store(), normalizeCacheKey: false }), InvalidArgumentError, /lone UTF-16 surrogate/],
-    ['an array key unnormalized', () => new GenerationSynchronizer(['a'], { store: store(), normalizeCacheKey: false }), InvalidArgumentError, /cacheKey \(with normalizeCacheKey: false\) must be a string/],
-    ['an empty key array', () => new GenerationSynchronizer([], { store: store() }), InvalidArgumentError, /at least one part/],
-    ['options that are not an object', () => new GenerationSynchronizer('k', 'fast' as never), InvalidArgumentError, /GenerationSynchronizer options must be an object/],
-    ['normalizeCacheKey: "yes"', () => new GenerationSynchronizer('k', { store: store(), normalizeCacheKey: 'yes' as never }), InvalidArgumentError, /"normalizeCacheKey" must be a boolean/],
-    ['cacheExpirationSecs: 0', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: 0 }), OutOfRangeError, /"cacheExpirationSecs" must be an integer from 1/],
-    ['cacheExpirationSecs: 1.5', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: 1.5 }), OutOfRangeError, /"cacheExpirationSecs"/],
-    ['cacheExpirationSecs: "60"', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: '60' as never }), InvalidArgumentError, /"cacheExpirationSecs" must be a number/],
-    ['cacheExpirationSecs: NaN', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: Number.NaN }), InvalidArgumentError, /"cacheExpirationSecs"/],
-    ['keyPrefix: 7', () => new GenerationSynchronizer('k', { store: store(), keyPrefix: 7 as never }), InvalidArgumentError, /"prefix" must be a string or an array/],
-    ['logger: {}', () => new GenerationSynchronizer('k', { store: store(), logger: {} as never }), InvalidArgumentError, /"logger" must have error\(\) and warn\(\)/],
-    ['clock: 5', () => new GenerationSynchronizer('k', { store: store(), clock: 5 as never }), InvalidArgumentError, /"clock" must be a function/],
-    ['a clock returning NaN', () => new GenerationSynchronizer('k', { store: store(), clock: () => Number.NaN }), OutOfRangeError, /The clock returned number NaN/],
-    ['a clock returning a string', () => new GenerationSynchronizer('k', { store: store(), clock: () => 'now' as never }), OutOfRangeError, /The clock returned "now"/],
-    ['store: {}', () => new GenerationSynchronizer('k', { store: {} as never }), InvalidArgumentError, /"store" must be a synchronous store/],
-    ['capacity: -1', () => SharedMemoryStore.open(join(tempDir(), 'x.shm'), { capacity: -1 }), OutOfRangeError, /"capacity" must be an integer from 1/],
-    ['capacity: 2^23', () => SharedMemoryStore.open(join(tempDir(), 'x.shm'), { capacity: 2 ** 23 }), OutOfRangeError, /"capacity"/],
-    ['mode: "0600"', () => SharedMemoryStore.open(join(tempDir(), 'x.shm'), { mode: '0600' as never }), InvalidArgumentError, /"mode" must be a number/],
-    ['staleLockMs: 100', () => FileStore.open(join(tempDir(), 'x.json'), { staleLockMs: 100 }), OutOfRangeError, /"staleLockMs" must be an integer from 2000/],
-    ['a NUL in a path', () => FileStore.open(join(tempDir(), 'x\0.json')), InvalidArgumentError, /without NUL bytes/],
-    ['makeCacheKey: encryptionKey missing', () => makeCacheKey('k', { useEncryption: true }), InvalidArgumentError, /"encryptionKey"/],
-  ];
-  it.each(cases)('%s', (_name, call, type, message) => {
-    const error = thrown(() => call());
-    expect(error).toBeInstanceOf(type);
-    expect((error as Error).message).toMatch(message);
-    expect((error as { code: string }).code).toMatch(/^ERR_GENSYNC_(INVALID_ARGUMENT|OUT_OF_RANGE)$/);
-  });
-
-  it('rejects, never throws synchronously, from the promise APIs', async () => {
-    await expect(AsyncGenerationSynchronizer.create(5 as never)).rejects.toThrow(InvalidArgumentError);
-    await expect(RedisStore.connect({ watchPollMs: 1 })).rejects.toThrow(/"watchPollMs" must be an integer from 10/);
-  });
-});
-
 describe('file modes under any umask', () => {
   it.each([0o000, 0o077, 0o022])('umask %o: store files 0600, the default directory 0700', (mask) => {
     const tmp = tempDir();
@@ -117,59 +71,6 @@ describe('file modes under any umask', () => {
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     expect(statSync(join(dir, 'generations.shm')).mode & 0o777).toBe(0o600);
     expect(statSync(join(dir, 'generations.json')).mode & 0o777).toBe(0o600);
-  });
-});
-
-describe('makeCacheKey, properties', () => {
-  // Unicode strings including controls, spaces, ":" and "%", and astral characters.
-  const codePoint = fc
-    .integer({ min: 0, max: 0x10ffff })
-    .filter((cp) => cp < 0xd800 || cp > 0xdfff)
-    .map((cp) => String.fromCodePoint(cp));
-  const text = fc.string({ unit: fc.oneof(fc.constantFrom(':', '%', ' ', '\t', '\u0000', '\u007f', '😀', '中'), codePoint), maxLength: 300 });
-  const codePoints = (value: string): number => Array.from(value).length;
-
-  it('is at most 240 code points, has no control characters or spaces, and is deterministic', () => {
-    fc.assert(
-      fc.property(fc.oneof(text, fc.array(text, { minLength: 1, maxLength: 5 })), fc.option(fc.array(text, { maxLength: 2 }), { nil: undefined }), (key, prefix) => {
-        const result = makeCacheKey(key, { prefix });
-        expect(codePoints(result)).toBeLessThanOrEqual(240);
-        expect(result).not.toMatch(/[\u0000-\u0020\u007f]/);
-        expect(result.isWellFormed()).toBe(true);
-        expect(makeCacheKey(key, { prefix })).toBe(result);
-      }),
-      { numRuns: 500 },
-    );
-  });
-
-  it('gives distinct sequences of two or more parts distinct keys', () => {
-    const sequence = fc.array(text, { minLength: 2, maxLength: 4 });
-    fc.assert(
-      fc.property(sequence, sequence, (a, b) => {
-        fc.pre(JSON.stringify(a) !== JSON.stringify(b));
-        expect(makeCacheKey(a)).not.toBe(makeCacheKey(b));
-      }),
-      { numRuns: 500 },
-    );
-  });
-
-  it('does not escape a sequence of one part, as djblets does not', () => {
-    fc.assert(
-      fc.property(text, (part) => {
-        expect(makeCacheKey([part])).toBe(makeCacheKey(part));
-      }),
-      { numRuns: 300 },
-    );
-  });
-
-  it('encrypted, is always 64 hex digits', () => {
-    fc.assert(
-      fc.property(text, fc.string({ minLength: 1 }), (key, secret) => {
-        fc.pre(secret.isWellFormed());
-        expect(makeCacheKey(key, { useEncryption: true, encryptionKey: secret })).toMatch(/^[0-9a-f]{64}$/);
-      }),
-      { numRuns: 200 },
-    );
   });
 });
 
