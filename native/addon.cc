@@ -32,10 +32,6 @@ namespace gensync {
 // Byte of the store file that the key-creation lock covers.
 constexpr off_t kCreationLockByte = 0;
 
-// Backoff bounds while waiting for a lock held by another process.
-constexpr long kLockBackoffMinNs = 20 * 1000;        // 20 us
-constexpr long kLockBackoffMaxNs = 1000 * 1000;      // 1 ms
-
 void ThrowErrno(Napi::Env env, int err, const char* syscall) {
   const char* name = uv_err_name(-err);
   std::string message = std::string(name) + ": " + std::strerror(err) + ", " + syscall;
@@ -155,38 +151,26 @@ int Unlock(int fd, off_t offset) {
 
 bool IsContended(int err) { return err == EAGAIN || err == EACCES || err == EWOULDBLOCK; }
 
-// lock(fd, offset, exclusive, timeoutMs) -> boolean: true once held, false
-// if another holder still conflicted when the timeout passed.
-Napi::Value Lock(const Napi::CallbackInfo& info) {
+// tryLock(fd, offset, exclusive) -> boolean: true once held, false if
+// another holder conflicts. Waiting (how long, how often to retry) is the
+// caller's, in TypeScript (src/lock-wait.ts).
+Napi::Value TryLockRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;
   off_t offset;
   if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return env.Undefined();
-  if (info.Length() < 4 || !info[2].IsBoolean() || !info[3].IsNumber()) {
-    Napi::TypeError::New(env, "exclusive must be a boolean and timeout a number").ThrowAsJavaScriptException();
+  if (info.Length() < 3 || !info[2].IsBoolean()) {
+    Napi::TypeError::New(env, "exclusive must be a boolean").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   bool exclusive = info[2].As<Napi::Boolean>().Value();
-  double timeout_ms = info[3].As<Napi::Number>().DoubleValue();
-
-  struct timespec start;
-  clock_gettime(CLOCK_MONOTONIC, &start);
-  long backoff_ns = kLockBackoffMinNs;
   for (;;) {
     int err = TryLock(fd, offset, exclusive);
     if (err == 0) return Napi::Boolean::New(env, true);
     if (err == EINTR) continue;
-    if (!IsContended(err)) {
-      ThrowErrno(env, err, "fcntl(F_OFD_SETLK)");
-      return env.Undefined();
-    }
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double elapsed_ms = (now.tv_sec - start.tv_sec) * 1e3 + (now.tv_nsec - start.tv_nsec) / 1e6;
-    if (elapsed_ms >= timeout_ms) return Napi::Boolean::New(env, false);
-    struct timespec pause = {0, backoff_ns};
-    nanosleep(&pause, nullptr);
-    backoff_ns = backoff_ns * 2 > kLockBackoffMaxNs ? kLockBackoffMaxNs : backoff_ns * 2;
+    if (IsContended(err)) return Napi::Boolean::New(env, false);
+    ThrowErrno(env, err, "fcntl(F_OFD_SETLK)");
+    return env.Undefined();
   }
 }
 
@@ -253,7 +237,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitMapping(env, exports);
   InitWatcher(env, exports);
   exports.Set("allocate", Napi::Function::New(env, Allocate, "allocate"));
-  exports.Set("lock", Napi::Function::New(env, Lock, "lock"));
+  exports.Set("tryLock", Napi::Function::New(env, TryLockRange, "tryLock"));
   exports.Set("unlock", Napi::Function::New(env, UnlockRange, "unlock"));
   exports.Set("lockedByOthers", Napi::Function::New(env, LockedByOthers, "lockedByOthers"));
   exports.Set("rangeLocks", Napi::Boolean::New(env, kRangeLocks));

@@ -61,6 +61,7 @@ import { StoreUnavailableError } from './errors';
 import { errnoCode, ioError, removeStagingDirectory, stagingDirectoryName } from './filesystem';
 import { holderIsGone, thisHolder, type Holder } from './holder';
 import { checkpoint } from './test-hooks';
+import { retryUntil } from './lock-wait';
 import { pause } from './pause';
 
 /**
@@ -78,11 +79,9 @@ function lockfile(): typeof ProperLockfile {
 const OWNER_FILE = 'owner';
 /** Owner files a cleaner has claimed (renamed) before removing a dead lock: `owner.dead-…`. */
 const CLAIMED_PREFIX = `${OWNER_FILE}.dead-`;
-const FIRST_BACKOFF_MS = 0.05;
-/** Waiters retry at least this often, so they notice a release during a releaser's courtesy pause. */
-const MAX_BACKOFF_MS = 1;
 /** A releaser that saw a waiter within this many ms pauses before it can take the lock again. */
 const WAITER_RECENT_MS = 20;
+/** Longer than the longest pause between a waiter's tries (1 ms, lock-wait.ts), so a waiter gets its turn. */
 const COURTESY_PAUSE_MS = 2;
 /** A lock directory that has had no owner file for this long belongs to a process that died taking it. */
 const OWNERLESS_GRACE_MS = 500;
@@ -159,27 +158,23 @@ export interface FileLockOptions {
 export function acquireFileLock(file: string, options: FileLockOptions): HeldFileLock {
   const lockDir = `${file}.lock`;
   const ownerPath = join(lockDir, OWNER_FILE);
-  const deadline = performance.now() + options.timeoutMs;
-  let backoff = FIRST_BACKOFF_MS;
-
   let recovered = false;
-  for (;;) {
-    const held = tryAcquire(file, lockDir, ownerPath, options.staleMs, recovered);
-    if (held !== undefined) return held;
-    if (removeDeadLock(file, lockDir, ownerPath, options.staleMs)) recovered = true;
-    announceWaiting(file);
-    if (performance.now() >= deadline) {
-      throw new StoreUnavailableError(
-        'ERR_GENSYNC_LOCK_TIMEOUT',
-        `Another process held the writer lock ${lockDir} for more than ${options.timeoutMs} ms. ` +
-          'A process may be stopped (SIGSTOP) or hung while writing: resume or kill it. ' +
-          `A lock whose holder died is removed automatically (at once on this host, else after ${options.staleMs} ms).`,
-        { path: file },
-      );
-    }
-    pause(backoff * (0.5 + Math.random()));
-    backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
-  }
+  const held = retryUntil(
+    options.timeoutMs,
+    () => tryAcquire(file, lockDir, ownerPath, options.staleMs, recovered),
+    () => {
+      if (removeDeadLock(file, lockDir, ownerPath, options.staleMs)) recovered = true;
+      announceWaiting(file);
+    },
+  );
+  if (held !== undefined) return held;
+  throw new StoreUnavailableError(
+    'ERR_GENSYNC_LOCK_TIMEOUT',
+    `Another process held the writer lock ${lockDir} for more than ${options.timeoutMs} ms. ` +
+      'A process may be stopped (SIGSTOP) or hung while writing: resume or kill it. ' +
+      `A lock whose holder died is removed automatically (at once on this host, else after ${options.staleMs} ms).`,
+    { path: file },
+  );
 }
 
 /** One attempt. Returns the held lock, or undefined when another process holds it. */

@@ -37,8 +37,8 @@ export interface NativeAddon {
   faults(): number;
   /** Reserve every block of the first `length` bytes of `fd`. */
   allocate(fd: number, length: number): void;
-  /** Lock the byte at `offset` of `fd`; false if another holder still conflicts after `timeoutMs`. */
-  lock(fd: number, offset: number, exclusive: boolean, timeoutMs: number): boolean;
+  /** Lock the byte at `offset` of `fd`, without waiting; false if another holder conflicts (see lock-wait.ts). */
+  tryLock(fd: number, offset: number, exclusive: boolean): boolean;
   /** Release this file description's lock on the byte at `offset`. */
   unlock(fd: number, offset: number): void;
   /** Whether another open file description holds a lock on the byte at `offset`. */
@@ -55,7 +55,7 @@ export interface NativeAddon {
   Watcher: new (fd: number, byteOffset: number, onChange: () => void) => NativeWatcher;
 }
 
-const ADDON_FUNCTIONS = ['map', 'unmap', 'faults', 'allocate', 'lock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
+const ADDON_FUNCTIONS = ['map', 'unmap', 'faults', 'allocate', 'tryLock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
 
 /** The package's root directory (this file is `dist/native.js`). */
 export const PACKAGE_ROOT = resolve(__dirname, '..');

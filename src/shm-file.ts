@@ -29,6 +29,7 @@ import { dirname } from 'node:path';
 import { corruptFileError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
 import { checkDirectoryChain, checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing, temporaryName } from './filesystem';
 import type { NativeAddon } from './native';
+import { retryUntil } from './lock-wait';
 import { pause } from './pause';
 import {
   ABSENT,
@@ -292,9 +293,14 @@ export class StoreFile {
     return found >= 0 ? found : this.withCreationLock(() => (this.retired ? -1 : this.#findOrCreateLocked(identity, seed)));
   }
 
+  /** Take the kernel lock on the byte at `offset`, waiting up to the lock timeout; false if it did not come free. */
+  lock(offset: number, exclusive: boolean): boolean {
+    return retryUntil(this.lockTimeoutMs, () => (this.addon.tryLock(this.fd, offset, exclusive) ? true : undefined)) ?? false;
+  }
+
   /** Run `action` holding the key-creation lock, after repairing what a process that died holding it left. */
   withCreationLock<T>(action: () => T): T {
-    if (!this.addon.lock(this.fd, CREATION_LOCK_BYTE, true, this.lockTimeoutMs)) throw this.lockTimeout();
+    if (!this.lock(CREATION_LOCK_BYTE, true)) throw this.lockTimeout();
     try {
       checkpoint('shm-create', 'locked');
       this.#recoverInterruptedCreation();

@@ -526,7 +526,7 @@ export class SharedMemoryStore implements Store {
     }
     if (!this.#addon.rangeLocks) return;
     file.withCreationLock(() => {
-      if (!this.#addon.lock(file.fd, WATCH_LOCK_BASE + binding.record, false, this.#settings.lockTimeoutMs)) throw file.lockTimeout();
+      if (!file.lock(WATCH_LOCK_BASE + binding.record, false)) throw file.lockTimeout();
       Atomics.or(file.gens, binding.index, WATCHED);
     });
   }
