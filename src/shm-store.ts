@@ -35,7 +35,8 @@ export const SHM_FILE_NAME = STORE_FILE_NAMES.shm;
 
 /**
  * How often each store checks, in the background, that its path still
- * names the file it has mapped (two system calls; none on the hot path).
+ * names the file it has mapped (two system calls; none on the hot path),
+ * unless told otherwise (`checkIntervalMs`).
  */
 export const FILE_CHECK_INTERVAL_MS = 250;
 
@@ -66,6 +67,14 @@ export interface SharedMemoryStoreOptions {
    * @default 5000
    */
   readonly lockTimeoutMs?: number | undefined;
+  /**
+   * How often, in milliseconds, a background check looks whether the file
+   * was replaced, removed or damaged (every operation that takes a slow path
+   * looks too). A shorter interval notices sooner, at the cost of a `stat`
+   * each time; the check never keeps the process alive.
+   * @default 250
+   */
+  readonly checkIntervalMs?: number | undefined;
 }
 
 /** A private word that reads as an absent key: the view of a binding with no record. Writes to it reach nobody. */
@@ -220,13 +229,13 @@ export class SharedMemoryStore implements Store {
   #notifierLinger: NodeJS.Timeout | undefined;
   readonly #fileCheck: NodeJS.Timeout;
 
-  private constructor(path: string, file: StoreFile, addon: NativeAddon, settings: OpenSettings) {
+  private constructor(path: string, file: StoreFile, addon: NativeAddon, settings: OpenSettings, checkIntervalMs: number) {
     this.path = path;
     this.#file = file;
     this.#addon = addon;
     this.#settings = settings;
     this.#faultsSeen = addon.faults();
-    this.#fileCheck = setInterval(() => this.#checkInBackground(), FILE_CHECK_INTERVAL_MS);
+    this.#fileCheck = setInterval(() => this.#checkInBackground(), checkIntervalMs);
     this.#fileCheck.unref();
   }
 
@@ -248,11 +257,12 @@ export class SharedMemoryStore implements Store {
       mode: fileModeOption(opts.mode),
       lockTimeoutMs: lockTimeoutOption(opts.lockTimeoutMs),
     };
+    const checkIntervalMs = optionalInteger(opts.checkIntervalMs, 'checkIntervalMs', FILE_CHECK_INTERVAL_MS, { min: 10, max: 60_000 });
     const file = path === undefined ? join(preparedDefaultDirectory(), SHM_FILE_NAME) : storePathArgument(path);
     const addon = nativeAddon();
     checkLocalFilesystem(dirname(file));
     removeAbandonedFiles(file);
-    const store = new SharedMemoryStore(file, StoreFile.openLive(file, settings, addon), addon, settings);
+    const store = new SharedMemoryStore(file, StoreFile.openLive(file, settings, addon), addon, settings, checkIntervalMs);
     otherStoreBeside(file, 'shm');
     return store;
   }

@@ -27,6 +27,7 @@ describe('arguments of the wrong type or out of range', () => {
     ['an empty key array', () => new GenerationSynchronizer([], { store: store() }), InvalidArgumentError, /at least one part/],
     ['options that are not an object', () => new GenerationSynchronizer('k', 'fast' as never), InvalidArgumentError, /GenerationSynchronizer options must be an object/],
     ['normalizeCacheKey: "yes"', () => new GenerationSynchronizer('k', { store: store(), normalizeCacheKey: 'yes' as never }), InvalidArgumentError, /"normalizeCacheKey" must be a boolean/],
+    ['checkIntervalMs: 1', () => SharedMemoryStore.open(join(tempDir(), 'g.shm'), { checkIntervalMs: 1 }), OutOfRangeError, /"checkIntervalMs" must be an integer from 10 to 60000/],
     ['cacheExpirationSecs: 0', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: 0 }), OutOfRangeError, /"cacheExpirationSecs" must be an integer from 1/],
     ['cacheExpirationSecs: 1.5', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: 1.5 }), OutOfRangeError, /"cacheExpirationSecs"/],
     ['cacheExpirationSecs: "60"', () => new GenerationSynchronizer('k', { store: store(), cacheExpirationSecs: '60' as never }), InvalidArgumentError, /"cacheExpirationSecs" must be a number/],

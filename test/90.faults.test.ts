@@ -12,6 +12,10 @@ import { FileStore, GenerationSynchronizer, SharedMemoryStore, type Store } from
 import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/test-hooks.js';
 import { ask, eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 
+/** Workers whose shared-memory stores check their file every 20 ms (instead of 250), so tests wait 10 checks, not 4. */
+const FAST_CHECKS = { GENSYNC_CHECK_INTERVAL_MS: '20' };
+const checksRun = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 200));
+
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
 
@@ -190,14 +194,14 @@ describe('the shared-memory file pulled away while processes have it mapped', ()
   it('shrunk in place: processes do not crash, read keys as expired, and recover when the file is replaced', async () => {
     const dir = tempDir();
     const path = join(dir, 'g.shm');
-    const worker = startWorker('worker.mjs', ['shm', path]);
+    const worker = startWorker('worker.mjs', ['shm', path], FAST_CHECKS);
     workers.push(worker);
     await worker.next();
     await ask(worker, { cmd: 'bump', key: 'k' });
 
     truncateSync(path, 4096);
     // Give the background check time to notice before the worker touches the store again.
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await checksRun();
     expect((await ask(worker, { cmd: 'expired', key: 'k' })).expired).toBe(true);
     expect((await ask(worker, { cmd: 'bump', key: 'k' })).ok).toBe(false);
     expect(worker.child.exitCode).toBeNull();
@@ -319,7 +323,7 @@ describe('a soak with random kills', () => {
 describe('the outside review of the shared-memory store (each of these failed at 1545de2)', () => {
   /** Start `count` workers on the store at `path`, ready. */
   async function group(path: string, count: number, fixture = 'worker.mjs', extra: string[] = []): Promise<Worker[]> {
-    const started = Array.from({ length: count }, () => startWorker(fixture, ['shm', path, ...extra]));
+    const started = Array.from({ length: count }, () => startWorker(fixture, ['shm', path, ...extra], FAST_CHECKS));
     workers.push(...started);
     await Promise.all(started.map((worker) => worker.next()));
     return started;
@@ -339,7 +343,7 @@ describe('the outside review of the shared-memory store (each of these failed at
     const [watcher] = await group(path, 1, 'watcher.mjs', ['k']);
     truncateSync(path, 0);
     // Long enough for the background check to notice and stop the watcher thread (which used to hang).
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await checksRun();
     (watcher as Worker).send({ cmd: 'status' });
     await (watcher as Worker).next(5000);
     rmSync(path);
@@ -380,7 +384,7 @@ describe('the outside review of the shared-memory store (each of these failed at
     const [watcher] = await group(path, 1);
     await ask(watcher as Worker, { cmd: 'watchKey', key: 'w' });
     replaceWithFreshStore(path, 1, ['occupant']);
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await checksRun();
     expect((watcher as Worker).child.exitCode).toBeNull();
     expect((await ask(watcher as Worker, { cmd: 'expired', key: 'w' })).expired).toBe(true);
     expect((watcher as Worker).stderr()).not.toMatch(/StoreFullError|ERR_GENSYNC_STORE_FULL/);
@@ -428,7 +432,7 @@ describe('the outside review of the shared-memory store (each of these failed at
       return answers.every((answer) => answer.expired) ? true : undefined;
     });
     renameSync(aside, path); // the retired file is back, over the new one
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await checksRun();
     for (const worker of processes) await ask(worker, { cmd: 'refresh', key: 'steady' });
     // Nothing changes from now on: checks over 1.5 s must not find the key expired.
     const counts = await Promise.all(processes.map((worker) => ask(worker, { cmd: 'expiredCount', key: 'steady', count: 30, spacingMs: 50 })));
