@@ -153,7 +153,7 @@ bool IsContended(int err) { return err == EAGAIN || err == EACCES || err == EWOU
 
 // tryLock(fd, offset, exclusive) -> boolean: true once held, false if
 // another holder conflicts. Waiting (how long, how often to retry) is the
-// caller's, in TypeScript (src/lock-wait.ts).
+// caller's, in TypeScript (src/system/lock-wait.ts).
 Napi::Value TryLockRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;

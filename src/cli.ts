@@ -12,19 +12,19 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync, statfsSync, sta
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { AsyncGenerationSynchronizer } from './async-synchronizer';
-import { makeCacheKey } from './cache-key';
-import { defaultStore, defaultStoreChoice, STORE_ENV } from './default-store';
-import { GenerationSyncError, StoreUnavailableError, UnsafeStoreError } from './errors';
-import { FileStore } from './file-store';
-import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ, otherStoreBeside } from './filesystem';
-import { addonStatus, PACKAGE_ROOT } from './native';
-import { RedisStore } from './redis-store';
-import { MAGIC } from './shm-format';
-import { SharedMemoryStore } from './shm-store';
-import type { AsyncStore, Store, StoreEntry } from './store';
-import type { Logger } from './logger';
-import { DEFAULT_CACHE_EXPIRATION_SECS } from './synchronizer';
+import { AsyncGenerationSynchronizer } from './synchronizers/async-synchronizer';
+import { makeCacheKey } from './synchronizers/cache-key';
+import { defaultStore, defaultStoreChoice, STORE_ENV } from './stores/default-store';
+import { GenerationSyncError, StoreUnavailableError, UnsafeStoreError } from './store/errors';
+import { FileStore } from './stores/file/file-store';
+import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ, otherStoreBeside } from './system/filesystem';
+import { addonStatus, PACKAGE_ROOT } from './stores/shm/native';
+import { RedisStore } from './stores/redis/redis-store';
+import { MAGIC } from './stores/shm/shm-format';
+import { SharedMemoryStore } from './stores/shm/shm-store';
+import type { AsyncStore, Store, StoreEntry } from './store/store';
+import type { Logger } from './store/logger';
+import { DEFAULT_CACHE_EXPIRATION_SECS } from './synchronizers/synchronizer';
 
 const USAGE = `Usage: generation-sync <command> [options]
 

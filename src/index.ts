@@ -7,9 +7,9 @@
 export {
   AsyncGenerationSynchronizer,
   type AsyncGenerationSynchronizerOptions,
-} from './async-synchronizer';
-export { makeCacheKey, MAX_KEY_LENGTH, type MakeCacheKeyOptions } from './cache-key';
-export { defaultStore, defaultStoreChoice, defaultStorePath, STORE_ENV, type DefaultStoreChoice } from './default-store';
+} from './synchronizers/async-synchronizer';
+export { makeCacheKey, MAX_KEY_LENGTH, type MakeCacheKeyOptions } from './synchronizers/cache-key';
+export { defaultStore, defaultStoreChoice, defaultStorePath, STORE_ENV, type DefaultStoreChoice } from './stores/default-store';
 export {
   AddonUnavailableError,
   DependencyMissingError,
@@ -23,16 +23,16 @@ export {
   StoreUnavailableError,
   UnsafeStoreError,
   type ErrorCode,
-} from './errors';
-export { FileStore, type FileStoreOptions } from './file-store';
-export { RedisStore, type RedisClientLike, type RedisStoreOptions } from './redis-store';
-export { SharedMemoryStore, type SharedMemoryStoreOptions } from './shm-store';
-export type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from './store';
-export { AsyncSynchronizedValue, SynchronizedValue } from './synchronized-value';
+} from './store/errors';
+export { FileStore, type FileStoreOptions } from './stores/file/file-store';
+export { RedisStore, type RedisClientLike, type RedisStoreOptions } from './stores/redis/redis-store';
+export { SharedMemoryStore, type SharedMemoryStoreOptions } from './stores/shm/shm-store';
+export type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from './store/store';
+export { AsyncSynchronizedValue, SynchronizedValue } from './synchronizers/synchronized-value';
 export {
   DEFAULT_CACHE_EXPIRATION_SECS,
   GenerationSynchronizer,
   type GenerationSynchronizerOptions,
   type Logger,
-} from './synchronizer';
-export type { GenerationChange, Unwatch, WaitForChangeOptions } from './watch';
+} from './synchronizers/synchronizer';
+export type { GenerationChange, Unwatch, WaitForChangeOptions } from './store/watch';

@@ -30,7 +30,7 @@ import {
   UnsafeStoreError,
 } from 'generation-sync';
 
-import * as format from '../dist/shm-format.js';
+import * as format from '../dist/stores/shm/shm-format.js';
 import { recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
 
 const workers: Worker[] = [];
@@ -433,7 +433,7 @@ describe('the outside review of the shared-memory store, in one process (each of
   });
 
   it('item 12: the addon refuses a wake offset that is not a finite offset inside the buffer', async () => {
-    const { nativeAddon } = (await import('../dist/native.js')) as typeof import('../src/native');
+    const { nativeAddon } = (await import('../dist/stores/shm/native.js')) as typeof import('../src/stores/shm/native');
     const addon = nativeAddon();
     for (const offset of [Infinity, -Infinity, Number.NaN, 8, 2 ** 64, 1.5]) {
       expect(() => addon.wake(new ArrayBuffer(8), offset)).toThrow(RangeError);

@@ -31,7 +31,7 @@ import {
   UnsafeStoreError,
 } from 'generation-sync';
 
-import { acquireFileLock } from '../dist/file-lock.js';
+import { acquireFileLock } from '../dist/stores/file/file-lock.js';
 import { eventually, recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
 
 /** A process's state letter from /proc (R, S, T for stopped, …). */

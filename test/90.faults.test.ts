@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { FileStore, GenerationSynchronizer, SharedMemoryStore, type Store } from 'generation-sync';
 
-import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/test-hooks.js';
+import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/system/test-hooks.js';
 import { ask, eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 
 /** Workers whose shared-memory stores check their file every 20 ms (instead of 250), so tests wait 10 checks, not 4. */

@@ -5,17 +5,17 @@
  * @module
  */
 
-import { defaultStore } from './default-store';
-import { InvalidArgumentError, StoreFullError } from './errors';
-import { isAnyStore, isAsyncStore, type AsyncKeyBinding, type AsyncStore, type KeyBinding, type Store } from './store';
+import { defaultStore } from '../stores/default-store';
+import { InvalidArgumentError, StoreFullError } from '../store/errors';
+import { isAnyStore, isAsyncStore, type AsyncKeyBinding, type AsyncStore, type KeyBinding, type Store } from '../store/store';
 import {
   checkSynchronizerOptions,
   OutageReporter,
   readClock,
   type GenerationSynchronizerOptions,
 } from './synchronizer';
-import { describe, optionsObject } from './validate';
-import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from './watch';
+import { describe, optionsObject } from '../store/validate';
+import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from '../store/watch';
 
 /** Options of {@link AsyncGenerationSynchronizer.create}: those of {@link GenerationSynchronizer}, with any store. */
 export interface AsyncGenerationSynchronizerOptions extends Omit<GenerationSynchronizerOptions, 'store'> {

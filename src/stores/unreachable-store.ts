@@ -8,8 +8,8 @@
  * @module
  */
 
-import { StoreError, type StoreClosedError } from './errors';
-import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from './store';
+import { StoreError, type StoreClosedError } from '../store/errors';
+import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from '../store/store';
 
 /** How often, at most, the real store is tried again. */
 const RETRY_MS = 1000;

@@ -27,7 +27,7 @@
 
 import { createHash } from 'node:crypto';
 
-import { corruptFileError, foreignFileError, StoreFormatError } from './errors';
+import { corruptFileError, foreignFileError, StoreFormatError } from '../../store/errors';
 
 /** First eight bytes of every store file. */
 export const MAGIC = Buffer.from('GSYNCSHM', 'latin1');

@@ -7,8 +7,8 @@
 
 import { createHash, createHmac } from 'node:crypto';
 
-import { InvalidArgumentError } from './errors';
-import { describe, optionalBoolean, optionsObject, wellFormedString } from './validate';
+import { InvalidArgumentError } from '../store/errors';
+import { describe, optionalBoolean, optionsObject, wellFormedString } from '../store/validate';
 
 /** Longest normalized key, in Unicode code points (memcached's limit less some room, as in djblets). */
 export const MAX_KEY_LENGTH = 240;

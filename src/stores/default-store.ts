@@ -6,12 +6,12 @@
 
 import { join } from 'node:path';
 
-import { OutOfRangeError, UnsafeStoreError } from './errors';
-import { FILE_STORE_NAME, FileStore } from './file-store';
-import { defaultDirectory, DIRECTORY_ENV } from './filesystem';
-import { addonStatus } from './native';
-import { SHM_FILE_NAME, SharedMemoryStore } from './shm-store';
-import type { Store } from './store';
+import { OutOfRangeError, UnsafeStoreError } from '../store/errors';
+import { FILE_STORE_NAME, FileStore } from './file/file-store';
+import { defaultDirectory, DIRECTORY_ENV } from '../system/filesystem';
+import { addonStatus } from './shm/native';
+import { SHM_FILE_NAME, SharedMemoryStore } from './shm/shm-store';
+import type { Store } from '../store/store';
 import { UnreachableStore } from './unreachable-store';
 
 /** Environment variable that forces the default store's kind: `shm` or `file`. */

@@ -15,7 +15,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
-import { AddonUnavailableError } from './errors';
+import { AddonUnavailableError } from '../../store/errors';
 
 /** A native thread waiting for a futex word to change. */
 export interface NativeWatcher {
@@ -58,7 +58,7 @@ export interface NativeAddon {
 const ADDON_FUNCTIONS = ['map', 'unmap', 'faults', 'allocate', 'tryLock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
 
 /** The package's root directory (this file is `dist/native.js`). */
-export const PACKAGE_ROOT = resolve(__dirname, '..');
+export const PACKAGE_ROOT = resolve(__dirname, '..', '..', '..'); // dist/stores/shm/ → the package
 
 /** How a user gets the native store when it is missing. */
 export const HOW_TO_GET_THE_ADDON =

@@ -11,7 +11,7 @@
 import { statSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 
-import { StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
+import { StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from '../../store/errors';
 import {
   checkLocalFilesystem,
   fileModeOption,
@@ -22,13 +22,13 @@ import {
   STORE_FILE_NAMES,
   removeAbandonedFiles,
   storePathArgument,
-} from './filesystem';
+} from '../../system/filesystem';
 import { nativeAddon, type NativeAddon, type NativeWatcher } from './native';
 import { ABSENT, DEFAULT_CAPACITY, H_NOTIFY_SEQ, INLINE_KEY_BYTES, MAX_CAPACITY, VALUE_MASK, WATCH_LOCK_BASE, WATCHED } from './shm-format';
 import { identityOf, MAX_CAS_ATTEMPTS, StoreFile, type CapturedKey, type KeyIdentity, type OpenSettings } from './shm-file';
-import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
-import { optionalInteger, optionsObject, wellFormedString } from './validate';
-import { WatchList, type WatchedKey } from './watch';
+import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from '../../store/store';
+import { optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
+import { WatchList, type WatchedKey } from '../../store/watch';
 
 /** File name of the shared-memory store in the default directory. */
 export const SHM_FILE_NAME = STORE_FILE_NAMES.shm;

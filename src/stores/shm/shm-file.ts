@@ -26,11 +26,11 @@ import {
 } from 'node:fs';
 import { dirname } from 'node:path';
 
-import { corruptFileError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from './errors';
-import { checkDirectoryChain, checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing, temporaryName } from './filesystem';
+import { corruptFileError, StoreError, StoreFormatError, StoreFullError, StoreUnavailableError } from '../../store/errors';
+import { checkDirectoryChain, checkStoreFile, errnoCode, ioError, OPEN_EXISTING, OPEN_NEW, openFailure, publishWithoutReplacing, temporaryName } from '../../system/filesystem';
 import type { NativeAddon } from './native';
-import { retryUntil } from './lock-wait';
-import { pause } from './pause';
+import { retryUntil } from '../../system/lock-wait';
+import { pause } from '../../system/pause';
 import {
   ABSENT,
   CREATION_LOCK_BYTE,
@@ -57,7 +57,7 @@ import {
   WATCHED,
   type HeaderInfo,
 } from './shm-format';
-import { checkpoint } from './test-hooks';
+import { checkpoint } from '../../system/test-hooks';
 
 /** Attempts to open a path whose file another process is creating or replacing at that moment. */
 const OPEN_ATTEMPTS = 5;

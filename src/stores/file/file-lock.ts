@@ -57,12 +57,12 @@ import { basename, dirname, join } from 'node:path';
 
 import type * as ProperLockfile from 'proper-lockfile';
 
-import { StoreUnavailableError } from './errors';
-import { errnoCode, ioError, removeStagingDirectory, stagingDirectoryName } from './filesystem';
-import { holderIsGone, thisHolder, type Holder } from './holder';
-import { checkpoint } from './test-hooks';
-import { retryUntil } from './lock-wait';
-import { pause } from './pause';
+import { StoreUnavailableError } from '../../store/errors';
+import { errnoCode, ioError, removeStagingDirectory, stagingDirectoryName } from '../../system/filesystem';
+import { holderIsGone, thisHolder, type Holder } from '../../system/holder';
+import { checkpoint } from '../../system/test-hooks';
+import { retryUntil } from '../../system/lock-wait';
+import { pause } from '../../system/pause';
 
 /**
  * proper-lockfile, loaded on the first lock: loading it installs exit and

@@ -23,8 +23,8 @@ import {
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
-import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from './errors';
-import { CallsBinding } from './binding';
+import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from '../../store/errors';
+import { CallsBinding } from '../../store/binding';
 import { acquireFileLock, lostLockError, removeOwnStagingDirectory, type HeldFileLock } from './file-lock';
 import {
   checkDirectoryChain,
@@ -44,12 +44,12 @@ import {
   removeAbandonedFiles,
   storePathArgument,
   temporaryName,
-} from './filesystem';
-import { pause } from './pause';
-import { checkpoint } from './test-hooks';
-import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from './store';
-import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
-import { WatchList, type WatchedKey } from './watch';
+} from '../../system/filesystem';
+import { pause } from '../../system/pause';
+import { checkpoint } from '../../system/test-hooks';
+import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from '../../store/store';
+import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
+import { WatchList, type WatchedKey } from '../../store/watch';
 
 /** File name of the file store in the default directory. */
 export const FILE_STORE_NAME = STORE_FILE_NAMES.file;

@@ -12,9 +12,9 @@ import { chmodSync, constants, linkSync, lstatSync, mkdirSync, readdirSync, read
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
-import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from './errors';
+import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from '../store/errors';
 import { processIsAlive, scopeTag, thisHolder } from './holder';
-import { describe, optionalInteger } from './validate';
+import { describe, optionalInteger } from '../store/validate';
 
 /** Environment variable naming the directory of the default store. */
 export const DIRECTORY_ENV = 'GENERATION_SYNC_DIR';

@@ -6,12 +6,12 @@
 
 import { createHash } from 'node:crypto';
 
-import { AsyncCallsBinding } from './binding';
-import { corruptValueError, DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from './errors';
-import type { Logger } from './logger';
-import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from './store';
-import { describe, optionalInteger, optionsObject, wellFormedString } from './validate';
-import { deliver, rethrowLater, WatchList, type WatchedKey } from './watch';
+import { AsyncCallsBinding } from '../../store/binding';
+import { corruptValueError, DependencyMissingError, InvalidArgumentError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from '../../store/errors';
+import type { Logger } from '../../store/logger';
+import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from '../../store/store';
+import { describe, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
+import { deliver, rethrowLater, WatchList, type WatchedKey } from '../../store/watch';
 
 /**
  * The part of a `redis` (node-redis 5 or newer) client this store uses. A

@@ -6,9 +6,9 @@
  */
 
 import { AsyncGenerationSynchronizer, type AsyncGenerationSynchronizerOptions } from './async-synchronizer';
-import { InvalidArgumentError, StoreUnavailableError } from './errors';
+import { InvalidArgumentError, StoreUnavailableError } from '../store/errors';
 import { GenerationSynchronizer, type GenerationSynchronizerOptions } from './synchronizer';
-import { describe } from './validate';
+import { describe } from '../store/validate';
 
 function checkLoader(load: unknown): void {
   if (typeof load !== 'function') throw new InvalidArgumentError(`The loader must be a function, not ${describe(load)}.`);

@@ -5,18 +5,18 @@
  * @module
  */
 
-import type { Logger } from './logger';
+import type { Logger } from '../store/logger';
 import { makeCacheKey } from './cache-key';
-import { defaultStore } from './default-store';
-import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from './errors';
-import { isAnyStore, isSyncStore, type KeyBinding, type Store } from './store';
-import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from './validate';
-import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from './watch';
+import { defaultStore } from '../stores/default-store';
+import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from '../store/errors';
+import { isAnyStore, isSyncStore, type KeyBinding, type Store } from '../store/store';
+import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../store/validate';
+import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from '../store/watch';
 
 /** One year, djblets' default lifetime of a synchronization key. */
 export const DEFAULT_CACHE_EXPIRATION_SECS = 60 * 60 * 24 * 365;
 
-export type { Logger } from './logger';
+export type { Logger } from '../store/logger';
 
 /** Options of {@link GenerationSynchronizer}. */
 export interface GenerationSynchronizerOptions {
