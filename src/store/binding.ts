@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { AsyncKeyBinding, KeyBinding } from './store';
+import type { AsyncKeyBinding, KeyBinding, Promised } from './store';
 
 /** What a store answers for a key, synchronously. */
 export interface KeyCalls {
@@ -24,9 +24,7 @@ export interface KeyCalls {
 }
 
 /** The same calls, answered with promises (over a network). */
-export type AsyncKeyCalls = {
-  [Call in keyof KeyCalls]: (...args: Parameters<KeyCalls[Call]>) => Promise<ReturnType<KeyCalls[Call]>>;
-};
+export type AsyncKeyCalls = Promised<KeyCalls>;
 
 /** The synced generation, NaN until there is one, so that it never matches a stored value. */
 class Synced {

@@ -106,16 +106,16 @@ export interface Store {
   close(): void;
 }
 
+/**
+ * `T` with every method answering through a promise: the asynchronous form
+ * of a synchronous contract, derived rather than written twice.
+ */
+export type Promised<T> = {
+  readonly [Member in keyof T]: T[Member] extends (...args: infer Args) => infer Result ? (...args: Args) => Promise<Result> : T[Member];
+};
+
 /** One synchronizer's handle on one key of an asynchronous store; see {@link KeyBinding}. */
-export interface AsyncKeyBinding {
-  readonly key: string;
-  readonly synced: number | null;
-  isStale(): Promise<boolean>;
-  read(): Promise<number | null>;
-  fetchOrCreate(now: number): Promise<number>;
-  increment(): Promise<boolean>;
-  delete(): Promise<void>;
-}
+export type AsyncKeyBinding = Promised<KeyBinding>;
 
 /** A store that answers asynchronously, over a network: Redis. */
 export interface AsyncStore {
