@@ -269,18 +269,32 @@ export class StoreFile {
 
   /** Search the index without a lock. Returns the record number, or -1 when the key is not published. */
   find(identity: KeyIdentity): number {
-    const { tableSize, capacity, indexOffset } = this.header;
+    const { capacity } = this.header;
+    const { ref } = this.#probe(identity.tag, (candidate, entry) => {
+      if (candidate > capacity) throw this.corrupt(`an index entry names record ${candidate - 1} of ${capacity}`);
+      return this.#u32[entry + 1] === identity.tag && this.#holds(candidate - 1, identity);
+    });
+    return ref - 1; // -1 when it stopped at an empty entry or went round the table
+  }
+
+  /**
+   * The one probe loop of the index (linear probing from the tag's home
+   * position): visit each published entry until `stop` says so, or until an
+   * empty entry, past which no key of this tag can be. Returns where it
+   * stopped: the u32 index of the entry and its record reference (0 for an
+   * empty entry); entry -1 when it went round the whole table.
+   */
+  #probe(tag: number, stop: (ref: number, entry: number) => boolean): { readonly entry: number; readonly ref: number } {
+    const { tableSize, indexOffset } = this.header;
     const mask = tableSize - 1;
-    let position = identity.tag & mask;
+    let position = tag & mask;
     for (let probes = 0; probes < tableSize; probes++) {
       const entry = (indexOffset >> 2) + position * 2;
       const ref = Atomics.load(this.#u32, entry);
-      if (ref === 0) return -1;
-      if (ref > capacity) throw this.corrupt(`index entry ${position} names record ${ref - 1} of ${capacity}`);
-      if (this.#u32[entry + 1] === identity.tag && this.#holds(ref - 1, identity)) return ref - 1;
+      if (ref === 0 || stop(ref, entry)) return { entry, ref };
       position = (position + 1) & mask;
     }
-    return -1;
+    return { entry: -1, ref: 0 };
   }
 
   /**
@@ -429,7 +443,7 @@ export class StoreFile {
     const existing = this.find(identity);
     if (existing >= 0) return existing;
 
-    const { capacity, tableSize, indexOffset } = this.header;
+    const { capacity } = this.header;
     const record = this.recordCount();
     if (record === capacity) {
       throw new StoreFullError(
@@ -455,25 +469,18 @@ export class StoreFile {
     Atomics.store(this.gens, this.wordIndex(record), seed === null ? ABSENT : BigInt(seed));
     checkpoint('shm-create', 'seeded');
 
-    const mask = tableSize - 1;
-    let position = identity.tag & mask;
-    for (let probes = 0; probes < tableSize; probes++) {
-      const entry = (indexOffset >> 2) + position * 2;
-      if (Atomics.load(this.#u32, entry) === 0) {
-        this.#u32[entry + 1] = identity.tag;
-        checkpoint('shm-create', 'tagged');
-        // Publishing the ref is the last write: from here on readers find a complete record.
-        Atomics.store(this.#u32, entry, record + 1);
-        checkpoint('shm-create', 'published');
-        Atomics.store(this.#u32, H_RECORD_COUNT / 4, record + 1);
-        checkpoint('shm-create', 'counted');
-        Atomics.store(this.#u32, H_PENDING_RECORD / 4, 0);
-        checkpoint('shm-create', 'settled');
-        return record;
-      }
-      position = (position + 1) & mask;
-    }
-    throw this.corrupt('the index has no empty entry although the store is below capacity');
+    const { entry } = this.#probe(identity.tag, () => false); // the first empty entry
+    if (entry < 0) throw this.corrupt('the index has no empty entry although the store is below capacity');
+    this.#u32[entry + 1] = identity.tag;
+    checkpoint('shm-create', 'tagged');
+    // Publishing the ref is the last write: from here on readers find a complete record.
+    Atomics.store(this.#u32, entry, record + 1);
+    checkpoint('shm-create', 'published');
+    Atomics.store(this.#u32, H_RECORD_COUNT / 4, record + 1);
+    checkpoint('shm-create', 'counted');
+    Atomics.store(this.#u32, H_PENDING_RECORD / 4, 0);
+    checkpoint('shm-create', 'settled');
+    return record;
   }
 
   /**
@@ -497,16 +504,7 @@ export class StoreFile {
 
   #isPublished(record: number): boolean {
     const tag = this.#bytes.readUInt32LE(this.#recordOffset(record) + R_DIGEST);
-    const { tableSize, indexOffset } = this.header;
-    const mask = tableSize - 1;
-    let position = tag & mask;
-    for (let probes = 0; probes < tableSize; probes++) {
-      const ref = Atomics.load(this.#u32, (indexOffset >> 2) + position * 2);
-      if (ref === 0) return false;
-      if (ref === record + 1) return true;
-      position = (position + 1) & mask;
-    }
-    return false;
+    return this.#probe(tag, (ref) => ref === record + 1).ref === record + 1;
   }
 
   #recordOffset(record: number): number {
