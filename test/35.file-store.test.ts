@@ -228,8 +228,14 @@ describe('the FileStore writer lock', () => {
   it('a writer stalled at any step cannot publish over a takeover: no acknowledged update lost, no generation goes back', async () => {
     // Issue 12 item 1. The stalled writer held the lock when it stopped; the lock goes stale while it sleeps
     // (a slow flush, a stall right before the rename), this process takes it over and writes three times.
-    for (const stallIn of ['fdatasyncSync', 'renameSync']) {
-      const path = storeFile(tempDir());
+    // Also under a file name with a space and a non-ASCII character: the fence must not depend on the name.
+    const cases: Array<[string, string]> = [
+      ['fdatasyncSync', 'generations.json'],
+      ['renameSync', 'generations.json'],
+      ['renameSync', 'my gens ✓.json'],
+    ];
+    for (const [stallIn, name] of cases) {
+      const path = join(tempDir(), name);
       const store = FileStore.open(path, { staleLockMs: 2000 });
       const writer = new GenerationSynchronizer('k', { store });
       const reader = new GenerationSynchronizer('k', { store: FileStore.open(path) });

@@ -37,6 +37,7 @@
 
 import { randomBytes } from 'node:crypto';
 import {
+  chmodSync,
   closeSync,
   constants,
   linkSync,
@@ -107,6 +108,7 @@ function stagingDirectoryOf(file: string): string {
   if (known !== undefined && lstatSync(known, { throwIfNoEntry: false })?.isDirectory() === true) return known;
   const made = stagingDirectoryName(file);
   mkdirSync(made, { mode: 0o700 });
+  chmodSync(made, 0o700); // exactly, whatever the umask
   stagingDirectories.set(file, made);
   return made;
 }
@@ -123,7 +125,7 @@ export function removeOwnStagingDirectory(file: string): void {
 function stagingDirectoryNamed(file: string, record: Partial<OwnerRecord>): string | undefined {
   const name = record.staging;
   const ours = `${basename(file)}.w.`;
-  if (typeof name !== 'string' || !name.startsWith(ours) || !/^[\w.-]+$/.test(name)) return undefined;
+  if (typeof name !== 'string' || !name.startsWith(ours) || name.includes('/') || name.includes('\0')) return undefined;
   return join(dirname(file), name);
 }
 
