@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { InvalidArgumentError, OutOfRangeError, StoreError, UnsafeStoreError } from '../store/errors';
-import { processIsAlive, scopeTag, thisHolder } from './holder';
+import { holderIsGone, scopeTag, thisHolder } from './holder';
 import { describe, optionalInteger } from '../store/validate';
 
 /** Environment variable naming the directory of the default store. */
@@ -446,15 +446,8 @@ export function removeAbandonedFiles(file: string): void {
 }
 
 function leftoverMakerIsGone(pid: number, thread: number): boolean {
-  if (pid <= 0) return false;
-  if (!processIsAlive(pid)) return true;
-  if (thread <= 0 || thread === pid) return false;
-  try {
-    lstatSync(`/proc/${pid}/task/${thread}`);
-    return false;
-  } catch (error) {
-    return errnoCode(error) === 'ENOENT';
-  }
+  // The caller checked the scope tag (or the name is from a version that wrote none): judge it as a holder here.
+  return holderIsGone({ ...thisHolder(), pid, thread: thread > 0 ? thread : undefined, threadStart: undefined });
 }
 
 /**

@@ -109,7 +109,8 @@ export function processIsAlive(pid: number): boolean {
 
 /**
  * Whether `holder` is provably gone: on this host, in this PID namespace
- * and boot, and its thread (or, without one, its process) no longer exists.
+ * and boot, and its thread (or, without one, its process) no longer exists,
+ * or its thread id now names a thread that started at another time.
  * A holder this process cannot see is never declared gone.
  */
 export function holderIsGone(holder: Partial<Holder>): boolean {
@@ -118,7 +119,7 @@ export function holderIsGone(holder: Partial<Holder>): boolean {
   }
   const here = processScope();
   if (holder.pidNamespace !== here.pidNamespace || holder.boot !== here.boot) return false;
-  if (typeof holder.thread === 'number' && Number.isSafeInteger(holder.thread) && typeof holder.threadStart === 'string') {
+  if (typeof holder.thread === 'number' && Number.isSafeInteger(holder.thread) && holder.thread > 0) {
     let line: string;
     try {
       line = readFileSync(`/proc/${holder.pid}/task/${holder.thread}/stat`, 'utf8');
@@ -127,7 +128,8 @@ export function holderIsGone(holder: Partial<Holder>): boolean {
       if (code === 'ENOENT' || code === 'ESRCH') return true;
       return !processIsAlive(holder.pid);
     }
-    return startTime(line) !== holder.threadStart;
+    // Without its start time (a leftover's name carries none), a thread that exists counts as the holder.
+    return typeof holder.threadStart === 'string' && startTime(line) !== holder.threadStart;
   }
   return !processIsAlive(holder.pid);
 }

@@ -88,8 +88,10 @@ export interface FileStoreOptions {
    */
   readonly lockTimeoutMs?: number | undefined;
   /**
-   * When a writer lock whose holder cannot be checked (another host, or a
-   * reused pid) counts as abandoned, in milliseconds. A writer that held
+   * When a writer lock counts as abandoned although its holder is not
+   * provably gone (it is on another host or in another container, or it
+   * hangs), in milliseconds. Taking a lock over from a holder that is only
+   * slow is safe: that holder's write is then refused. A writer that held
    * the lock for half this long does not write. proper-lockfile's minimum
    * is 2000.
    * @default 10000
