@@ -1,6 +1,10 @@
-// Shared by the addon's source files: errno errors and argument readers.
-// TypeScript checks every argument before it reaches native code; these
-// readers only keep a wrong call from being undefined behaviour.
+// Shared by the addon's source files: one per resource (arguments.cc,
+// files.cc, locks.cc, mapping.cc, watcher.cc), each registering its
+// functions and capabilities from addon.cc's Init.
+//
+// TypeScript checks every argument before it reaches native code; the one
+// argument reader here only keeps a wrong call from being undefined
+// behaviour.
 #pragma once
 
 #include <napi.h>
@@ -15,9 +19,16 @@ namespace gensync {
 // errno name ("ENOSPC"), `errno` the number, `syscall` the failing call.
 void ThrowErrno(Napi::Env env, int err, const char* syscall);
 
-bool GetFd(const Napi::CallbackInfo& info, size_t index, int* fd);
-bool GetLength(const Napi::CallbackInfo& info, size_t index, size_t* length);
-bool GetOffset(const Napi::CallbackInfo& info, size_t index, off_t* offset);
+// Reads argument `index` as an integer >= min (a safe integer); otherwise
+// throws a TypeError naming the argument and returns false.
+bool IntegerArgument(const Napi::CallbackInfo& info, size_t index, const char* name, double min, int64_t* out);
+
+// Each resource registers its functions on `exports` and says what this
+// platform offers on `capabilities` (exported as one object).
+void InitFiles(Napi::Env env, Napi::Object exports, Napi::Object capabilities);
+void InitLocks(Napi::Env env, Napi::Object exports, Napi::Object capabilities);
+void InitMapping(Napi::Env env, Napi::Object exports, Napi::Object capabilities);
+void InitWatcher(Napi::Env env, Napi::Object exports, Napi::Object capabilities);
 
 // Mapped store memory (mapping.cc). A region is registered for as long as it
 // is mapped, so that a SIGBUS inside it (the file shrank under us) is
@@ -25,9 +36,5 @@ bool GetOffset(const Napi::CallbackInfo& info, size_t index, off_t* offset);
 void InstallFaultHandler();
 bool RegisterRegion(void* start, size_t length);
 void UnregisterRegion(void* start);
-void InitMapping(Napi::Env env, Napi::Object exports);
-
-// The change-notification thread (watcher.cc).
-void InitWatcher(Napi::Env env, Napi::Object exports);
 
 }  // namespace gensync

@@ -115,10 +115,10 @@ void Finalize(Napi::Env, void*, Mapping* mapping) {
 // released by unmap() or, failing that, when the buffer is collected.
 Napi::Value Map(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
-  size_t length;
-  if (!GetFd(info, 0, &fd) || !GetLength(info, 1, &length)) return env.Undefined();
-  void* address = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int64_t fd, length_value;
+  if (!IntegerArgument(info, 0, "fd", 0, &fd) || !IntegerArgument(info, 1, "length", 1, &length_value)) return env.Undefined();
+  size_t length = static_cast<size_t>(length_value);
+  void* address = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, static_cast<int>(fd), 0);
   if (address == MAP_FAILED) {
     ThrowErrno(env, errno, "mmap");
     return env.Undefined();
@@ -215,7 +215,7 @@ void UnregisterRegion(void* start) {
   }
 }
 
-void InitMapping(Napi::Env env, Napi::Object exports) {
+void InitMapping(Napi::Env env, Napi::Object exports, Napi::Object) {
   InstallFaultHandler();
   exports.Set("map", Napi::Function::New(env, Map, "map"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));

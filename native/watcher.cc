@@ -92,9 +92,10 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 #if !defined(GENSYNC_HAVE_FUTEX)
     Napi::Error::New(env, "futexes are not available on this platform").ThrowAsJavaScriptException();
 #else
-    int fd;
-    off_t offset;
-    if (!GetFd(info, 0, &fd) || !GetOffset(info, 1, &offset)) return;
+    int64_t fd_value, offset_value;
+    if (!IntegerArgument(info, 0, "fd", 0, &fd_value) || !IntegerArgument(info, 1, "offset", 0, &offset_value)) return;
+    int fd = static_cast<int>(fd_value);
+    off_t offset = static_cast<off_t>(offset_value);
     if (info.Length() < 3 || !info[2].IsFunction() || offset % static_cast<off_t>(sizeof(uint32_t)) != 0) {
       Napi::TypeError::New(env, "expected a callback and an aligned offset").ThrowAsJavaScriptException();
       return;
@@ -201,13 +202,13 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 
 }  // namespace
 
-void InitWatcher(Napi::Env env, Napi::Object exports) {
+void InitWatcher(Napi::Env env, Napi::Object exports, Napi::Object capabilities) {
   exports.Set("wake", Napi::Function::New(env, Wake, "wake"));
   exports.Set("Watcher", Watcher::Define(env));
 #if defined(GENSYNC_HAVE_FUTEX)
-  exports.Set("futex", Napi::Boolean::New(env, true));
+  capabilities.Set("futex", Napi::Boolean::New(env, true));
 #else
-  exports.Set("futex", Napi::Boolean::New(env, false));
+  capabilities.Set("futex", Napi::Boolean::New(env, false));
 #endif
 }
 

@@ -1,7 +1,8 @@
 // The store contract, for every store: each against an in-memory model with
 // operations from two processes (fast-check, model-based), its files' modes
 // under any umask, and refusal of a network-class filesystem (a real FUSE
-// mount).
+// mount); and the exported conformance checks, run by the three stores and
+// by stores written outside the package (one correct, one subtly wrong).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,10 +13,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   FileStore,
   SharedMemoryStore,
+  StoreClosedError,
   UnsafeStoreError,
   type AsyncStore,
   type Store,
 } from 'generation-sync';
+import { checkStoreContract, type GenerationListener, type KeyBinding, type StoreEntry } from 'generation-sync/conformance';
 
 import { ROOT, startWorker, tempDir, thrown, type Worker } from './helpers';
 import { STORE_KINDS } from './stores';
@@ -206,4 +209,113 @@ describe.each(STORE_KINDS)('the $name store against a model, with operations fro
     );
     await store.close();
   }, 120_000);
+});
+
+describe.each(STORE_KINDS)('the $name store and the exported conformance checks', (kind) => {
+  it('passes every check', async () => {
+    const dir = tempDir('gensync-conformance-');
+    const results = await checkStoreContract(() => kind.open(dir));
+    expect(results.filter((check) => !check.passed).map((check) => `${check.name}: ${check.error?.message}`)).toEqual([]);
+    expect(results.length).toBe(9);
+  });
+});
+
+/**
+ * A store written outside the package, the way a user would: generations in
+ * a Map of this process. `forgetsDeleted` makes it drop a deleted key's
+ * value, so that re-creating the key can repeat a generation.
+ */
+class MemoryStore implements Store {
+  readonly kind = 'memory';
+  readonly path = undefined;
+  closed = false;
+  readonly #keys = new Map<string, { value: number; present: boolean }>();
+  readonly #listeners = new Map<string, Set<GenerationListener>>();
+
+  constructor(private readonly forgetsDeleted = false) {}
+
+  bind(key: string): KeyBinding {
+    this.#open();
+    const store = this;
+    let synced: number | null = null;
+    return {
+      key,
+      get synced() {
+        return synced;
+      },
+      isStale: () => synced === null || store.#read(key) !== synced,
+      read: () => store.#read(key),
+      fetchOrCreate(now) {
+        const entry = store.#entry(key);
+        if (entry === undefined || !entry.present) store.#set(key, Math.max(Math.floor(now / 1000), (entry?.value ?? -1) + 1), true);
+        return (synced = store.#read(key) as number);
+      },
+      increment() {
+        const entry = store.#entry(key);
+        if (entry === undefined || !entry.present) return false;
+        store.#set(key, entry.value + 1, true);
+        synced = entry.value + 1;
+        return true;
+      },
+      delete() {
+        const entry = store.#entry(key);
+        if (entry === undefined) return;
+        if (store.forgetsDeleted) store.#keys.delete(key);
+        else store.#set(key, entry.value, false);
+        store.#tell(key);
+      },
+    };
+  }
+
+  entries(): StoreEntry[] {
+    this.#open();
+    return [...this.#keys].map(([key, { value, present }]) => ({ key, keyTruncated: false, generation: present ? value : null, createdAt: null, updatedAt: null }));
+  }
+
+  watch(key: string, _since: number | null | undefined, listener: GenerationListener): () => void {
+    const listeners = this.#listeners.get(key) ?? new Set();
+    this.#listeners.set(key, listeners.add(listener));
+    return () => listeners.delete(listener);
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  #open(): void {
+    if (this.closed) throw new StoreClosedError('closed');
+  }
+
+  #entry(key: string): { value: number; present: boolean } | undefined {
+    this.#open();
+    return this.#keys.get(key);
+  }
+
+  #read(key: string): number | null {
+    const entry = this.#entry(key);
+    return entry?.present === true ? entry.value : null;
+  }
+
+  #set(key: string, value: number, present: boolean): void {
+    this.#keys.set(key, { value, present });
+    this.#tell(key);
+  }
+
+  #tell(key: string): void {
+    const generation = this.#read(key);
+    for (const listener of this.#listeners.get(key) ?? []) queueMicrotask(() => listener(generation));
+  }
+}
+
+describe('a store written outside the package, run through the exported conformance checks', () => {
+  it('passes every check when it keeps the contract', async () => {
+    const results = await checkStoreContract(() => new MemoryStore());
+    expect(results.filter((check) => !check.passed).map((check) => `${check.name}: ${check.error?.message}`)).toEqual([]);
+  });
+
+  it('fails the never-repeat check, and only that one, when it forgets the value of a deleted key', async () => {
+    const failed = (await checkStoreContract(() => new MemoryStore(true))).filter((check) => !check.passed);
+    expect(failed.map((check) => check.name)).toEqual([expect.stringMatching(/^delete\(\) expires every holder, and the key comes back above every value/)]);
+    expect(failed[0]?.error?.message).toMatch(/^re-created at \d+, not above the \d+ it had$/);
+  });
 });

@@ -6,14 +6,10 @@
  */
 
 import { defaultStore } from '../stores/default-store';
-import { InvalidArgumentError, StoreFullError } from '../store/errors';
+import { InvalidArgumentError } from '../store/errors';
 import { isAnyStore, isAsyncStore, type AsyncKeyBinding, type AsyncStore, type KeyBinding, type Store } from '../store/store';
-import {
-  checkSynchronizerOptions,
-  OutageReporter,
-  readClock,
-  type GenerationSynchronizerOptions,
-} from './synchronizer';
+import { checkSynchronizerOptions, OutageReporter, readClock } from './policy';
+import type { GenerationSynchronizerOptions } from './synchronizer';
 import { describe, optionsObject } from '../store/validate';
 import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from '../store/watch';
 
@@ -117,12 +113,7 @@ export class AsyncGenerationSynchronizer {
       : new SyncBindingAdapter(store.bind(checked.cacheKey, bindOptions));
     const outages = new OutageReporter(checked.logger, checked.cacheKey);
     const synchronizer = new AsyncGenerationSynchronizer(CONSTRUCTION, checked.cacheKey, store, binding, checked.clock, outages);
-    try {
-      await binding.fetchOrCreate(readClock(checked.clock));
-    } catch (error) {
-      if (error instanceof StoreFullError) throw error;
-      outages.failed(error, 'checking for initial state in');
-    }
+    await outages.attemptAsync('checking for initial state in', () => binding.fetchOrCreate(readClock(checked.clock)), { throwIfFull: true });
     return synchronizer;
   }
 
@@ -147,14 +138,12 @@ export class AsyncGenerationSynchronizer {
 
   /** Take the current generation, re-creating a cleared key. Resolves whether the store was reached. */
   async refresh(): Promise<boolean> {
-    return this.#attempt('refreshing', async () => {
-      await this.#binding.fetchOrCreate(readClock(this.#clock));
-    });
+    return this.#outages.attemptAsync('refreshing', () => this.#binding.fetchOrCreate(readClock(this.#clock)));
   }
 
   /** Remove the key, expiring every holder. Resolves whether the store was reached. */
   async clear(): Promise<boolean> {
-    return this.#attempt('clearing', () => this.#binding.delete());
+    return this.#outages.attemptAsync('clearing', () => this.#binding.delete());
   }
 
   /**
@@ -163,51 +152,18 @@ export class AsyncGenerationSynchronizer {
    * the store: `false` means other processes may not have been told.
    */
   async markUpdated(): Promise<boolean> {
-    return this.#attempt('marking as updated', async () => {
+    return this.#outages.attemptAsync('marking as updated', async () => {
       if (!(await this.#binding.increment())) await this.#binding.fetchOrCreate(readClock(this.#clock));
     });
   }
 
-  /**
-   * Call `listener` soon after the generation of this key changes in any
-   * process — a bump, a clear, a re-creation — until the returned function
-   * is called (or disposed of with `using`). The listener gets the new
-   * generation and the one it saw before (at first, {@link syncGen}); it is
-   * called at once if the key already differs from {@link syncGen}. Changes
-   * in a burst may arrive as one call with the latest generation. The
-   * listener does not refresh this synchronizer: reload, then call
-   * {@link refresh}, as after {@link isExpired}.
-   *
-   * On the shared-memory store this is a real wake-up (a futex, on Linux);
-   * on the file store an `fs.watch` with a poll behind it; on Redis a
-   * pub/sub message. Watching never keeps the process alive by itself.
-   *
-   * @example
-   * const unwatch = sync.watch(({ generation }) => reloadSettings());
-   * // later
-   * unwatch();
-   */
+  /** {@inheritDoc GenerationSynchronizer.watch} */
   watch(listener: (change: GenerationChange) => void): Unwatch {
     return watchKey(this.store, this.cacheKey, this.syncGen, listener);
   }
 
-  /**
-   * Resolve with the next change of this key (see {@link watch}): at once if
-   * it already differs from {@link syncGen}. Resolves `null` after
-   * `timeoutMs`; rejects with the signal's reason if `signal` aborts.
-   */
+  /** {@inheritDoc GenerationSynchronizer.waitForChange} */
   waitForChange(options?: WaitForChangeOptions): Promise<GenerationChange | null> {
     return waitForKeyChange(this.store, this.cacheKey, this.syncGen, options);
-  }
-
-  async #attempt(action: string, operation: () => Promise<void>): Promise<boolean> {
-    try {
-      await operation();
-      this.#outages.recovered();
-      return true;
-    } catch (error) {
-      this.#outages.failed(error, action);
-      return false;
-    }
   }
 }

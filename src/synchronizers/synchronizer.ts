@@ -6,15 +6,14 @@
  */
 
 import type { Logger } from '../store/logger';
-import { makeCacheKey } from './cache-key';
 import { defaultStore } from '../stores/default-store';
-import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullError } from '../store/errors';
+import { InvalidArgumentError } from '../store/errors';
 import { isAnyStore, isSyncStore, type KeyBinding, type Store } from '../store/store';
-import { describe, optionalBoolean, optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../store/validate';
+import { describe, optionsObject } from '../store/validate';
 import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from '../store/watch';
+import { checkSynchronizerOptions, OutageReporter, readClock } from './policy';
 
-/** One year, djblets' default lifetime of a synchronization key. */
-export const DEFAULT_CACHE_EXPIRATION_SECS = 60 * 60 * 24 * 365;
+export { DEFAULT_CACHE_EXPIRATION_SECS } from './policy';
 
 export type { Logger } from '../store/logger';
 
@@ -60,83 +59,6 @@ export interface GenerationSynchronizerOptions {
    * @default Date.now
    */
   readonly clock?: (() => number) | undefined;
-}
-
-/** @internal Options after checking, shared with the async synchronizer. */
-export interface CheckedOptions {
-  readonly cacheKey: string;
-  readonly expirationSecs: number;
-  readonly logger: Logger;
-  readonly clock: () => number;
-}
-
-/** @internal Check the options both synchronizer classes take, except the store. */
-export function checkSynchronizerOptions(
-  cacheKey: string | readonly string[],
-  options: Omit<GenerationSynchronizerOptions, 'store'>,
-): CheckedOptions {
-  const normalize = optionalBoolean(options.normalizeCacheKey, 'normalizeCacheKey', true);
-  const key = normalize
-    ? makeCacheKey(cacheKey, { prefix: options.keyPrefix })
-    : wellFormedString(cacheKey, 'cacheKey (with normalizeCacheKey: false)');
-  const expirationSecs = optionalInteger(options.cacheExpirationSecs, 'cacheExpirationSecs', DEFAULT_CACHE_EXPIRATION_SECS, {
-    min: 1,
-    max: Number.MAX_SAFE_INTEGER,
-  });
-  const logger = options.logger ?? console;
-  if (typeof logger !== 'object' || logger === null || typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
-    throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
-  }
-  const clock = optionalFunction(options.clock, 'clock', Date.now);
-  return { cacheKey: key, expirationSecs, logger, clock };
-}
-
-/** @internal Read the clock, checking that it gives milliseconds since the epoch; stores derive seeds from it. */
-export function readClock(clock: () => number): number {
-  const now = clock();
-  if (typeof now !== 'number' || !Number.isFinite(now) || now < 0 || now > Number.MAX_SAFE_INTEGER / 1000) {
-    throw new OutOfRangeError(`The clock returned ${describe(now)}; it must return milliseconds since the epoch, like Date.now().`);
-  }
-  return now;
-}
-
-/**
- * @internal Logs a store failure once, when it starts, and its end once.
- * Errors that are not store failures are rethrown: they are bugs or
- * misconfiguration.
- */
-export class OutageReporter {
-  /** Whether the last store call failed. A plain field: markUpdated() reads it on its hot path. */
-  failing = false;
-
-  constructor(
-    private readonly logger: Logger,
-    private readonly cacheKey: string,
-  ) {}
-
-  failed(error: unknown, action: string): void {
-    if (!isFailSafeStoreError(error)) throw error;
-    if (this.failing) return;
-    this.failing = true;
-    this.logger.error(
-      `generation-sync: unexpected error ${action} synchronization state key "${shortKey(this.cacheKey)}". ` +
-        `Is the store available? Until it is, the key reads as expired. Error = ${error.message}`,
-      error,
-    );
-  }
-
-  recovered(): void {
-    if (!this.failing) return;
-    this.failing = false;
-    (this.logger.info ?? this.logger.warn).call(
-      this.logger,
-      `generation-sync: synchronization state key "${shortKey(this.cacheKey)}" reaches its store again.`,
-    );
-  }
-}
-
-function shortKey(key: string): string {
-  return key.length > 120 ? `${key.slice(0, 117)}...` : key;
 }
 
 /**
@@ -202,13 +124,7 @@ export class GenerationSynchronizer {
     this.#clock = checked.clock;
     this.#outages = new OutageReporter(checked.logger, checked.cacheKey);
     this.#binding = store.bind(checked.cacheKey, { expirationSecs: checked.expirationSecs });
-    try {
-      this.#binding.fetchOrCreate(readClock(this.#clock));
-    } catch (error) {
-      // A full store is the caller's to fix: say so now rather than expire forever.
-      if (error instanceof StoreFullError) throw error;
-      this.#outages.failed(error, 'checking for initial state in');
-    }
+    this.#outages.attempt('checking for initial state in', () => this.#binding.fetchOrCreate(readClock(this.#clock)), { throwIfFull: true });
   }
 
   /** The generation last fetched or set by this instance; `null` if the store could not be reached yet. */
@@ -241,7 +157,7 @@ export class GenerationSynchronizer {
    * @returns whether the store was reached; if not, {@link syncGen} is unchanged.
    */
   refresh(): boolean {
-    return this.#fetchOrCreate('refreshing');
+    return this.#outages.attempt('refreshing', () => this.#binding.fetchOrCreate(readClock(this.#clock)));
   }
 
   /**
@@ -253,14 +169,7 @@ export class GenerationSynchronizer {
    * @returns whether the store was reached.
    */
   clear(): boolean {
-    try {
-      this.#binding.delete();
-      this.#outages.recovered();
-      return true;
-    } catch (error) {
-      this.#outages.failed(error, 'clearing');
-      return false;
-    }
+    return this.#outages.attempt('clearing', () => this.#binding.delete());
   }
 
   /**
@@ -316,16 +225,5 @@ export class GenerationSynchronizer {
    */
   waitForChange(options?: WaitForChangeOptions): Promise<GenerationChange | null> {
     return waitForKeyChange(this.store, this.cacheKey, this.syncGen, options);
-  }
-
-  #fetchOrCreate(action: string): boolean {
-    try {
-      this.#binding.fetchOrCreate(readClock(this.#clock));
-      this.#outages.recovered();
-      return true;
-    } catch (error) {
-      this.#outages.failed(error, action);
-      return false;
-    }
   }
 }

@@ -23,6 +23,14 @@ export interface NativeWatcher {
   stop(): void;
 }
 
+/** What an addon build offers on its platform. */
+export interface AddonCapabilities {
+  /** Whether futexes are available (Linux); otherwise watching falls back to polling. */
+  readonly futex: boolean;
+  /** Whether byte-range locks (Linux OFD locks) are available; otherwise only the creation lock is. */
+  readonly rangeLocks: boolean;
+}
+
 /** What the addon exports; see `native/addon.cc`. */
 export interface NativeAddon {
   /**
@@ -43,14 +51,12 @@ export interface NativeAddon {
   unlock(fd: number, offset: number): void;
   /** Whether another open file description holds a lock on the byte at `offset`. */
   lockedByOthers(fd: number, offset: number): boolean;
-  /** Whether byte-range locks (Linux OFD locks) are available; otherwise only the creation lock is. */
-  readonly rangeLocks: boolean;
   /** Rename, failing with EEXIST rather than replacing an existing file. */
   renameNoReplace(from: string, to: string): void;
   /** Wake every thread, in every process, waiting on the u32 at `byteOffset` of `buffer`. */
   wake(buffer: ArrayBuffer, byteOffset: number): void;
-  /** Whether futexes are available (Linux); otherwise watching falls back to polling. */
-  readonly futex: boolean;
+  /** What this build offers on this platform. */
+  readonly capabilities: AddonCapabilities;
   /** A thread that calls `onChange` (on the JS thread) soon after the u32 at `byteOffset` of file `fd` changes. */
   Watcher: new (fd: number, byteOffset: number, onChange: () => void) => NativeWatcher;
 }
@@ -102,7 +108,8 @@ function load(): LoadResult {
     if (!existsSync(path)) continue;
     try {
       const addon = require(path) as Partial<NativeAddon>;
-      const missing = ADDON_FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+      const missing: string[] = ADDON_FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+      if (typeof addon.capabilities !== 'object') missing.push('capabilities');
       if (missing.length > 0) throw new Error(`it lacks ${missing.join(', ')}, so it is from another version`);
       return { addon: addon as NativeAddon, path };
     } catch (cause) {

@@ -1,0 +1,318 @@
+/**
+ * One mapped store file: the only module that turns the layout's byte
+ * offsets into typed-array indexes, and the one probe loop of the hash
+ * index. Everything above it names fields (`R_KEY_LENGTH`, `H_FLAGS`) and
+ * records, never bytes. Opening and creating a file is `open-file.ts`;
+ * creating a key, `key-creation.ts`; retiring a file, `retirement.ts`.
+ *
+ * Not part of the public API: the package exports only what index.ts names.
+ *
+ * @module
+ */
+
+import { createHash } from 'node:crypto';
+import { closeSync, fstatSync } from 'node:fs';
+
+import { corruptFileError, StoreFormatError, StoreUnavailableError } from '../../store/errors';
+import { retryUntil } from '../../system/lock-wait';
+import type { NativeAddon } from './native';
+import {
+  DIGEST_BYTES,
+  FLAG_RETIRED,
+  H_FLAGS,
+  H_NOTIFY_SEQ,
+  H_RECORD_COUNT,
+  INLINE_KEY_BYTES,
+  MAGIC,
+  R_CREATED_AT,
+  R_DIGEST,
+  R_GENERATION,
+  R_KEY,
+  R_KEY_LENGTH,
+  R_UPDATED_AT,
+  RECORD_SIZE,
+  type HeaderInfo,
+} from './shm-format';
+
+/**
+ * What identifies a key in a file: its UTF-8 length, SHA-256 and first
+ * bytes. A record can be matched or re-created from this alone, which is
+ * how keys are carried over to a new file.
+ */
+export interface KeyIdentity {
+  /** The key for messages (for a key carried over from an old file, only its first bytes). */
+  readonly label: string;
+  readonly length: number;
+  readonly digest: Buffer;
+  /** The first INLINE_KEY_BYTES bytes of the key (all of it when shorter). */
+  readonly inline: Buffer;
+  /** Hash-index tag: the first four bytes of the digest. */
+  readonly tag: number;
+}
+
+export function identityOf(key: string): KeyIdentity {
+  const bytes = Buffer.from(key, 'utf8');
+  const digest = createHash('sha256').update(bytes).digest();
+  return { label: key, length: bytes.length, digest, inline: bytes.subarray(0, INLINE_KEY_BYTES), tag: digest.readUInt32LE(0) };
+}
+
+/** One record as {@link MappedFile.records} reads it. */
+export interface RecordView {
+  readonly key: string;
+  readonly keyLength: number;
+  readonly word: bigint;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/** Where a probe of the index stopped: the entry's slot and its record reference (0 for an empty entry). */
+export interface ProbeStop {
+  /** Slot number in the index; -1 when the probe went round the whole table. */
+  readonly slot: number;
+  readonly ref: number;
+}
+
+/** A store file mapped `MAP_SHARED`. Close it with {@link MappedFile.close}, which unmaps it at once. */
+export class MappedFile {
+  /** The file as 64-bit words: generation words are read and bumped here, on the hot path. */
+  readonly gens: BigInt64Array;
+  readonly #u32: Uint32Array;
+  readonly #f64: Float64Array;
+  readonly #bytes: Buffer;
+  #open = true;
+
+  /** Made by `open-file.ts`, which has checked the file and its header. */
+  constructor(
+    readonly path: string,
+    readonly fd: number,
+    readonly header: HeaderInfo,
+    readonly buffer: ArrayBuffer,
+    readonly ino: number,
+    readonly dev: number,
+    readonly addon: NativeAddon,
+    readonly lockTimeoutMs: number,
+  ) {
+    this.gens = new BigInt64Array(buffer);
+    this.#u32 = new Uint32Array(buffer);
+    this.#f64 = new Float64Array(buffer);
+    this.#bytes = Buffer.from(buffer);
+  }
+
+  /** Unmap (no typed array over the file can reach it afterwards) and close. Idempotent. */
+  close(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    this.addon.unmap(this.buffer);
+    closeSync(this.fd);
+  }
+
+  get isOpen(): boolean {
+    return this.#open;
+  }
+
+  // Header fields: u32 words, read and written atomically.
+
+  headerWord(field: number): number {
+    return Atomics.load(this.#u32, field / 4);
+  }
+
+  setHeaderWord(field: number, value: number): void {
+    Atomics.store(this.#u32, field / 4, value);
+  }
+
+  /** Whether some process found this file pulled from its path and retired it. */
+  get retired(): boolean {
+    return (this.headerWord(H_FLAGS) & FLAG_RETIRED) !== 0;
+  }
+
+  /** Set the retired flag; every process that writes a key afterwards can tell. */
+  markRetired(): void {
+    Atomics.or(this.#u32, H_FLAGS / 4, FLAG_RETIRED);
+  }
+
+  /**
+   * Whether the file is still as long as its header says and still starts
+   * with the magic: a shrunk file (the pages past its end read as absent,
+   * see the addon) or one overwritten in place is not.
+   */
+  get intact(): boolean {
+    let size: number;
+    try {
+      size = fstatSync(this.fd).size;
+    } catch {
+      return false;
+    }
+    return size >= this.header.fileSize && this.#bytes.subarray(0, MAGIC.length).equals(MAGIC);
+  }
+
+  /** Bump the notification sequence and wake every watcher thread, in every process. */
+  wakeWatchers(): void {
+    Atomics.add(this.#u32, H_NOTIFY_SEQ / 4, 1);
+    this.addon.wake(this.buffer, H_NOTIFY_SEQ);
+  }
+
+  // Records.
+
+  /** Records in use, checked against the capacity. */
+  recordCount(): number {
+    const count = this.headerWord(H_RECORD_COUNT);
+    if (count > this.header.capacity) throw this.corrupt(`the record count is ${count}, above the capacity of ${this.header.capacity}`);
+    return count;
+  }
+
+  /** Index of the generation word of `record` in {@link MappedFile.gens}. */
+  wordIndex(record: number): number {
+    return (this.#offset(record, R_GENERATION)) / 8;
+  }
+
+  recordWord(record: number, field: number): number {
+    return this.#u32[this.#offset(record, field) / 4] ?? 0;
+  }
+
+  setRecordWord(record: number, field: number, value: number): void {
+    this.#u32[this.#offset(record, field) / 4] = value;
+  }
+
+  recordTime(record: number, field: number): number {
+    return this.#f64[this.#offset(record, field) / 8] ?? 0;
+  }
+
+  setRecordTime(record: number, field: number, value: number): void {
+    this.#f64[this.#offset(record, field) / 8] = value;
+  }
+
+  /** A writable view of `length` bytes of `record` at `field`. */
+  recordBytes(record: number, field: number, length: number): Buffer {
+    const start = this.#offset(record, field);
+    return this.#bytes.subarray(start, start + length);
+  }
+
+  /** Zero the whole of `record`. */
+  wipeRecord(record: number): void {
+    this.recordBytes(record, 0, RECORD_SIZE).fill(0);
+  }
+
+  /** Record now as the last creation, re-creation or clear time of `record`. */
+  stamp(record: number): void {
+    this.setRecordTime(record, R_UPDATED_AT, Date.now());
+  }
+
+  /** The identity a record holds (for a long key, its label is only the inline bytes). */
+  identityAt(record: number): KeyIdentity {
+    const length = Math.min(this.recordWord(record, R_KEY_LENGTH), 2 ** 31);
+    const digest = Buffer.from(this.recordBytes(record, R_DIGEST, DIGEST_BYTES));
+    const inline = Buffer.from(this.recordBytes(record, R_KEY, Math.min(length, INLINE_KEY_BYTES)));
+    return { label: inline.toString('utf8'), length, digest, inline, tag: digest.readUInt32LE(0) };
+  }
+
+  /** Every record, in creation order. */
+  records(): RecordView[] {
+    const views: RecordView[] = [];
+    const count = this.recordCount();
+    for (let record = 0; record < count; record++) {
+      const keyLength = this.recordWord(record, R_KEY_LENGTH);
+      views.push({
+        key: this.recordBytes(record, R_KEY, Math.min(keyLength, INLINE_KEY_BYTES)).toString('utf8'),
+        keyLength,
+        word: Atomics.load(this.gens, this.wordIndex(record)),
+        createdAt: this.recordTime(record, R_CREATED_AT),
+        updatedAt: this.recordTime(record, R_UPDATED_AT),
+      });
+    }
+    return views;
+  }
+
+  // The index.
+
+  /** Search the index without a lock. Returns the record number, or -1 when the key is not published. */
+  find(identity: KeyIdentity): number {
+    const { capacity } = this.header;
+    const { ref } = this.probe(identity.tag, (candidate, slot) => {
+      if (candidate > capacity) throw this.corrupt(`an index entry names record ${candidate - 1} of ${capacity}`);
+      return this.slotTag(slot) === identity.tag && this.#holds(candidate - 1, identity);
+    });
+    return ref - 1; // -1 when it stopped at an empty entry or went round the table
+  }
+
+  /** Whether the index publishes `record` (under the tag its digest gives). */
+  isPublished(record: number): boolean {
+    const tag = this.recordBytes(record, R_DIGEST, 4).readUInt32LE(0);
+    return this.probe(tag, (ref) => ref === record + 1).ref === record + 1;
+  }
+
+  /**
+   * The one probe loop of the index (linear probing from the tag's home
+   * position): visit each published entry until `stop` says so, or until an
+   * empty entry, past which no key of this tag can be.
+   */
+  probe(tag: number, stop: (ref: number, slot: number) => boolean): ProbeStop {
+    const { tableSize } = this.header;
+    const mask = tableSize - 1;
+    let slot = tag & mask;
+    for (let probes = 0; probes < tableSize; probes++) {
+      const ref = Atomics.load(this.#u32, this.#slotWord(slot));
+      if (ref === 0 || stop(ref, slot)) return { slot, ref };
+      slot = (slot + 1) & mask;
+    }
+    return { slot: -1, ref: 0 };
+  }
+
+  slotTag(slot: number): number {
+    return this.#u32[this.#slotWord(slot) + 1] ?? 0;
+  }
+
+  setSlotTag(slot: number, tag: number): void {
+    this.#u32[this.#slotWord(slot) + 1] = tag;
+  }
+
+  /** Publish `record` at `slot`: the last write of a key's creation, after which readers find it. */
+  publishSlot(slot: number, record: number): void {
+    Atomics.store(this.#u32, this.#slotWord(slot), record + 1);
+  }
+
+  // Kernel locks on bytes of the file (held by this open file description, released if the process dies).
+
+  /** Take the lock on the byte at `offset`, waiting up to the lock timeout; false if it did not come free. */
+  lock(offset: number, exclusive: boolean): boolean {
+    return retryUntil(this.lockTimeoutMs, () => (this.addon.tryLock(this.fd, offset, exclusive) ? true : undefined)) ?? false;
+  }
+
+  unlock(offset: number): void {
+    this.addon.unlock(this.fd, offset);
+  }
+
+  /** Whether another open file description holds a lock on the byte at `offset`. */
+  lockedByOthers(offset: number): boolean {
+    return this.addon.lockedByOthers(this.fd, offset);
+  }
+
+  lockTimeout(): StoreUnavailableError {
+    return new StoreUnavailableError(
+      'ERR_GENSYNC_LOCK_TIMEOUT',
+      `Another process held the key-creation lock of ${this.path} for more than ${this.lockTimeoutMs} ms. ` +
+        'A process may be stopped (SIGSTOP) or hung while creating a key: resume or kill it.',
+      { path: this.path },
+    );
+  }
+
+  corrupt(why: string): StoreFormatError {
+    return corruptFileError(this.path, 'store', why);
+  }
+
+  #offset(record: number, field: number): number {
+    return this.header.recordsOffset + record * RECORD_SIZE + field;
+  }
+
+  /** Index in #u32 of the `ref` word of index entry `slot` (its tag is the next word). */
+  #slotWord(slot: number): number {
+    return this.header.indexOffset / 4 + slot * 2;
+  }
+
+  #holds(record: number, identity: KeyIdentity): boolean {
+    return (
+      this.recordWord(record, R_KEY_LENGTH) === identity.length &&
+      this.recordBytes(record, R_DIGEST, DIGEST_BYTES).equals(identity.digest) &&
+      this.recordBytes(record, R_KEY, identity.inline.length).equals(identity.inline)
+    );
+  }
+}

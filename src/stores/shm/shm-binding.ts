@@ -1,0 +1,278 @@
+/**
+ * The shared-memory store's handle on one key, and every operation on a
+ * key: the hot paths (`isStale()` is one `Atomics.load`, `increment()` one
+ * `Atomics.add`) and the slow paths they fall back to (finding the key's
+ * record, re-creating a cleared key, following the store to a new file).
+ *
+ * Not part of the public API: the package exports only what index.ts names.
+ *
+ * @module
+ */
+
+import { StoreUnavailableError } from '../../store/errors';
+import { unixSecond, type KeyBinding } from '../../store/store';
+import { findOrCreate } from './key-creation';
+import type { LiveFile } from './live-file';
+import type { KeyIdentity, MappedFile } from './mapped-file';
+import { carryOver, MAX_CAS_ATTEMPTS, type CapturedKey } from './retirement';
+import { ABSENT, VALUE_MASK, WATCHED } from './shm-format';
+
+/** How many times one operation follows the store to a new file before it reports the store unavailable. */
+const MOVES_PER_OPERATION = 3;
+
+/** Generation words at or above this are flagged (absent, watched) or corrupt; below it they are exact as numbers. */
+const SAFE_WORD_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
+const NOT_WATCHED = ~WATCHED;
+
+/** What a binding needs from its store: the file in use, and a way to wake the key's watchers. */
+export interface BindingContext {
+  readonly live: LiveFile;
+  /** Tell every watcher of every process that the key of `binding` changed in `file`. */
+  notify(file: MappedFile, binding: SharedMemoryBinding): void;
+}
+
+/** A private word that reads as an absent key: the view of a binding with no record. Writes to it reach nobody. */
+function unboundView(): BigInt64Array {
+  return new BigInt64Array([ABSENT]);
+}
+
+/** The store's handle on one key. `view` and `index` point at the key's generation word in `file`. */
+export class SharedMemoryBinding implements KeyBinding {
+  #view: BigInt64Array = unboundView();
+  #index = 0;
+  /** The file holding the key's record; undefined until the key is found or created, and after every move. */
+  #file: MappedFile | undefined;
+  /** Record number in `file`, or -1. */
+  #record = -1;
+  /** The synced generation as a word, for the hot path's comparison; -1 (never stored) until there is one. */
+  #expectedWord = -1n;
+  /**
+   * The word an increment returned, not yet folded into `#expectedWord`.
+   * increment() only records it: adding one and converting to a number
+   * there would make the hot path of markUpdated() markedly slower. The
+   * next isStale() or `synced` folds it in.
+   */
+  #incrementedFrom: bigint | null = null;
+
+  constructor(
+    readonly key: string,
+    readonly identity: KeyIdentity,
+    private readonly context: BindingContext,
+  ) {}
+
+  get synced(): number | null {
+    this.#settle();
+    return this.#expectedWord < 0n ? null : Number(this.#expectedWord);
+  }
+
+  /** The file this binding is attached to, if any. */
+  get file(): MappedFile | undefined {
+    return this.#file;
+  }
+
+  /** The key's record number in {@link file}, or -1. */
+  get record(): number {
+    return this.#record;
+  }
+
+  isStale(): boolean {
+    const word = Atomics.load(this.#view, this.#index);
+    return word !== this.#expectedWord && this.#staleAfterSettling(word);
+  }
+
+  increment(): boolean {
+    const previous = Atomics.add(this.#view, this.#index, 1n);
+    if (previous < SAFE_WORD_LIMIT && previous >= 0n) {
+      this.#incrementedFrom = previous;
+      return true;
+    }
+    return this.#incrementOutOfRange(previous);
+  }
+
+  read(): number | null {
+    const file = this.context.live.current();
+    if (!this.attachIfPublished(file)) return null;
+    return generationOf(file, Atomics.load(file.gens, this.#index));
+  }
+
+  fetchOrCreate(now: number): number {
+    const seed = unixSecond(now);
+    for (let move = 0; move < MOVES_PER_OPERATION; move++) {
+      const file = this.context.live.current();
+      if (this.#file !== file) {
+        const record = findOrCreate(file, this.identity, seed);
+        // Retired while this process waited for the creation lock: do it again in the live file.
+        if (record < 0) continue;
+        this.attach(file, record);
+      }
+      if (file.retired) continue;
+      const value = this.#reviveIfAbsent(file, seed);
+      if (file.retired) {
+        // Retired while reviving: the retiring process may have captured the key as absent before the revival.
+        this.#handOver(file);
+        continue;
+      }
+      // Truncated while reviving: the word may have been a page that reads as absent, private to this process.
+      if (this.context.live.faultedSinceCurrent()) continue;
+      this.#expectedWord = BigInt(value);
+      this.#incrementedFrom = null;
+      return value;
+    }
+    throw new StoreUnavailableError(
+      'ERR_GENSYNC_STORE_UNAVAILABLE',
+      `The store file at ${this.context.live.path} was replaced ${MOVES_PER_OPERATION} times during one operation. ` +
+        'Something keeps replacing it: stop it, or use another path.',
+      { path: this.context.live.path },
+    );
+  }
+
+  delete(): void {
+    const file = this.context.live.current();
+    if (!this.attachIfPublished(file)) return;
+    const previous = Atomics.or(file.gens, this.#index, ABSENT);
+    file.stamp(this.#record);
+    if ((previous & (ABSENT | WATCHED)) === WATCHED) this.context.notify(file, this);
+  }
+
+  /** Bind to the key's record in `file`, if the key is published there; false when it is not. */
+  attachIfPublished(file: MappedFile): boolean {
+    if (this.#file === file) return true;
+    const record = file.find(this.identity);
+    if (record < 0) return false;
+    this.attach(file, record);
+    return true;
+  }
+
+  attach(file: MappedFile, record: number): void {
+    this.#file = file;
+    this.#record = record;
+    this.#view = file.gens;
+    this.#index = file.wordIndex(record);
+  }
+
+  /** Let go of the file: the key reads as absent (expired) until it is attached again. */
+  detach(): void {
+    this.#view = unboundView();
+    this.#index = 0;
+    this.#file = undefined;
+    this.#record = -1;
+  }
+
+  /** What this binding knows of its key, as a floor for a file that replaces one which lost its contents. */
+  floor(): CapturedKey | undefined {
+    this.#settle();
+    return this.#expectedWord >= 0n ? { identity: this.identity, word: ABSENT | this.#expectedWord } : undefined;
+  }
+
+  /** A differing word: stale unless a pending increment or the WATCHED flag explains the difference. */
+  #staleAfterSettling(word: bigint): boolean {
+    this.#settle();
+    return word !== this.#expectedWord && (word & NOT_WATCHED) !== this.#expectedWord;
+  }
+
+  /** Fold a pending increment into the synced value. */
+  #settle(): void {
+    if (this.#incrementedFrom !== null) {
+      this.#expectedWord = this.#incrementedFrom + 1n;
+      this.#incrementedFrom = null;
+    }
+  }
+
+  /**
+   * The slow path of an increment whose previous word was flagged, unbound
+   * or out of range. Returns false, changing nothing visible, when the key
+   * is absent.
+   */
+  #incrementOutOfRange(previous: bigint): boolean {
+    const file = this.context.live.current(); // moves to the live file first if the binding's was retired or shrunk
+    if (this.#file !== file) {
+      // Unbound, or bound to a file this process has left: the add reached nobody. Make the increment here.
+      return this.attachIfPublished(file) && this.increment();
+    }
+    if (previous < 0n) throw file.corrupt(`key "${this.key}" holds generation word ${previous}`);
+    // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
+    if ((previous & ABSENT) !== 0n) return false;
+    this.#incrementedFrom = BigInt(checkedGeneration(file, previous & VALUE_MASK));
+    if ((previous & WATCHED) !== 0n) this.context.notify(file, this);
+    return true;
+  }
+
+  /** Re-create a cleared key above every value it had; return the present generation. */
+  #reviveIfAbsent(file: MappedFile, seed: number): number {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const word = Atomics.load(file.gens, this.#index);
+      if ((word & ABSENT) === 0n) return checkedGeneration(file, word & VALUE_MASK);
+      const highest = word & VALUE_MASK;
+      const value = BigInt(seed) > highest ? BigInt(seed) : highest + 1n;
+      const watched = word & WATCHED;
+      if (Atomics.compareExchange(file.gens, this.#index, word, value | watched) === word) {
+        file.stamp(this.#record);
+        if (watched !== 0n) this.context.notify(file, this);
+        return checkedGeneration(file, value);
+      }
+    }
+    throw new StoreUnavailableError(
+      'ERR_GENSYNC_STORE_UNAVAILABLE',
+      `Key "${this.key}" in ${file.path} changed ${MAX_CAS_ATTEMPTS} times while it was being re-created.`,
+      { path: file.path },
+    );
+  }
+
+  /**
+   * A key revived in `file` after it was retired: poison it again (the
+   * atomic OR also captures anything added since) and carry that over to
+   * the live file, so that whatever the retiring process captured, the
+   * live file ends above it.
+   */
+  #handOver(file: MappedFile): void {
+    const word = Atomics.or(file.gens, this.#index, ABSENT);
+    const next = this.context.live.current();
+    if (next !== file && carryOver(next, this.identity, word)) next.wakeWatchers();
+  }
+}
+
+/**
+ * Every binding a store instance made and has not seen collected, attached
+ * to the file in use or not: what must follow the store to a new file.
+ */
+export class Bindings {
+  readonly #refs = new Set<WeakRef<SharedMemoryBinding>>();
+  readonly #finalizer = new FinalizationRegistry<WeakRef<SharedMemoryBinding>>((ref) => this.#refs.delete(ref));
+
+  add(binding: SharedMemoryBinding): void {
+    const ref = new WeakRef(binding);
+    this.#refs.add(ref);
+    this.#finalizer.register(binding, ref);
+  }
+
+  /** Detach every binding: its key reads as expired until it is used again. */
+  detachAll(): void {
+    for (const ref of this.#refs) ref.deref()?.detach();
+  }
+
+  /** What the bindings know of their keys, as floors for a new file when the old one lost its contents. */
+  floors(): CapturedKey[] {
+    const floors: CapturedKey[] = [];
+    for (const ref of this.#refs) {
+      const floor = ref.deref()?.floor();
+      if (floor !== undefined) floors.push(floor);
+    }
+    return floors;
+  }
+
+  clear(): void {
+    this.#refs.clear();
+  }
+}
+
+/** A generation word's value, or null when absent; flags removed and range checked. */
+export function generationOf(file: MappedFile, word: bigint): number | null {
+  if (word < 0n) throw file.corrupt(`a generation word holds ${word}`);
+  return (word & ABSENT) !== 0n ? null : checkedGeneration(file, word & VALUE_MASK);
+}
+
+/** A generation value (no flags), checked to be exact as a number. */
+function checkedGeneration(file: MappedFile, value: bigint): number {
+  if (value < 0n || value > SAFE_WORD_LIMIT) throw file.corrupt(`a generation word holds ${value}, outside the range a generation can take`);
+  return Number(value);
+}
