@@ -1,11 +1,14 @@
 /**
  * The one place that finds and loads the native addon.
  *
- * Candidates, in order: an addon built from source in this package
- * (`build/Release`), then the prebuilt addon shipped for this platform in
- * `prebuilds/<platform>-<arch>/` (N-API, so one build serves every Node
- * version). The first that loads wins; if none does, the error says what
- * was tried and how to get the native store.
+ * `GENERATION_SYNC_ADDON=/path/to/generation_sync.node`, when set, is the
+ * only candidate: for bundlers (esbuild, webpack) and layouts where this
+ * module no longer sits inside the package. Otherwise, in order: an addon
+ * built from source in this package (`build/Release`), then the prebuilt
+ * addon shipped for this platform in `prebuilds/<platform>-<arch>/`
+ * (N-API, so one build serves every Node version). The first that loads
+ * wins; if none does, the error says what was tried and how to get the
+ * native store.
  *
  * Not part of the public API: the package exports only what index.ts names.
  *
@@ -64,7 +67,8 @@ export interface NativeAddon {
 const ADDON_FUNCTIONS = ['map', 'unmap', 'faults', 'allocate', 'tryLock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;
 
 /** The package's root directory (this file is `dist/native.js`). */
-export const PACKAGE_ROOT = resolve(__dirname, '..', '..', '..'); // dist/stores/shm/ → the package
+// dist/stores/shm/ → the package. A bundle in ES module form has no __dirname: then the working directory.
+export const PACKAGE_ROOT = typeof __dirname === 'string' ? resolve(__dirname, '..', '..', '..') : process.cwd();
 
 /** How a user gets the native store when it is missing. */
 export const HOW_TO_GET_THE_ADDON =
@@ -83,8 +87,13 @@ function libc(): 'glibc' | 'musl' | undefined {
   return report?.header?.glibcVersionRuntime !== undefined ? 'glibc' : 'musl';
 }
 
+/** The environment variable that names the addon file, overriding the search. */
+export const ADDON_ENV = 'GENERATION_SYNC_ADDON';
+
 /** Places the addon may be, most specific first. */
 export function addonCandidates(root = PACKAGE_ROOT): string[] {
+  const named = process.env[ADDON_ENV];
+  if (named !== undefined && named !== '') return [resolve(named)];
   const candidates = [join(root, 'build', 'Release', 'generation_sync.node')];
   const prebuilds = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
   if (existsSync(prebuilds)) {
@@ -107,7 +116,10 @@ function load(): LoadResult {
   for (const path of addonCandidates()) {
     if (!existsSync(path)) continue;
     try {
-      const addon = require(path) as Partial<NativeAddon>;
+      // process.dlopen rather than require(): a bundler rewrites require() (an ES module bundle has none at all).
+      const holder = { exports: {} as Partial<NativeAddon> };
+      process.dlopen(holder, path);
+      const addon = holder.exports;
       const missing: string[] = ADDON_FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
       if (typeof addon.capabilities !== 'object') missing.push('capabilities');
       if (missing.length > 0) throw new Error(`it lacks ${missing.join(', ')}, so it is from another version`);
@@ -116,10 +128,14 @@ function load(): LoadResult {
       tried.push(`${path}: ${(cause as Error).message}`);
     }
   }
+  const named = process.env[ADDON_ENV];
   const reason =
-    tried.length === 0
-      ? `no addon is built for ${process.platform}-${process.arch} and none is prebuilt for it`
-      : `no addon would load (${tried.join('; ')})`;
+    named !== undefined && named !== '' && tried.length === 0
+      ? `${ADDON_ENV} names ${resolve(named)}, which does not exist`
+      : tried.length === 0
+        ? `no addon is built for ${process.platform}-${process.arch} and none is prebuilt for it in ${PACKAGE_ROOT} ` +
+          `(if this code was bundled or moved, set ${ADDON_ENV} to the path of generation_sync.node)`
+        : `no addon would load (${tried.join('; ')})`;
   return { error: new AddonUnavailableError(`The generation-sync native addon is not available: ${reason}. ${HOW_TO_GET_THE_ADDON}`) };
 }
 
