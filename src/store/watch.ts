@@ -231,3 +231,30 @@ export function waitForKeyChange(
     }
   });
 }
+
+/**
+ * A delayed stop of what watching keeps running (a notifier thread, a
+ * subscriber connection) once no key is watched, so that watching and
+ * unwatching in a loop (`waitForChange()`) does not restart it every time.
+ * The timer never keeps the process alive.
+ */
+export class Linger {
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly ms: number) {}
+
+  /** Call `stop` after the linger time if `idle()` still holds then; does nothing if already counting. */
+  start(idle: () => boolean, stop: () => void): void {
+    if (this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (idle()) stop();
+    }, this.ms);
+    this.#timer.unref();
+  }
+
+  cancel(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}

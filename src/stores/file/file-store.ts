@@ -24,7 +24,7 @@ import {
 import { basename, dirname, join } from 'node:path';
 
 import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from '../../store/errors';
-import { CallsBinding } from '../../store/binding';
+import { CallsBinding, type KeyCalls } from '../../store/binding';
 import { acquireFileLock, lostLockError, removeOwnStagingDirectory, type HeldFileLock } from './file-lock';
 import {
   checkDirectoryChain,
@@ -168,6 +168,13 @@ export class FileStore implements Store {
   #snapshot: Snapshot = NO_FILE;
   #closed = false;
   readonly #watched = new WatchList<string>();
+  /** The four calls the bindings make, kept off the public class. */
+  readonly #calls: KeyCalls = {
+    generationOf: (key) => this.#generationOf(key),
+    fetchOrCreate: (key, now, expirationSecs) => this.#fetchOrCreate(key, now, expirationSecs),
+    increment: (key) => this.#increment(key),
+    delete: (key) => this.#delete(key),
+  };
   #fsWatcher: FSWatcher | undefined;
   #safetyPoll: NodeJS.Timeout | undefined;
 
@@ -214,7 +221,7 @@ export class FileStore implements Store {
 
   bind(key: string, options: BindOptions): KeyBinding {
     this.#checkOpen();
-    return new CallsBinding(wellFormedString(key, 'key'), this, options.expirationSecs);
+    return new CallsBinding(wellFormedString(key, 'key'), this.#calls, options.expirationSecs);
   }
 
   entries(): StoreEntry[] {
@@ -241,7 +248,7 @@ export class FileStore implements Store {
     this.#checkOpen();
     const checked = wellFormedString(key, 'key');
     const watched = this.#watched.get(checked) ?? this.#startWatching(checked);
-    const { behind, remove } = this.#watched.register(watched, since, this.generationOf(checked), listener, onClose);
+    const { behind, remove } = this.#watched.register(watched, since, this.#generationOf(checked), listener, onClose);
     if (behind) queueMicrotask(() => this.#deliver());
     return () => {
       if (remove() && this.#watched.size === 0) this.#stopWatching();
@@ -300,23 +307,22 @@ export class FileStore implements Store {
     if (this.#closed) return;
     this.#watched.deliverAll((watched) => {
       try {
-        return this.generationOf(watched.key);
+        return this.#generationOf(watched.key);
       } catch {
         return undefined; // the file is unreadable just now: the synchronizers report it
       }
     });
   }
 
-  /** @internal The live generation of `key`, or null when absent or expired. */
-  generationOf(key: string): number | null {
+  /** The live generation of `key`, or null when absent or expired. */
+  #generationOf(key: string): number | null {
     this.#checkOpen();
     const entry = this.#current().entries.get(key);
     return entry !== undefined && isLive(entry, this.#clock()) ? entry.generation : null;
   }
 
-  /** @internal */
-  fetchOrCreate(key: string, now: number, expirationSecs: number): number {
-    const existing = this.generationOf(key);
+  #fetchOrCreate(key: string, now: number, expirationSecs: number): number {
+    const existing = this.#generationOf(key);
     if (existing !== null) return existing;
     const seed = unixSecond(now);
     return this.#mutate((entries, now) => {
@@ -335,8 +341,8 @@ export class FileStore implements Store {
     });
   }
 
-  /** @internal The incremented generation, or null (nothing written) when the key is absent or expired. */
-  increment(key: string): number | null {
+  /** The incremented generation, or null (nothing written) when the key is absent or expired. */
+  #increment(key: string): number | null {
     this.#checkOpen();
     return this.#mutate((entries, now) => {
       const entry = entries.get(key);
@@ -348,10 +354,9 @@ export class FileStore implements Store {
     });
   }
 
-  /** @internal */
-  delete(key: string): void {
+  #delete(key: string): void {
     this.#checkOpen();
-    if (this.generationOf(key) === null) return;
+    if (this.#generationOf(key) === null) return;
     this.#mutate((entries, now) => {
       const entry = entries.get(key);
       if (entry === undefined || !isLive(entry, now)) return { result: undefined, changed: false };

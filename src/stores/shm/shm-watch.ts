@@ -15,7 +15,7 @@
 
 import { StoreClosedError, StoreError, StoreUnavailableError } from '../../store/errors';
 import type { GenerationListener } from '../../store/store';
-import { WatchList, type WatchedKey } from '../../store/watch';
+import { Linger, WatchList, type WatchedKey } from '../../store/watch';
 import { findOrCreate, withCreationLock } from './key-creation';
 import type { LiveFile } from './live-file';
 import type { MappedFile } from './mapped-file';
@@ -38,7 +38,7 @@ const NOT_WATCHED = ~WATCHED;
 export class Watching {
   readonly #watched = new WatchList<SharedMemoryBinding>();
   #notifier: NativeWatcher | undefined;
-  #notifierLinger: NodeJS.Timeout | undefined;
+  readonly #notifierLinger = new Linger(NOTIFIER_LINGER_MS);
   /** Watched keys whose WATCHED flag could not be set in the file in use; the background check tries again. */
   #unmarked = false;
 
@@ -158,8 +158,7 @@ export class Watching {
   }
 
   #startNotifier(): void {
-    clearTimeout(this.#notifierLinger);
-    this.#notifierLinger = undefined;
+    this.#notifierLinger.cancel();
     const file = this.live.inUse;
     if (this.#notifier !== undefined || file === undefined) return;
     const deliver = (): void => this.#deliver();
@@ -173,20 +172,15 @@ export class Watching {
   }
 
   #stopNotifier(): void {
-    clearTimeout(this.#notifierLinger);
-    this.#notifierLinger = undefined;
+    this.#notifierLinger.cancel();
     this.#notifier?.stop();
     this.#notifier = undefined;
   }
 
   /** Stop the notifier once no key has been watched for NOTIFIER_LINGER_MS. */
   #stopNotifierSoon(): void {
-    if (this.#notifier === undefined || this.#notifierLinger !== undefined) return;
-    this.#notifierLinger = setTimeout(() => {
-      this.#notifierLinger = undefined;
-      if (this.#watched.size === 0) this.#stopNotifier();
-    }, NOTIFIER_LINGER_MS);
-    this.#notifierLinger.unref();
+    if (this.#notifier === undefined) return;
+    this.#notifierLinger.start(() => this.#watched.size === 0, () => this.#stopNotifier());
   }
 
   /** Give every listener whose key changed the current generation. */
