@@ -1,6 +1,14 @@
 /**
  * The fallback store: generations in one JSON file, for hosts where the
- * native addon cannot be built or loaded.
+ * native addon cannot be built or loaded. This module is the store's front
+ * and its reading and writing of the file; beside it:
+ *
+ * ```
+ * file-store.ts    the front; snapshots of the file, writes under the lock
+ *   file-lock.ts   the writer lock, its fence and its takeover
+ *   file-watch.ts  fs.watch and the safety poll
+ *   file-format.ts what the file holds; parsing and checking it
+ * ```
  *
  * @module
  */
@@ -16,14 +24,12 @@ import {
   renameSync,
   statSync,
   unlinkSync,
-  watch,
   writeSync,
-  type FSWatcher,
   type Stats,
 } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 
-import { corruptFileError, foreignFileError, StoreClosedError, StoreError, StoreFormatError } from '../../store/errors';
+import { corruptFileError, StoreClosedError, StoreError } from '../../store/errors';
 import { CallsBinding, type KeyCalls } from '../../store/binding';
 import { acquireFileLock, lostLockError, removeOwnStagingDirectory, type HeldFileLock } from './file-lock';
 import {
@@ -48,31 +54,19 @@ import {
 import { pause } from '../../system/pause';
 import { checkpoint } from '../../system/test-hooks';
 import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from '../../store/store';
-import { describe, optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
-import { WatchList, type WatchedKey } from '../../store/watch';
+import { optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
+import { checkGeneration, isLive, MAX_FILE_STORE_BYTES, parseStoreFile, serialize, type FileEntry } from './file-format';
+import { FileWatching } from './file-watch';
 
 /** File name of the file store in the default directory. */
 export const FILE_STORE_NAME = STORE_FILE_NAMES.file;
 
-/** The `format` field that marks a file as a store of this kind. */
-export const FILE_FORMAT = 'generation-sync-file-store';
-/** The format version this code writes and the newest it reads. */
-export const FILE_FORMAT_VERSION = 1;
-
-/** proper-lockfile's default; it refuses anything under 2000 ms. */
 const DEFAULT_STALE_LOCK_MS = 10_000;
 const MIN_STALE_LOCK_MS = 2000;
 /** Attempts to read a file another process is publishing with link + unlink at that moment. */
 const READ_ATTEMPTS = 5;
 const READ_RETRY_PAUSE_MS = 2;
-/**
- * The largest file store this code reads: far above any real one (a key
- * takes about 120 bytes, so this is hundreds of thousands of keys), and
- * small enough that reading a wrong file cannot exhaust memory.
- */
-export const MAX_FILE_STORE_BYTES = 64 * 1024 * 1024;
-/** How often watchers re-check their keys in case a file-system event was missed. */
-export const WATCH_SAFETY_POLL_MS = 500;
+export { WATCH_SAFETY_POLL_MS } from './file-watch';
 
 /** Options of {@link FileStore.open}. */
 export interface FileStoreOptions {
@@ -103,17 +97,6 @@ export interface FileStoreOptions {
    * @default Date.now
    */
   readonly clock?: (() => number) | undefined;
-}
-
-/** One key in the file. */
-interface FileEntry {
-  readonly generation: number;
-  /** Cleared: the key reads as absent, and `generation` is the highest value it had. */
-  readonly absent: boolean;
-  /** When the key expires (ms since the epoch); it then reads as absent. */
-  readonly expiresAt: number;
-  readonly createdAt: number;
-  readonly updatedAt: number;
 }
 
 /** One parsed version of the file, with the descriptor that pins its inode. */
@@ -167,7 +150,7 @@ export class FileStore implements Store {
   readonly #clock: () => number;
   #snapshot: Snapshot = NO_FILE;
   #closed = false;
-  readonly #watched = new WatchList<string>();
+  readonly #watching: FileWatching;
   /** The four calls the bindings make, kept off the public class. */
   readonly #calls: KeyCalls = {
     generationOf: (key) => this.#generationOf(key),
@@ -175,8 +158,6 @@ export class FileStore implements Store {
     increment: (key) => this.#increment(key),
     delete: (key) => this.#delete(key),
   };
-  #fsWatcher: FSWatcher | undefined;
-  #safetyPoll: NodeJS.Timeout | undefined;
 
   private constructor(path: string, mode: number, lockTimeoutMs: number, staleLockMs: number, clock: () => number) {
     this.path = path;
@@ -184,6 +165,7 @@ export class FileStore implements Store {
     this.#lockTimeoutMs = lockTimeoutMs;
     this.#staleLockMs = staleLockMs;
     this.#clock = clock;
+    this.#watching = new FileWatching(path, (key) => this.#generationOf(key), () => this.#closed);
   }
 
   /**
@@ -246,21 +228,14 @@ export class FileStore implements Store {
    */
   watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
     this.#checkOpen();
-    const checked = wellFormedString(key, 'key');
-    const watched = this.#watched.get(checked) ?? this.#startWatching(checked);
-    const { behind, remove } = this.#watched.register(watched, since, this.#generationOf(checked), listener, onClose);
-    if (behind) queueMicrotask(() => this.#deliver());
-    return () => {
-      if (remove() && this.#watched.size === 0) this.#stopWatching();
-    };
+    return this.#watching.watch(wellFormedString(key, 'key'), since, listener, onClose);
   }
 
   /** Close the file. Bindings made from this store then throw {@link StoreClosedError}. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#stopWatching();
-    this.#watched.close(new StoreClosedError(`The store at ${this.path} was closed while a watch was pending.`, { path: this.path }));
+    this.#watching.close(new StoreClosedError(`The store at ${this.path} was closed while a watch was pending.`, { path: this.path }));
     this.#replaceSnapshot(NO_FILE);
     const open = (openStores.get(this.path) ?? 1) - 1;
     if (open > 0) {
@@ -269,49 +244,6 @@ export class FileStore implements Store {
       openStores.delete(this.path);
       removeOwnStagingDirectory(this.path);
     }
-  }
-
-  #startWatching(key: string): WatchedKey<string> {
-    const watched = this.#watched.open(key, key);
-    if (this.#safetyPoll === undefined) {
-      const check = (): void => this.#deliver();
-      this.#safetyPoll = setInterval(check, WATCH_SAFETY_POLL_MS);
-      this.#safetyPoll.unref();
-      try {
-        const name = basename(this.path);
-        this.#fsWatcher = watch(dirname(this.path), { persistent: false }, (_event, filename) => {
-          if (filename === null || filename === name) check();
-        });
-        // The directory may vanish or the watch limit be reached: the safety poll carries on.
-        this.#fsWatcher.on('error', () => this.#closeFsWatcher());
-      } catch {
-        this.#fsWatcher = undefined;
-      }
-    }
-    return watched;
-  }
-
-  #stopWatching(): void {
-    clearInterval(this.#safetyPoll);
-    this.#safetyPoll = undefined;
-    this.#closeFsWatcher();
-  }
-
-  #closeFsWatcher(): void {
-    this.#fsWatcher?.close();
-    this.#fsWatcher = undefined;
-  }
-
-  /** Give every listener whose key changed the current generation. */
-  #deliver(): void {
-    if (this.#closed) return;
-    this.#watched.deliverAll((watched) => {
-      try {
-        return this.#generationOf(watched.key);
-      } catch {
-        return undefined; // the file is unreadable just now: the synchronizers report it
-      }
-    });
   }
 
   /** The live generation of `key`, or null when absent or expired. */
@@ -522,85 +454,9 @@ function removeQuietly(path: string): void {
   }
 }
 
-function isLive(entry: FileEntry, now: number): boolean {
-  return !entry.absent && entry.expiresAt > now;
-}
-
-function checkGeneration(generation: number, key: string, path: string): void {
-  if (!Number.isSafeInteger(generation)) {
-    throw new StoreFormatError(
-      'ERR_GENSYNC_CORRUPT_FILE',
-      `Key "${key}" in ${path} would reach generation ${generation}, beyond what a number can hold exactly.`,
-      { path },
-    );
-  }
-}
-
-function serialize(entries: ReadonlyMap<string, FileEntry>): string {
-  const list = [...entries].map(([key, entry]) => ({ key, ...entry }));
-  return JSON.stringify({ format: FILE_FORMAT, version: FILE_FORMAT_VERSION, entries: list }) + '\n';
-}
-
 function writeAll(fd: number, text: string): void {
   const bytes = Buffer.from(text, 'utf8');
   let offset = 0;
   while (offset < bytes.length) offset += writeSync(fd, bytes, offset, bytes.length - offset, offset);
-}
-
-/**
- * Parse a store file. Keys live in an array of records, not as object
- * properties, so keys such as `__proto__` are ordinary keys; and every
- * field is checked before it is trusted.
- */
-export function parseStoreFile(text: string, path: string): Map<string, FileEntry> {
-  const foreign = (what: string): StoreFormatError => foreignFileError(path, what);
-  const corrupt = (why: string): StoreFormatError => corruptFileError(path, 'file store', why);
-
-  if (text.length === 0) throw foreign('an empty file');
-  let document: unknown;
-  try {
-    document = JSON.parse(text);
-  } catch {
-    if (!text.trimStart().startsWith('{')) throw foreign('not a generation-sync file store');
-    throw corrupt('it is not valid JSON');
-  }
-  if (typeof document !== 'object' || document === null || Array.isArray(document)) {
-    throw foreign('not a generation-sync file store');
-  }
-  const { format, version, entries } = document as Record<string, unknown>;
-  if (format !== FILE_FORMAT) throw foreign('not a generation-sync file store');
-  if (typeof version !== 'number' || !Number.isInteger(version) || version < 1) throw corrupt(`format version ${describe(version)}`);
-  if (version > FILE_FORMAT_VERSION) {
-    throw new StoreFormatError(
-      'ERR_GENSYNC_UNSUPPORTED_VERSION',
-      `${path} has file store format ${version}, newer than format ${FILE_FORMAT_VERSION} that this version of ` +
-        'generation-sync understands. Upgrade generation-sync in this application, or use another path.',
-      { path },
-    );
-  }
-  if (!Array.isArray(entries)) throw corrupt('"entries" is not a list');
-
-  const parsed = new Map<string, FileEntry>();
-  entries.forEach((record: unknown, index) => {
-    if (typeof record !== 'object' || record === null || Array.isArray(record)) throw corrupt(`entry ${index} is not an object`);
-    const { key, generation, absent, expiresAt, createdAt, updatedAt } = record as Record<string, unknown>;
-    if (typeof key !== 'string' || !key.isWellFormed()) throw corrupt(`entry ${index} has no valid key`);
-    if (parsed.has(key)) throw corrupt(`key ${JSON.stringify(key.slice(0, 80))} appears twice`);
-    if (typeof generation !== 'number' || !Number.isSafeInteger(generation) || generation < 0) {
-      throw corrupt(`entry ${index} has generation ${describe(generation)}`);
-    }
-    if (typeof absent !== 'boolean') throw corrupt(`entry ${index} has no "absent" flag`);
-    for (const [name, value] of [['expiresAt', expiresAt], ['createdAt', createdAt], ['updatedAt', updatedAt]] as const) {
-      if (typeof value !== 'number' || !Number.isFinite(value)) throw corrupt(`entry ${index} has ${name} ${describe(value)}`);
-    }
-    parsed.set(key, {
-      generation,
-      absent,
-      expiresAt: expiresAt as number,
-      createdAt: createdAt as number,
-      updatedAt: updatedAt as number,
-    });
-  });
-  return parsed;
 }
 
