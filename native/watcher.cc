@@ -19,11 +19,11 @@
 #include <thread>
 
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/syscall.h>
 #define GENSYNC_HAVE_FUTEX 1
 #endif
 
@@ -67,7 +67,7 @@ Napi::Value Wake(const Napi::CallbackInfo& info) {
 // node-addon-api turns into a fatal error. A call that cannot run is simply
 // dropped: nobody is left to tell. An exception thrown by the callback
 // itself stays pending and Node reports it as uncaught, as for any callback.
-void CallJs(napi_env env, napi_value callback, void*, void*) {
+[[maybe_unused]] void CallJs(napi_env env, napi_value callback, void*, void*) {
   if (env == nullptr || callback == nullptr) return;
   napi_value receiver;
   napi_value ignored;
@@ -137,14 +137,14 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   static void OnEnvironmentCleanup(void* self) { static_cast<Watcher*>(self)->Shutdown(false); }
 
   // One pending call is enough: the callback reads the latest state.
-  static constexpr size_t kQueueLength = 1;
-  static constexpr long kStopRetryNs = 50 * 1000;  // 50 us
+  [[maybe_unused]] static constexpr size_t kQueueLength = 1;
+  [[maybe_unused]] static constexpr long kStopRetryNs = 50 * 1000;  // 50 us
   // The thread re-checks whether it should stop at least this often, so
   // that stopping never depends on a wake-up arriving (FUTEX_WAKE cannot
   // reach a page whose file was truncated).
-  static constexpr long kWaitSliceNs = 100 * 1000 * 1000;  // 100 ms
+  [[maybe_unused]] static constexpr long kWaitSliceNs = 100 * 1000 * 1000;  // 100 ms
 
-  void Run(uint32_t seen) {
+  void Run([[maybe_unused]] uint32_t seen) {
 #if defined(GENSYNC_HAVE_FUTEX)
     const struct timespec slice = {0, kWaitSliceNs};
     while (!stopping_.load()) {
@@ -191,7 +191,7 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 
   void* mapping_ = nullptr;
   size_t mapping_length_ = 0;
-  uint32_t* word_ = nullptr;
+  [[maybe_unused]] uint32_t* word_ = nullptr;
   napi_env env_ = nullptr;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exited_{false};

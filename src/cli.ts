@@ -365,7 +365,7 @@ async function doctor(options: Options, out: Output): Promise<number> {
   if ('error' in status) {
     problems.push({
       problem: 'the native addon does not load, so the library falls back to the slower file store',
-      fix: 'approve the install script ("npm install-scripts approve generation-sync") and run "npm rebuild generation-sync"',
+      fix: 'build it from source once: "npx node-gyp rebuild -C node_modules/generation-sync" (needs python3, make and a C++ compiler)',
     });
   }
   try {

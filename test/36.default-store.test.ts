@@ -63,7 +63,7 @@ describe('defaultStore()', () => {
     expect(report.warnings).toHaveLength(1);
     expect(report.warnings[0]?.code).toBe('GENSYNC_FILE_STORE_FALLBACK');
     expect(report.warnings[0]?.message).toMatch(
-      /slower JSON file store .*generations\.json\. The generation-sync native addon is not available: no addon is built for linux-x64 .*npm install-scripts approve generation-sync.*npm rebuild generation-sync/,
+      /slower JSON file store .*generations\.json\. The generation-sync native addon is not available: no addon is built for linux-x64 .*npx node-gyp rebuild -C node_modules\/generation-sync/,
     );
   });
 

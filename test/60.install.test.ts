@@ -1,6 +1,6 @@
 // The package as npm users get it: packed, installed into a fresh project
-// with npm's default settings, with and without a compiler, with and
-// without the prebuilt addon.
+// under npm's strictest install-script policy (the package has no install
+// script), with and without a compiler, with and without the prebuilt addon.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,8 +18,9 @@ interface Packed {
 }
 
 /**
- * Pack the package from a scratch copy, so that prebuildify (which moves
- * build/Release into prebuilds/) never touches this checkout.
+ * Pack the package from a scratch copy, with and without a prebuilt addon
+ * for this platform: the one `npm run prebuilds` made (as .ci/run does
+ * before the tests), else this checkout's own build standing in for it.
  */
 function pack(scratch: string): Packed {
   for (const entry of ['dist', 'native', 'binding.gyp', 'README.md', 'package.json']) {
@@ -34,10 +35,9 @@ function pack(scratch: string): Packed {
   const withoutPrebuild = join(out, `bare-${bare}`);
   cpSync(join(out, bare as string), withoutPrebuild);
 
-  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'prebuildify', 'bin.js'), '--napi', '--strip', '--tag-libc'], {
-    cwd: scratch,
-    stdio: 'ignore',
-  });
+  const prebuilt = join(ROOT, 'prebuilds', 'linux-x64', 'generation_sync.glibc.node');
+  mkdirSync(join(scratch, 'prebuilds', 'linux-x64'), { recursive: true });
+  cpSync(existsSync(prebuilt) ? prebuilt : join(ROOT, 'build', 'Release', 'generation_sync.node'), join(scratch, 'prebuilds', 'linux-x64', 'generation_sync.glibc.node'));
   execFileSync(process.execPath, [NPM_CLI, 'pack', '--ignore-scripts', '--pack-destination', join(out), '--silent'], { cwd: scratch });
   return { withPrebuild: join(out, bare as string), withoutPrebuild };
 }
@@ -58,17 +58,13 @@ interface Installed {
 }
 
 /**
- * Install `tarball` into a fresh project. With `allowScripts`, the project
- * approves the package's install script the way `npm install-scripts
- * approve` records it (for a tarball, the key is its file: specifier).
+ * Install `tarball` into a fresh project, with npm's strictest setting for
+ * install scripts: any install script of the package would fail the install.
  */
-function installInto(tarball: string, allowScripts: boolean, env: NodeJS.ProcessEnv): Installed {
+function installInto(tarball: string, env: NodeJS.ProcessEnv): Installed {
   const dir = tempDir('gensync-app-');
-  const manifest: Record<string, unknown> = { name: 'app', version: '1.0.0', private: true };
-  if (allowScripts) manifest.allowScripts = { [`file:${tarball}`]: true };
-  writeFileSync(join(dir, 'package.json'), JSON.stringify(manifest));
-  // --foreground-scripts shows the install script's output, which npm otherwise hides when it succeeds.
-  const result = spawnSync(process.execPath, [NPM_CLI, 'install', '--no-audit', '--no-fund', '--prefer-offline', '--foreground-scripts', tarball], {
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+  const result = spawnSync(process.execPath, [NPM_CLI, 'install', '--no-audit', '--no-fund', '--prefer-offline', '--strict-allow-scripts', '--foreground-scripts', tarball], {
     cwd: dir,
     encoding: 'utf8',
     env: { ...process.env, ...env },
@@ -111,10 +107,11 @@ describe('installing the packed package', () => {
   }, 300_000);
   afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-  it('with npm defaults (install scripts not approved), uses the shipped prebuilt addon: the shared-memory store', () => {
-    const installed = installInto(packed.withPrebuild, false, {});
+  it('with npm defaults, even --strict-allow-scripts, runs no install script and uses the shipped prebuilt addon', () => {
+    const installed = installInto(packed.withPrebuild, {});
     expect(installed.status, installed.output).toBe(0);
-    expect(installed.output).toMatch(/generation-sync@0\.1\.0 \(install: node native\/install\.cjs\)/);
+    expect(installed.output).not.toMatch(/install-scripts|allowScripts|node-gyp|generation-sync@0\.1\.0 \(/);
+    expect(existsSync(join(installed.dir, 'node_modules', 'generation-sync', 'build'))).toBe(false);
     const report = probe(installed.dir);
     expect(report).toMatchObject({ kind: 'shm', reached: true, expired: false, warnings: [] });
     // The CLI is installed as a bin.
@@ -123,19 +120,18 @@ describe('installing the packed package', () => {
     expect(version.stdout.trim()).toBe('0.1.0');
   });
 
-  it('without a compiler and without a prebuild, installs anyway and falls back to the file store with one warning', () => {
+  it('without a prebuild for the platform, installs anyway and falls back to the file store with one warning naming the build command', () => {
     const bin = pathWithoutCompiler();
-    const installed = installInto(packed.withoutPrebuild, true, { PATH: bin });
+    const installed = installInto(packed.withoutPrebuild, { PATH: bin });
     expect(installed.status, installed.output).toBe(0);
-    expect(installed.output).toMatch(/native addon could not be built here/);
-    expect(existsSync(join(installed.dir, 'node_modules', 'generation-sync', 'build', 'Release', 'generation_sync.node'))).toBe(false);
+    expect(existsSync(join(installed.dir, 'node_modules', 'generation-sync', 'build'))).toBe(false);
 
     const report = probe(installed.dir, { PATH: bin });
     expect(report).toMatchObject({ kind: 'file', reached: true, expired: false });
     const warnings = report.warnings as Array<{ code: string; message: string }>;
     expect(warnings).toHaveLength(1);
     expect(warnings[0]?.code).toBe('GENSYNC_FILE_STORE_FALLBACK');
-    expect(warnings[0]?.message).toMatch(/slower JSON file store.*npm install-scripts approve generation-sync.*npm rebuild generation-sync/);
+    expect(warnings[0]?.message).toMatch(/slower JSON file store.*npx node-gyp rebuild -C node_modules\/generation-sync/);
 
     // Forcing the shared-memory store where it cannot load is a typed error, not a silent fallback.
     const forced = probe(installed.dir, { PATH: bin, GENERATION_SYNC_STORE: 'shm' });
@@ -144,23 +140,19 @@ describe('installing the packed package', () => {
     expect(probe(installed.dir, { PATH: bin, GENERATION_SYNC_STORE: 'file' })).toMatchObject({ kind: 'file', warnings: [] });
   });
 
-  it('with install scripts approved and a compiler but no prebuild, builds the addon from source', () => {
-    const installed = installInto(packed.withoutPrebuild, true, {});
+  it('without a prebuild, the command the warning names builds the addon from source', () => {
+    const installed = installInto(packed.withoutPrebuild, {});
     expect(installed.status, installed.output).toBe(0);
-    const report = probe(installed.dir);
-    expect(report).toMatchObject({ kind: 'shm', reached: true, warnings: [] });
-    const addonPath = execFileSync(process.execPath, ['-p', "require('generation-sync').defaultStoreChoice().reason"], {
+    // node-gyp builds against local Node headers, as .ci/run does: nothing is downloaded.
+    const nodedir = existsSync('/usr/include/node/node.h') ? '/usr' : join(process.execPath, '..', '..');
+    const build = spawnSync('npx', ['--yes', 'node-gyp', 'rebuild', '-C', 'node_modules/generation-sync'], {
       cwd: installed.dir,
       encoding: 'utf8',
+      env: { ...process.env, npm_config_nodedir: nodedir },
     });
-    expect(addonPath).toMatch(/build\/Release\/generation_sync\.node/);
-  });
-
-  it('with install scripts approved but no compiler, keeps the prebuilt addon without trying to build', () => {
-    const bin = pathWithoutCompiler();
-    const installed = installInto(packed.withPrebuild, true, { PATH: bin });
-    expect(installed.status, installed.output).toBe(0);
-    expect(installed.output).not.toMatch(/could not be built/);
-    expect(probe(installed.dir, { PATH: bin })).toMatchObject({ kind: 'shm', reached: true, warnings: [] });
+    expect(build.status, `${build.stdout}\n${build.stderr}`).toBe(0);
+    expect(probe(installed.dir)).toMatchObject({ kind: 'shm', reached: true, warnings: [] });
+    const reason = execFileSync(process.execPath, ['-p', "require('generation-sync').defaultStoreChoice().reason"], { cwd: installed.dir, encoding: 'utf8' });
+    expect(reason).toMatch(/build\/Release\/generation_sync\.node/);
   });
 });

@@ -72,9 +72,9 @@ export const PACKAGE_ROOT = typeof __dirname === 'string' ? resolve(__dirname, '
 
 /** How a user gets the native store when it is missing. */
 export const HOW_TO_GET_THE_ADDON =
-  'To use the fast shared-memory store, allow generation-sync to run its install script ' +
-  '("npm install-scripts approve generation-sync", or add it to "allowScripts" in package.json) ' +
-  'and run "npm rebuild generation-sync"; building from source needs python3, make and a C++ compiler.';
+  'The package ships prebuilt addons for Linux on x64 and arm64 (glibc 2.28 or newer, and musl). ' +
+  'Elsewhere, build it from source once: "npx node-gyp rebuild -C node_modules/generation-sync" ' +
+  '(needs python3, make and a C++ compiler); a bundled application sets GENERATION_SYNC_ADDON to the file\'s path.';
 
 type LoadResult = { readonly addon: NativeAddon; readonly path: string } | { readonly error: AddonUnavailableError };
 
