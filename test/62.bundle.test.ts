@@ -70,3 +70,19 @@ describe.each(['cjs', 'esm'] as const)('an application bundled with esbuild (%s)
     expect(out.shm.message).toContain('GENERATION_SYNC_ADDON names');
   });
 });
+
+describe('finding the addon in a package', () => {
+  it("tries this checkout's build, then the prebuilds for this C library, most specific first, never another C library's", async () => {
+    const { addonCandidates } = (await import('../dist/stores/shm/native.js')) as typeof import('../src/stores/shm/native');
+    const root = tempDir('gensync-candidates-');
+    const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+    mkdirSync(dir, { recursive: true });
+    for (const name of ['generation_sync.node', 'generation_sync.musl.node', 'generation_sync.glibc.node', 'README.txt']) writeFileSync(join(dir, name), '');
+    // This machine runs glibc (Debian), with musl installed beside it for the musl load check: glibc must win.
+    expect(addonCandidates(root)).toEqual([
+      join(root, 'build', 'Release', 'generation_sync.node'),
+      join(dir, 'generation_sync.glibc.node'),
+      join(dir, 'generation_sync.node'),
+    ]);
+  });
+});

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { AddonUnavailableError } from '../../store/errors';
@@ -80,11 +80,22 @@ type LoadResult = { readonly addon: NativeAddon; readonly path: string } | { rea
 
 let loaded: LoadResult | undefined;
 
-/** The C library this Node.js runs on, as prebuild file names tag it. */
+/**
+ * The C library this Node.js runs on, as prebuild file names tag it: read
+ * from the libraries mapped into this process (one small file, no child
+ * process, unlike `process.report`). A glibc machine with musl installed
+ * beside it still maps glibc's.
+ */
 function libc(): 'glibc' | 'musl' | undefined {
   if (process.platform !== 'linux') return undefined;
-  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
-  return report?.header?.glibcVersionRuntime !== undefined ? 'glibc' : 'musl';
+  let maps: string;
+  try {
+    maps = readFileSync('/proc/self/maps', 'utf8');
+  } catch {
+    return undefined; // no /proc: try every prebuild, the wrong C library's simply fails to load
+  }
+  if (/\/ld-musl-[^/\s]*\.so/.test(maps)) return 'musl';
+  return /\/libc\.so\.6|\/libc-2\.[0-9]+\.so/.test(maps) ? 'glibc' : undefined;
 }
 
 /** The environment variable that names the addon file, overriding the search. */
