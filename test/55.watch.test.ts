@@ -268,6 +268,8 @@ describe('ending while watching, with another process bumping the key in a tight
    * a second under qemu-user).
    */
   const ROUNDS = Number(process.env.GENSYNC_TEARDOWN_ROUNDS ?? 100);
+  /** How long one process may take before it counts as hung (and is killed): longer under emulation, where starting a Worker takes seconds. */
+  const HANG_MS = Number(process.env.GENSYNC_TEARDOWN_HANG_MS ?? 30_000);
   const CLI = join(ROOT, 'dist', 'cli.js');
 
   interface Ending {
@@ -282,7 +284,7 @@ describe('ending while watching, with another process bumping the key in a tight
       let stderr = '';
       child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
       child.stdout.on('data', () => {});
-      const killer = setTimeout(() => child.kill('SIGKILL'), 30_000); // a hang ends as a failure, not a stuck test
+      const killer = setTimeout(() => child.kill('SIGKILL'), HANG_MS); // a hang ends as a failure, not a stuck test
       child.once('exit', (status, signal) => {
         clearTimeout(killer);
         resolveEnd({ status, signal, stderr });
