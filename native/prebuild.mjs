@@ -19,7 +19,8 @@
 //
 // Each binary is checked: its ELF machine, the shared libraries it needs
 // (only the C library's), its glibc symbol versions (at most GLIBC_FLOOR),
-// no C++ runtime version (libc++ is inside), and the N-API entry point.
+// no C++ runtime version (libc++ is inside), the N-API entry point, and
+// that it can never be unloaded (NODELETE).
 // The report ends with each target's glibc floor.
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -92,6 +93,10 @@ export function compileArguments(triple, out) {
     '-std=c++17',
     '-fvisibility=hidden',
     '-s',
+    // Never unloaded: the addon installs a process-wide SIGBUS handler, and its static destructors must not
+    // outlive its code. Node unloads an addon when the last Worker that loaded it ends; without this, exit
+    // then called into unmapped memory (SIGSEGV at exit, found by the worker-end teardown test).
+    '-Wl,-z,nodelete',
     '-DNAPI_VERSION=8',
     '-DNAPI_DISABLE_CPP_EXCEPTIONS',
     '-DBUILDING_NODE_EXTENSION',
@@ -148,6 +153,7 @@ export function check(target) {
   if (spec.libc === 'musl' && glibc.length > 0) throw new Error(`a musl build refers to glibc symbol versions (${glibc.join(', ')})`);
   if (spec.libc === 'glibc' && compareVersions(floor, GLIBC_FLOOR) > 0) throw new Error(`needs glibc ${floor}, above the floor of ${GLIBC_FLOOR}`);
   if (!/\sGLOBAL\s+DEFAULT\s+\d+\s+napi_register_module_v1$/m.test(symbols)) throw new Error('does not export napi_register_module_v1');
+  if (!/\(FLAGS_1\)\s+Flags:.*\bNODELETE\b/.test(tool('readelf', ['-d', '-W', file]))) throw new Error('is not marked NODELETE (-z nodelete): unloading it would leave its SIGBUS handler pointing nowhere');
 
   const size = Math.round(statSync(file).size / 1024);
   return `${target.padEnd(18)} ${relative(ROOT, file).padEnd(46)} ${String(size).padStart(5)} KB  needs ${needed.join(', ') || 'nothing'}; glibc floor ${spec.libc === 'glibc' ? floor : 'n/a (musl)'}`;
@@ -214,7 +220,7 @@ export function compileCheck(triple) {
   const zig = findZig();
   const dir = mkdtempSync(join(tmpdir(), 'gensync-compile-'));
   try {
-    const flags = compileArguments(triple, join(dir, 'unused')).filter((arg) => !['-shared', '-s', '-D_GNU_SOURCE'].includes(arg) && !SOURCES.includes(arg));
+    const flags = compileArguments(triple, join(dir, 'unused')).filter((arg) => !['-shared', '-s', '-D_GNU_SOURCE', '-Wl,-z,nodelete'].includes(arg) && !SOURCES.includes(arg));
     flags.splice(flags.indexOf('-o'), 2);
     for (const source of SOURCES) {
       execFileSync(zig, [...flags, '-Wall', '-Wextra', '-Werror', '-c', source, '-o', join(dir, `${source.split('/').at(-1)}.o`)], { stdio: ['ignore', 'inherit', 'inherit'] });
