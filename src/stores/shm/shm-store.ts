@@ -255,9 +255,10 @@ export class SharedMemoryStore implements Store {
    */
   close(): void {
     if (this.#live.closed) return;
-    this.#watching.close(this.#live.closedError());
-    // Closing the descriptor releases this instance's watch locks.
+    // Closed first, so that a listener told of the close finds the store closed. Closing the descriptor
+    // releases this instance's watch locks.
     this.#live.close();
+    this.#watching.close(this.#live.closedError());
     this.#bindings.clear();
   }
 
