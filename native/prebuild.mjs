@@ -140,7 +140,8 @@ export function check(target) {
   const machine = elfMachine(file);
   if (machine !== spec.machine) throw new Error(`ELF machine 0x${machine.toString(16)}, not 0x${spec.machine.toString(16)}`);
 
-  const needed = [...tool('readelf', ['-d', '-W', file]).matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]);
+  const dynamic = tool('readelf', ['-d', '-W', file]);
+  const needed = [...dynamic.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]);
   const foreign = needed.filter((name) => !ALLOWED_NEEDED[spec.libc].has(name));
   if (foreign.length > 0) throw new Error(`needs ${foreign.join(', ')} besides the C library`);
 
@@ -153,7 +154,7 @@ export function check(target) {
   if (spec.libc === 'musl' && glibc.length > 0) throw new Error(`a musl build refers to glibc symbol versions (${glibc.join(', ')})`);
   if (spec.libc === 'glibc' && compareVersions(floor, GLIBC_FLOOR) > 0) throw new Error(`needs glibc ${floor}, above the floor of ${GLIBC_FLOOR}`);
   if (!/\sGLOBAL\s+DEFAULT\s+\d+\s+napi_register_module_v1$/m.test(symbols)) throw new Error('does not export napi_register_module_v1');
-  if (!/\(FLAGS_1\)\s+Flags:.*\bNODELETE\b/.test(tool('readelf', ['-d', '-W', file]))) throw new Error('is not marked NODELETE (-z nodelete): unloading it would leave its SIGBUS handler pointing nowhere');
+  if (!/\(FLAGS_1\)\s+Flags:.*\bNODELETE\b/.test(dynamic)) throw new Error('is not marked NODELETE (-z nodelete): unloading it would leave its SIGBUS handler pointing nowhere');
 
   const size = Math.round(statSync(file).size / 1024);
   return `${target.padEnd(18)} ${relative(ROOT, file).padEnd(46)} ${String(size).padStart(5)} KB  needs ${needed.join(', ') || 'nothing'}; glibc floor ${spec.libc === 'glibc' ? floor : 'n/a (musl)'}`;
