@@ -19,6 +19,7 @@ import {
 } from 'generation-sync';
 
 import { eventually, FIXTURES, recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
+import { scaled } from './support/time-scale';
 import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
 
 const workers: Worker[] = [];
@@ -269,7 +270,7 @@ describe('ending while watching, with another process bumping the key in a tight
    */
   const ROUNDS = Number(process.env.GENSYNC_TEARDOWN_ROUNDS ?? 100);
   /** How long one process may take before it counts as hung (and is killed): longer under emulation, where starting a Worker takes seconds. */
-  const HANG_MS = Number(process.env.GENSYNC_TEARDOWN_HANG_MS ?? 30_000);
+  const HANG_MS = scaled(30_000);
   const CLI = join(ROOT, 'dist', 'cli.js');
 
   interface Ending {

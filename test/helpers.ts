@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { afterEach } from 'vitest';
 
 import type { Logger } from 'generation-sync';
+import { scaled } from './support/time-scale';
 
 export const ROOT = resolve(__dirname, '..');
 export const FIXTURES = join(ROOT, 'test', 'fixtures');
@@ -54,7 +55,7 @@ export function startWorker(fixture: string, args: string[] = [], env: NodeJS.Pr
     exited,
     stderr: () => stderr,
     send: (message) => child.send(message as never),
-    next<T>(timeoutMs = 60_000): Promise<T> {
+    next<T>(timeoutMs = scaled(60_000)): Promise<T> {
       if (queue.length > 0) return Promise.resolve(queue.shift() as T);
       return new Promise<T>((resolveMessage, reject) => {
         const timer = setTimeout(() => reject(new Error(`no message from ${fixture} within ${timeoutMs} ms; stderr: ${stderr}`)), timeoutMs);
@@ -82,7 +83,7 @@ export interface WorkerReply {
 }
 
 /** Send a worker one command and wait for its answer; a reply carrying an error fails the test. */
-export async function ask<T extends object = WorkerReply>(worker: Worker, message: Record<string, unknown>, timeoutMs = 60_000): Promise<T> {
+export async function ask<T extends object = WorkerReply>(worker: Worker, message: Record<string, unknown>, timeoutMs = scaled(60_000)): Promise<T> {
   worker.send(message);
   const reply = await worker.next<T & { error?: { message: string } }>(timeoutMs);
   if (reply.error !== undefined) throw new Error(`worker failed: ${reply.error.message}`);
@@ -111,7 +112,7 @@ export function recordingLogger(): Logger & { lines: string[] } {
  * that; fail after `timeoutMs`. For waiting on other processes (never as a
  * speed assertion: the bound is only there so that a broken test ends).
  */
-export async function eventually<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000): Promise<T> {
+export async function eventually<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = scaled(10_000)): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
