@@ -21,19 +21,26 @@ const KEY = ['generation-sync-demo', 'settings'];
 const LAST_CHANGE_WAIT_MS = 5000;
 const THEMES = ['light', 'dark', 'solarized', 'high-contrast'];
 
-const { values: options } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: process.env.DEMO_SECONDS ?? '10' },
-    workers: { type: 'string', default: '4' },
-    interval: { type: 'string', default: '1500' },
-  },
-});
+const USAGE = 'usage: npm start -- [--seconds N] [--workers N] [--interval MS]   (defaults: 10 s, 4 workers, 1500 ms)';
+let options;
+try {
+  ({ values: options } = parseArgs({
+    options: {
+      seconds: { type: 'string', default: process.env.DEMO_SECONDS ?? '10' },
+      workers: { type: 'string', default: '4' },
+      interval: { type: 'string', default: '1500' },
+    },
+  }));
+} catch (error) {
+  console.error(`demo: ${error.message}\n${USAGE}`);
+  process.exit(2);
+}
 const seconds = Number(options.seconds);
 const workerCount = Number(options.workers);
 const intervalMs = Number(options.interval);
-for (const [name, value] of [['seconds', seconds], ['workers', workerCount], ['interval', intervalMs]]) {
-  if (!Number.isFinite(value) || value <= 0) {
-    console.error(`demo: --${name} must be a positive number`);
+for (const [name, value, whole] of [['seconds', seconds, false], ['workers', workerCount, true], ['interval', intervalMs, false]]) {
+  if (!Number.isFinite(value) || value <= 0 || (whole && (!Number.isInteger(value) || value > 64))) {
+    console.error(`demo: --${name} must be ${whole ? 'a whole number from 1 to 64' : 'a positive number'}, not ${JSON.stringify(options[name])}\n${USAGE}`);
     process.exit(2);
   }
 }
@@ -56,7 +63,7 @@ if (cluster.isPrimary) {
   const dir = mkdtempSync(join(tmpdir(), 'generation-sync-demo-'));
   const settingsFile = join(dir, 'settings.json');
   let version = 1;
-  writeSettings(settingsFile, { version, theme: THEMES[0], changedAt: preciseNow() });
+  writeSettings(settingsFile, { version, theme: THEMES[0] });
 
   const sync = new GenerationSynchronizer(KEY);
   const live = process.stdout.isTTY === true;
@@ -66,6 +73,7 @@ if (cluster.isPrimary) {
   ];
   const workers = new Map(); // cluster id -> { pid, generation, reloads, noticed, reload }
   const latencies = [];
+  const bumpedAt = new Map(); // settings version -> when the primary called markUpdated()
   const reportsByVersion = new Map();
   let drawnLines = 0;
   let stopping = false;
@@ -75,12 +83,15 @@ if (cluster.isPrimary) {
       ...header,
       `settings v${version} (theme=${THEMES[version % THEMES.length]}), generation ${sync.syncGen}`,
       '',
-      'worker  pid      generation   reloads  noticed after  reload took',
+      'worker pid     generation  reloads woken after reload took',
       ...[...workers.entries()].sort(([a], [b]) => a - b).map(([id, w]) =>
-        `${String(id).padEnd(6)}  ${String(w.pid).padEnd(7)}  ${String(w.generation ?? '-').padEnd(11)}  ${String(w.reloads).padEnd(7)}  ${ms(w.noticed).padEnd(13)}  ${ms(w.reload)}`,
+        `${String(id).padEnd(6)} ${String(w.pid).padEnd(7)} ${String(w.generation ?? '-').padEnd(11)} ${String(w.reloads).padEnd(7)} ${ms(w.noticed).padEnd(11)} ${ms(w.reload)}`,
       ),
     ];
-    process.stdout.write(`${drawnLines > 0 ? `\x1b[${drawnLines}A\x1b[J` : ''}${lines.join('\n')}\n`);
+    // Every line is cut to the terminal's width, so none wraps and the redraw moves up exactly as many rows as it drew.
+    const width = Math.max(20, (process.stdout.columns ?? 80) - 1);
+    const fitted = lines.map((line) => (line.length > width ? `${line.slice(0, width - 1)}…` : line));
+    process.stdout.write(`${drawnLines > 0 ? `\x1b[${drawnLines}A\x1b[J` : ''}${fitted.join('\n')}\n`);
     drawnLines = lines.length;
   };
   const say = (line) => {
@@ -106,6 +117,8 @@ if (cluster.isPrimary) {
       return;
     }
     if (message.type === 'reloaded') {
+      // A burst of changes can wake a worker once, for the latest version: measure from that version's bump.
+      message.noticedAfterMs = Math.max(0, message.noticedAt - (bumpedAt.get(message.version) ?? message.noticedAt));
       latencies.push(message.noticedAfterMs);
       reportsByVersion.set(message.version, (reportsByVersion.get(message.version) ?? 0) + 1);
       const state = workers.get(worker.id);
@@ -121,7 +134,8 @@ if (cluster.isPrimary) {
   function change() {
     version++;
     const theme = THEMES[version % THEMES.length];
-    writeSettings(settingsFile, { version, theme, changedAt: preciseNow() });
+    writeSettings(settingsFile, { version, theme });
+    bumpedAt.set(version, preciseNow()); // the wake-up is measured from here: the bump itself, after the file is written
     const reached = sync.markUpdated();
     say(`\n${clockTime()} [primary]  saved settings v${version} (theme=${theme}); markUpdated() -> generation ${sync.syncGen}${reached ? '' : ' (store unreachable!)'}`);
     if (live) draw();
@@ -154,9 +168,9 @@ if (cluster.isPrimary) {
     const perWorker = [...workers.values()].map((w) => w.reloads);
     console.log(
       `\nsummary: ${updates} updates, ${latencies.length} reloads across ${workerCount} workers ` +
-        `(${perWorker.every((n) => n === updates) ? 'every worker saw every update' : `reloads per worker: ${perWorker.join(', ')}`}); ` +
-        `noticed after p50 ${quantile(0.5).toFixed(2)} ms, p99 ${quantile(0.99).toFixed(2)} ms, max ${(sorted.at(-1) ?? NaN).toFixed(2)} ms ` +
-        `(workers are told by watch(), ${sync.store.kind === 'shm' ? 'a futex wake-up' : 'a file-system event'})`,
+        `(${perWorker.every((n) => n === updates) ? 'every worker saw every update' : `reloads per worker: ${perWorker.join(', ')}`});\n` +
+        `woken after p50 ${quantile(0.5).toFixed(2)} ms, p99 ${quantile(0.99).toFixed(2)} ms, max ${(sorted.at(-1) ?? NaN).toFixed(2)} ms` +
+        `\n(from the primary's markUpdated() to the worker's watch() listener: ${sync.store.kind === 'shm' ? 'a futex wake-up' : 'a file-system event'})`,
     );
   }
 } else {
@@ -167,13 +181,13 @@ if (cluster.isPrimary) {
   // Told, not polling: reload as soon as any process changes the generation.
   const unwatch = sync.watch(() => {
     const noticedAt = preciseNow();
+    sync.refresh(); // take the generation first, then load: a change made during the load wakes us again
     settings = readSettings(settingsFile);
-    sync.refresh();
     process.send({
       type: 'reloaded',
       version: settings.version,
       generation: sync.syncGen,
-      noticedAfterMs: Math.max(0, noticedAt - settings.changedAt),
+      noticedAt,
       reloadMs: preciseNow() - noticedAt,
     });
   });

@@ -8,20 +8,20 @@
  */
 
 import { execFileSync } from 'node:child_process';
-import { closeSync, fstatSync, openSync, readFileSync, readSync, statfsSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, statfsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { AsyncGenerationSynchronizer } from './synchronizers/async-synchronizer';
 import { makeCacheKey } from './synchronizers/cache-key';
 import { defaultStore, defaultStoreChoice, STORE_ENV } from './stores/default-store';
-import { GenerationSyncError, StoreUnavailableError, UnsafeStoreError } from './store/errors';
-import { FileStore } from './stores/file/file-store';
-import { currentUid, DIRECTORY_ENV, networkFilesystemName, OPEN_READ, otherStoreBeside } from './system/filesystem';
-import { addonStatus, PACKAGE_ROOT } from './stores/shm/native';
+import { AddonUnavailableError, GenerationSyncError, StoreFormatError, StoreUnavailableError, UnsafeStoreError } from './store/errors';
+import { FILE_STORE_NAME, FileStore } from './stores/file/file-store';
+import { currentUid, defaultDirectory, DIRECTORY_ENV, networkFilesystemName, OPEN_READ, otherStoreBeside } from './system/filesystem';
+import { addonSearch, addonStatus, PACKAGE_ROOT } from './stores/shm/native';
 import { RedisStore } from './stores/redis/redis-store';
 import { MAGIC } from './stores/shm/shm-format';
-import { SharedMemoryStore } from './stores/shm/shm-store';
+import { SHM_FILE_NAME, SharedMemoryStore } from './stores/shm/shm-store';
 import type { AsyncStore, Store, StoreEntry } from './store/store';
 import type { Logger } from './store/logger';
 import { DEFAULT_CACHE_EXPIRATION_SECS } from './synchronizers/synchronizer';
@@ -29,12 +29,17 @@ import { DEFAULT_CACHE_EXPIRATION_SECS } from './synchronizers/synchronizer';
 const USAGE = `Usage: generation-sync <command> [options]
 
 Commands:
-  list              every key in the store, its generation and last update
+  list              every key in the store and its generation
   get KEY           print KEY's generation (exit 1 if it is absent)
   bump KEY          mark KEY updated: every process holding it sees it expired
+                    (exit 1 if KEY or the store is absent, unless --create)
   clear KEY         remove KEY: every process reloads; it comes back higher
+                    (exit 1 if KEY is absent, unless --create)
   watch KEY         print each change of KEY until interrupted (Ctrl-C)
   doctor            which store the library would use and why, and its health
+
+list, get, watch and doctor change nothing and create nothing. Every command
+names the store it used.
 
 Options:
   --store KIND      shm, file or redis (default: what the library picks,
@@ -46,6 +51,8 @@ Options:
   --user NAME       run as this user (a name or uid; needs root): to act, as
                     root, on the store of an application that runs as NAME
   --raw             use KEY exactly, without the library's normalization
+  --create          let bump create an absent key (and the store itself), and
+                    clear succeed on an absent key
   --json            machine-readable output
   -h, --help        show this help
   -v, --version     show the version
@@ -71,10 +78,14 @@ interface Options {
   readonly user: string | undefined;
   readonly raw: boolean;
   readonly json: boolean;
+  readonly create: boolean;
 }
 
 interface Output {
+  /** The command's result (stdout). */
   log(line: string): void;
+  /** Which store was used, when the result itself cannot say it (stderr). */
+  note(line: string): void;
 }
 
 function parse(argv: readonly string[]): { command: string | undefined; args: string[]; options: Options; help: boolean; version: boolean } {
@@ -93,6 +104,7 @@ function parse(argv: readonly string[]): { command: string | undefined; args: st
         user: { type: 'string' },
         raw: { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
+        create: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
         version: { type: 'boolean', short: 'v', default: false },
       },
@@ -126,6 +138,7 @@ function parse(argv: readonly string[]): { command: string | undefined; args: st
       user: values.user,
       raw: values.raw,
       json: values.json,
+      create: values.create,
     },
   };
 }
@@ -179,7 +192,34 @@ function kindOf(options: Options): Kind | undefined {
   throw new CommandFailure(`${options.path} is not a generation-sync store.`);
 }
 
-async function openStore(options: Options): Promise<Store | AsyncStore> {
+/** The file a local store is in (or would be in), found without opening or creating anything; undefined for Redis. */
+function localStoreFile(options: Options): { kind: 'shm' | 'file'; path: string } | undefined {
+  const kind = kindOf(options);
+  if (kind === 'redis') return undefined;
+  if (kind === undefined) {
+    const choice = defaultStoreChoice();
+    return { kind: choice.kind, path: choice.path };
+  }
+  return { kind, path: options.path ?? join(defaultDirectory(), kind === 'shm' ? SHM_FILE_NAME : FILE_STORE_NAME) };
+}
+
+/** Why there is no store where the command looked, and how to find the right one. */
+function noStoreThere(file: { kind: string; path: string }, canCreate: boolean): string {
+  return (
+    `there is no ${file.kind} store at ${file.path}: no process has used it yet, or the application keeps its store ` +
+    `elsewhere (compare ${DIRECTORY_ENV}, ${STORE_ENV} and --path with the application's; "generation-sync doctor" ` +
+    `run with the application's environment shows where it is).` +
+    (canCreate ? ' Add --create to create it here.' : ' Nothing was created.')
+  );
+}
+
+/**
+ * The store the command acts on. Unless `create`, a local store that does not exist yet is an error, and
+ * nothing is created: not the file, not its directory.
+ */
+async function openStore(options: Options, create: boolean, canCreate = false): Promise<Store | AsyncStore> {
+  const file = localStoreFile(options);
+  if (file !== undefined && !create && !existsSync(file.path)) throw new CommandFailure(noStoreThere(file, canCreate));
   switch (kindOf(options)) {
     case 'shm':
       return SharedMemoryStore.open(options.path);
@@ -218,6 +258,30 @@ function describeStore(store: Store | AsyncStore): string {
   return `${store.kind} store ${(store as Store).path}`;
 }
 
+/** The store, for --json output. */
+function storeJson(store: Store | AsyncStore): Record<string, unknown> {
+  if (store instanceof RedisStore) return { kind: 'redis', url: store.url ?? null, namespace: store.namespace };
+  return { kind: store.kind, path: (store as Store).path };
+}
+
+/** KEY's generation, or null if absent; an unreachable store is a failure that says what was being done. */
+async function readKey(store: Store | AsyncStore, key: string, doing: string): Promise<number | null> {
+  try {
+    return await store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS }).read();
+  } catch (error) {
+    if (error instanceof StoreUnavailableError) throw unreachable(store, `${doing} ${key}`);
+    throw error;
+  }
+}
+
+function absentKey(store: Store | AsyncStore, key: string, what: string): CommandFailure {
+  return new CommandFailure(
+    `${key} is absent from the ${describeStore(store)}, so nothing was changed: no process has created that key, or it was ` +
+      `cleared (misspelled? "generation-sync list" shows the keys; the application's keyPrefix is given with --prefix). ` +
+      `Add --create to ${what}.`,
+  );
+}
+
 /** A synchronizer on `key`, already normalized by storedKey(). */
 function synchronizerFor(store: Store | AsyncStore, key: string): Promise<AsyncGenerationSynchronizer> {
   return AsyncGenerationSynchronizer.create(key, { store, normalizeCacheKey: false, logger: quietLogger });
@@ -230,6 +294,7 @@ function unreachable(store: Store | AsyncStore, what: string): CommandFailure {
 async function list(store: Store | AsyncStore, options: Options, out: Output): Promise<number> {
   const entries = [...(await store.entries())].sort((a, b) => a.key.localeCompare(b.key));
   if (options.json) {
+    out.note(`the ${describeStore(store)}`);
     out.log(JSON.stringify(entries.map(entryJson)));
     return 0;
   }
@@ -237,16 +302,28 @@ async function list(store: Store | AsyncStore, options: Options, out: Output): P
     out.log(`no keys in the ${describeStore(store)}`);
     return 0;
   }
-  const rows = [['KEY', 'GENERATION', 'UPDATED']];
+  // What the time column can honestly say: the file store times every change; the shared-memory store times only
+  // creation and clearing (reading the clock would triple an increment's cost); Redis times nothing.
+  const time: { title: string; of: (entry: StoreEntry) => Date | null } | undefined =
+    store.kind === 'file'
+      ? { title: 'UPDATED', of: (entry) => entry.updatedAt }
+      : store.kind === 'shm'
+        ? { title: 'CREATED OR CLEARED', of: (entry) => entry.updatedAt }
+        : undefined;
+  out.log(`${entries.length} key${entries.length === 1 ? '' : 's'} in the ${describeStore(store)}:`);
+  const rows = [['KEY', 'GENERATION', ...(time ? [time.title] : [])]];
   for (const entry of entries) {
+    const at = time?.of(entry);
     rows.push([
       entry.key + (entry.keyTruncated ? '…' : ''),
       entry.generation === null ? '(cleared)' : String(entry.generation),
-      entry.updatedAt === null ? '-' : entry.updatedAt.toISOString(),
+      ...(time ? [at ? at.toISOString() : '-'] : []),
     ]);
   }
   const widths = [0, 1].map((column) => Math.max(...rows.map((row) => (row[column] as string).length)));
-  for (const row of rows) out.log(`${(row[0] as string).padEnd(widths[0] as number)}  ${(row[1] as string).padEnd(widths[1] as number)}  ${row[2]}`);
+  for (const row of rows) {
+    out.log([(row[0] as string).padEnd(widths[0] as number), (row[1] as string).padEnd(widths[1] as number), ...row.slice(2)].join('  ').trimEnd());
+  }
   return 0;
 }
 
@@ -261,54 +338,47 @@ function entryJson(entry: StoreEntry): Record<string, unknown> {
 }
 
 async function get(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
-  const binding = store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS });
-  let generation: number | null;
-  try {
-    generation = await binding.read();
-  } catch (error) {
-    if (error instanceof StoreUnavailableError) throw unreachable(store, `read ${key}`);
-    throw error;
+  const generation = await readKey(store, key, 'read');
+  if (options.json) {
+    out.log(JSON.stringify({ key, generation, store: storeJson(store) }));
+  } else {
+    out.note(`${key} in the ${describeStore(store)}`); // stdout stays the bare number, for scripts
+    out.log(generation === null ? `${key} is absent` : String(generation));
   }
-  if (options.json) out.log(JSON.stringify({ key, generation }));
-  else out.log(generation === null ? `${key} is absent` : String(generation));
   return generation === null ? 1 : 0;
 }
 
 async function bump(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
+  // A misspelled key must not be created and reported as bumped: the processes that hold the real one were not told.
+  const previous = await readKey(store, key, 'bump');
+  if (previous === null && !options.create) throw absentKey(store, key, 'create it');
   const sync = await synchronizerFor(store, key);
-  const previous = sync.syncGen;
-  if (!(await sync.markUpdated())) throw unreachable(store, `bump ${sync.cacheKey}`);
-  if (store instanceof SharedMemoryStore) store.touch(sync.cacheKey);
-  if (options.json) out.log(JSON.stringify({ key: sync.cacheKey, generation: sync.syncGen, previous }));
-  else out.log(`${sync.cacheKey}: ${previous ?? '(absent)'} -> ${sync.syncGen}`);
+  if (!(await sync.markUpdated())) throw unreachable(store, `bump ${key}`);
+  if (options.json) out.log(JSON.stringify({ key, generation: sync.syncGen, previous, store: storeJson(store) }));
+  else out.log(`${key}: ${previous ?? '(absent)'} -> ${sync.syncGen} in the ${describeStore(store)}`);
   return 0;
 }
 
 async function clear(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
-  const binding = store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS });
-  let previous: number | null;
-  try {
-    previous = await binding.read();
-    await binding.delete();
-  } catch (error) {
-    if (error instanceof StoreUnavailableError) throw unreachable(store, `clear ${key}`);
-    throw error;
+  const previous = await readKey(store, key, 'clear');
+  if (previous === null && !options.create) throw absentKey(store, key, 'accept an absent key');
+  if (previous !== null) {
+    try {
+      await store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS }).delete();
+    } catch (error) {
+      if (error instanceof StoreUnavailableError) throw unreachable(store, `clear ${key}`);
+      throw error;
+    }
   }
-  if (options.json) out.log(JSON.stringify({ key, cleared: previous !== null, previous }));
-  else out.log(previous === null ? `${key} was already absent` : `${key}: ${previous} -> (cleared)`);
+  if (options.json) out.log(JSON.stringify({ key, cleared: previous !== null, previous, store: storeJson(store) }));
+  else out.log(`${previous === null ? `${key} was already absent` : `${key}: ${previous} -> (cleared)`} in the ${describeStore(store)}`);
   return 0;
 }
 
 async function watch(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {
   // Watching must not change anything, so no synchronizer (which would create the key): the store's own watch.
-  let previous: number | null;
-  try {
-    previous = await store.bind(key, { expirationSecs: DEFAULT_CACHE_EXPIRATION_SECS }).read();
-  } catch (error) {
-    if (error instanceof StoreUnavailableError) throw unreachable(store, `read ${key}`);
-    throw error;
-  }
-  if (options.json) out.log(JSON.stringify({ watching: key, generation: previous }));
+  let previous = await readKey(store, key, 'read');
+  if (options.json) out.log(JSON.stringify({ watching: key, generation: previous, store: storeJson(store) }));
   else out.log(`watching ${key} (generation ${previous ?? 'absent'}) in the ${describeStore(store)}; Ctrl-C to stop`);
   const unwatch = store.watch(key, previous, (generation) => {
     const at = new Date().toISOString();
@@ -361,6 +431,7 @@ async function doctor(options: Options, out: Output): Promise<number> {
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     addon: 'path' in status ? { loaded: true, path: status.path } : { loaded: false, error: status.error.message },
+    addonSearch: addonSearch(),
   };
   if ('error' in status) {
     problems.push({
@@ -383,10 +454,20 @@ async function doctor(options: Options, out: Output): Promise<number> {
 
   let store: Store | AsyncStore | undefined;
   try {
-    store = await openStore(options);
-    report.store = await storeReport(store, problems);
+    const file = localStoreFile(options);
+    if (file !== undefined && !existsSync(file.path)) {
+      problems.push({
+        problem: `there is no ${file.kind} store at ${file.path} (nothing was created)`,
+        fix:
+          `if the application already runs, it keeps its store elsewhere: run doctor with the application's environment ` +
+          `(${DIRECTORY_ENV}, ${STORE_ENV}) and user; otherwise the first process that uses the store creates it`,
+      });
+    } else {
+      store = await openStore(options, false);
+      report.store = await storeReport(store, problems);
+    }
   } catch (error) {
-    problems.push({ problem: (error as Error).message, fix: 'see the message' });
+    problems.push({ problem: (error as Error).message, fix: fixFor(error) });
   } finally {
     await store?.close();
   }
@@ -396,7 +477,10 @@ async function doctor(options: Options, out: Output): Promise<number> {
     out.log(JSON.stringify(report, null, 2));
   } else {
     out.log(`generation-sync ${report.version as string} on Node ${process.version}, ${report.platform as string}`);
+    const search = report.addonSearch as ReturnType<typeof addonSearch>;
     out.log(`native addon: ${'path' in status ? `loaded from ${status.path}` : `NOT loaded — ${status.error.message}`}`);
+    out.log(`  looked for: ${search.prebuildTag} (build from source first, then the prebuilds for this platform)`);
+    for (const candidate of search.candidates) out.log(`    ${candidate.exists ? 'found ' : 'absent'}  ${candidate.path}`);
     const choice = report.defaultStore as { kind: string; path: string; reason: string } | undefined;
     if (choice) out.log(`default store: ${choice.kind} at ${choice.path} (${choice.reason})`);
     const storeInfo = report.store as Record<string, unknown> | undefined;
@@ -445,12 +529,32 @@ async function storeReport(store: Store | AsyncStore, problems: Problem[]): Prom
   return info;
 }
 
+/** What to do about an error that stopped doctor from opening the store (its message says what is wrong). */
+function fixFor(error: unknown): string {
+  if (error instanceof UsageError) return 'correct the command line (see --help)';
+  if (error instanceof UnsafeStoreError) {
+    return error.code === 'ERR_GENSYNC_NETWORK_FILESYSTEM'
+      ? `point ${DIRECTORY_ENV} at a directory on local disk that the application owns`
+      : `fix the owner or mode of the file or directory the message names (it must be the application's user's and not writable by others), or point ${DIRECTORY_ENV} elsewhere`;
+  }
+  if (error instanceof StoreFormatError) {
+    return 'the file was left untouched: move it aside (keep it for a bug report) and restart the processes that use it; they create a new store';
+  }
+  if (error instanceof StoreUnavailableError) return 'make sure the store is reachable (for Redis: the server runs and accepts this client), then run doctor again';
+  if (error instanceof AddonUnavailableError) return `build the addon (see above), or set ${STORE_ENV}=file in every process`;
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' ? `look up ${code} in the README's "Errors" table` : 'report it, with this output, as a bug';
+}
+
 function packageVersion(): string {
   return (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 /** Run the command line `argv`; resolves the exit code. */
-export async function run(argv: readonly string[], out: Output = { log: (line) => console.log(line) }): Promise<number> {
+export async function run(
+  argv: readonly string[],
+  out: Output = { log: (line) => console.log(line), note: (line) => console.error(line) },
+): Promise<number> {
   const { command, args, options, help, version } = parse(argv);
   if (help) {
     out.log(USAGE);
@@ -474,7 +578,8 @@ export async function run(argv: readonly string[], out: Output = { log: (line) =
 
   let store: Store | AsyncStore;
   try {
-    store = await openStore(options);
+    // Only bump --create may create a store (a store that does not exist has nothing to clear).
+    store = await openStore(options, command === 'bump' && options.create, command === 'bump');
   } catch (error) {
     if (error instanceof UnsafeStoreError && currentUid() === 0 && /belongs to user \d+/.test(error.message)) {
       throw new CommandFailure(`${error.message} As root, add --user with the store owner's name or uid: the command then runs as that user.`);

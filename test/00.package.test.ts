@@ -116,6 +116,15 @@ describe('the built package', () => {
     expect(files).toContain('native/addon.cc');
     expect(files).toContain('binding.gyp');
     expect(files.some((file) => file.startsWith('test/') || file.startsWith('src/'))).toBe(false);
+    // No source maps (they carried the whole source inline) and no test hooks: nothing in the package reads an
+    // environment variable that makes a process kill itself (issue 16).
+    expect(files.filter((file) => file.endsWith('.map'))).toEqual([]);
+    const shipped = files.filter((file) => file.startsWith('dist/')).map((file) => readFileSync(join(ROOT, file), 'utf8'));
+    expect(shipped.filter((text) => /GENERATION_SYNC_TEST|SIGKILL/.test(text))).toEqual([]);
+    // What the README links to is in the package.
+    for (const name of ['LICENSE', 'CHANGELOG.md', 'SECURITY.md', 'docs/reliability.md', 'docs/benchmarks.md', 'examples/cluster/server.mjs']) {
+      expect(files).toContain(name);
+    }
   });
 });
 

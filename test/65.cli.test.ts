@@ -77,31 +77,34 @@ describe.each(TARGETS)('the CLI on the $name store', (target) => {
     await app.refresh();
     expect(app.syncGen).toBe(bumped.generation);
 
-    expect(json(['get', 'settings', '--prefix', 'example.com', ...args])).toEqual({ key: 'example.com:settings', generation: bumped.generation });
+    const named = expect.objectContaining({ kind: target.name }) as unknown; // every command names the store it used
+    expect(json(['get', 'settings', '--prefix', 'example.com', ...args])).toEqual({ key: 'example.com:settings', generation: bumped.generation, store: named });
     expect(cli(['get', 'settings', '--prefix', 'example.com', ...args]).stdout.trim()).toBe(String(bumped.generation));
 
-    json(['bump', 'a b', '--raw', ...args]);
+    json(['bump', 'a b', '--raw', '--create', ...args]);
     const listed = json<Array<{ key: string; generation: number | null }>>(['list', ...args]);
     expect(listed.map(({ key }) => key).sort()).toEqual(['a b', 'example.com:settings']);
     expect(listed.find(({ key }) => key === 'example.com:settings')?.generation).toBe(bumped.generation);
-    expect(cli(['list', ...args]).stdout).toMatch(/KEY\s+GENERATION\s+UPDATED\n/);
+    const header = { shm: /KEY\s+GENERATION\s+CREATED OR CLEARED\n/, file: /KEY\s+GENERATION\s+UPDATED\n/, redis: /KEY\s+GENERATION\n/ }[target.name];
+    expect(cli(['list', ...args]).stdout).toMatch(new RegExp(`^2 keys in the ${target.name} store .*:\n${(header as RegExp).source}`));
 
     expect(json(['clear', 'settings', '--prefix', 'example.com', ...args])).toEqual({
       key: 'example.com:settings',
       cleared: true,
       previous: bumped.generation,
+      store: named,
     });
     expect(await app.isExpired()).toBe(true);
     const absent = cli(['get', 'settings', '--prefix', 'example.com', '--json', ...args]);
     expect(absent.status).toBe(1);
-    expect(JSON.parse(absent.stdout)).toEqual({ key: 'example.com:settings', generation: null });
-    expect(json(['clear', 'settings', '--prefix', 'example.com', ...args])).toMatchObject({ cleared: false });
+    expect(JSON.parse(absent.stdout)).toEqual({ key: 'example.com:settings', generation: null, store: named });
+    expect(json(['clear', 'settings', '--prefix', 'example.com', '--create', ...args])).toMatchObject({ cleared: false });
   });
 
   it('watch prints each change until interrupted, and exits 0', async () => {
     const dir = tempDir();
     const args = target.args(dir);
-    json(['bump', 'watched', ...args]);
+    json(['bump', 'watched', '--create', ...args]);
     const child = spawn(process.execPath, [CLI, 'watch', 'watched', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
     const next = async (): Promise<Record<string, unknown>> => JSON.parse((await lines.next()).value as string) as Record<string, unknown>;
@@ -121,7 +124,7 @@ describe.each(TARGETS)('the CLI on the $name store', (target) => {
 
   it('doctor reports the store and the environment', () => {
     const dir = tempDir();
-    json(['bump', 'k', ...target.args(dir)]);
+    json(['bump', 'k', '--create', ...target.args(dir)]);
     const report = json<{ store: Record<string, unknown>; addon: { loaded: boolean }; problems: unknown[]; defaultStore: { kind: string } }>([
       'doctor',
       ...target.args(dir),
@@ -229,6 +232,77 @@ describe('devices, FIFOs and huge files (issue 12 item 7; failed at 1545de2)', (
   });
 });
 
+describe('the CLI as an operator meets it: it never reports success after changing the wrong thing (issue 16)', () => {
+  it.each(['shm', 'file'])('list, get, watch and doctor on a %s store that does not exist create nothing, and say where they looked', (kind) => {
+    const parent = tempDir();
+    const dir = join(parent, 'misspelled');
+    const env = { GENERATION_SYNC_DIR: dir, GENERATION_SYNC_STORE: kind };
+    for (const args of [['list'], ['get', 'settings'], ['watch', 'settings'], ['doctor'], ['list', '--store', kind, '--path', join(parent, 'g')]]) {
+      const result = cli(args, env);
+      expect(result.status, `${args.join(' ')}: ${result.stderr}`).toBe(1);
+      expect(result.stdout + result.stderr, args.join(' ')).toMatch(new RegExp(`there is no ${kind} store at ${parent}/(misspelled|g)`));
+      expect(readdirSync(parent), args.join(' ')).toEqual([]); // no directory, no store file
+    }
+    expect(cli(['doctor'], env).stdout).not.toMatch(/no problems found/);
+  });
+
+  it.each(TARGETS)('bump and clear of an absent key on the $name store fail and change nothing, unless --create', async (target) => {
+    const dir = tempDir();
+    const args = target.args(dir);
+    const store = await target.open(dir);
+    stores.push(store);
+    const app = await AsyncGenerationSynchronizer.create('settings', { store });
+    const keys = async (): Promise<string[]> => (await store.entries()).map((entry) => entry.key).sort();
+
+    for (const command of ['bump', 'clear']) {
+      const refused = cli([command, 'setings', ...args]); // misspelled
+      expect(refused.status, refused.stderr).toBe(1);
+      expect(refused.stdout).toBe('');
+      expect(refused.stderr).toMatch(new RegExp(`setings is absent from the ${target.name} store.*nothing was changed.*--create`));
+      expect(await keys()).toEqual(['settings']);
+    }
+    expect(await app.isExpired()).toBe(false);
+
+    const created = json<{ previous: number | null; generation: number; store: { kind: string } }>(['bump', 'fresh', '--create', ...args]);
+    expect(created.previous).toBeNull(); // never a "previous" value that did not exist
+    expect(created.store.kind).toBe(target.name);
+    expect(await keys()).toEqual(['fresh', 'settings']);
+    expect(json(['clear', 'never', '--create', ...args])).toMatchObject({ cleared: false, previous: null });
+
+    // Text output names the store too; get keeps stdout to the number and names the store on stderr.
+    expect(cli(['bump', 'settings', ...args]).stdout).toMatch(new RegExp(`^settings: \\d+ -> \\d+ in the ${target.name} store `));
+    const got = cli(['get', 'settings', ...args]);
+    expect(got.stdout).toMatch(/^\d+\n$/);
+    expect(got.stderr).toMatch(new RegExp(`settings in the ${target.name} store`));
+  });
+
+  it('bump --create creates a store that does not exist yet; bump without it does not', () => {
+    const dir = join(tempDir(), 'new');
+    const env = { GENERATION_SYNC_DIR: dir };
+    expect(cli(['bump', 'settings'], env).status).toBe(1);
+    expect(() => readdirSync(dir)).toThrow(/ENOENT/);
+    const created = cli(['bump', 'settings', '--create'], env);
+    expect(created.status, created.stderr).toBe(0);
+    expect(created.stdout).toMatch(/^settings: \(absent\) -> \d+ in the (shm|file) store /);
+  });
+
+  it('doctor says where it looked for the addon, and never answers a failure with "see the message"', () => {
+    const absent = cli(['doctor', '--json', '--store', 'shm', '--path', join(tempDir(), 'absent.shm')]);
+    expect(absent.status).toBe(1); // no store there is a problem
+    const report = JSON.parse(absent.stdout) as { addonSearch: { platform: string; prebuildTag: string; candidates: Array<{ path: string; exists: boolean }> } };
+    expect(report.addonSearch.platform).toBe(`${process.platform}-${process.arch}`);
+    expect(report.addonSearch.prebuildTag).toMatch(new RegExp(`^${process.platform}-${process.arch}`));
+    expect(report.addonSearch.candidates.some((candidate) => candidate.exists)).toBe(true);
+    const dir = tempDir();
+    writeFileSync(join(dir, 'g.shm'), 'not a store at all, but long enough to be read as one');
+    const damaged = cli(['doctor', '--store', 'shm', '--path', join(dir, 'g.shm')]);
+    expect(damaged.status).toBe(1);
+    expect(damaged.stdout).toMatch(/problem: .*g\.shm/);
+    expect(damaged.stdout).not.toMatch(/see the message/);
+    expect(damaged.stdout).toMatch(/fix: .*(move it aside|README)/);
+  });
+});
+
 describe('the CLI run by root on an application user\'s store (issue 12 item 9; failed at 1545de2)', () => {
   // Needs root (CI runs as root) and the system user "nobody", as which the application runs here.
   it.skipIf(process.getuid?.() !== 0)('is refused with the way out, and with --user acts as the owner: files stay the owner\'s', () => {
@@ -239,7 +313,7 @@ describe('the CLI run by root on an application user\'s store (issue 12 item 9; 
       // The application's store: its directory and files belong to it.
       const dir = join(parent, `app-${kind}`);
       const env = { GENERATION_SYNC_DIR: dir, GENERATION_SYNC_STORE: kind };
-      expect(cli(['bump', 'settings'], env).status).toBe(0);
+      expect(cli(['bump', 'settings', '--create'], env).status).toBe(0);
       for (const name of readdirSync(dir)) chownSync(join(dir, name), nobody, nobody);
       chownSync(dir, nobody, nobody);
 
@@ -250,7 +324,7 @@ describe('the CLI run by root on an application user\'s store (issue 12 item 9; 
       const before = Number(cli(['get', 'settings', '--user', 'nobody'], env).stdout.trim());
       const bumped = cli(['bump', 'settings', '--user', 'nobody'], env);
       expect(bumped.status, bumped.stderr).toBe(0);
-      expect(cli(['bump', 'other', '--user', String(nobody)], env).status).toBe(0); // a uid works too, and creates a key
+      expect(cli(['bump', 'other', '--create', '--user', String(nobody)], env).status).toBe(0); // a uid works too, and creates a key
       expect(Number(cli(['get', 'settings', '--user', 'nobody'], env).stdout.trim())).toBe(before + 1);
       // Nothing in the directory became root's: the application can still use all of it.
       for (const name of readdirSync(dir)) expect(statSync(join(dir, name)).uid, `${kind}: ${name}`).toBe(nobody);

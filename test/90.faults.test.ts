@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { FileStore, GenerationSynchronizer, SharedMemoryStore, type Store } from 'generation-sync';
 
-import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/system/test-hooks.js';
+import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/system/checkpoints.js';
 import { ask, eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 import { scaled } from './support/time-scale';
 

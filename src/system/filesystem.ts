@@ -289,7 +289,7 @@ export function checkLocalFilesystem(path: string): void {
     throw new UnsafeStoreError(
       'ERR_GENSYNC_NETWORK_FILESYSTEM',
       `${path} is on a ${name} filesystem, where shared mappings and file renames are not coherent ` +
-        `between processes. Put the store on a local disk or tmpfs (set ${DIRECTORY_ENV}, for example to /dev/shm/myapp).`,
+        `between processes. Put the store on a local disk the application owns (set ${DIRECTORY_ENV}, for example to /var/lib/myapp/generation-sync).`,
       { path },
     );
   }

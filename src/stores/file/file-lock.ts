@@ -61,7 +61,7 @@ import type * as ProperLockfile from 'proper-lockfile';
 import { StoreUnavailableError } from '../../store/errors';
 import { errnoCode, ioError, removeStagingDirectory, stagingDirectoryName } from '../../system/filesystem';
 import { holderIsGone, thisHolder, type Holder } from '../../system/holder';
-import { checkpoint } from '../../system/test-hooks';
+import { checkpoint } from '../../system/checkpoints';
 import { retryUntil } from '../../system/lock-wait';
 import { pause } from '../../system/pause';
 

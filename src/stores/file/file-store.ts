@@ -52,7 +52,7 @@ import {
   temporaryName,
 } from '../../system/filesystem';
 import { pause } from '../../system/pause';
-import { checkpoint } from '../../system/test-hooks';
+import { checkpoint } from '../../system/checkpoints';
 import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding, type Store, type StoreEntry } from '../../store/store';
 import { optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
 import { checkGeneration, isLive, MAX_FILE_STORE_BYTES, parseStoreFile, serialize, type FileEntry } from './file-format';

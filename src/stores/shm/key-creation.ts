@@ -13,7 +13,7 @@
  */
 
 import { StoreFullError } from '../../store/errors';
-import { checkpoint } from '../../system/test-hooks';
+import { checkpoint } from '../../system/checkpoints';
 import type { KeyIdentity, MappedFile } from './mapped-file';
 import { ABSENT, CREATION_LOCK_BYTE, DIGEST_BYTES, H_PENDING_RECORD, H_RECORD_COUNT, R_CREATED_AT, R_DIGEST, R_KEY, R_KEY_LENGTH, R_UPDATED_AT } from './shm-format';
 

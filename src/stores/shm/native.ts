@@ -122,6 +122,18 @@ export function addonCandidates(root = PACKAGE_ROOT): string[] {
   return candidates;
 }
 
+/** What {@link addonCandidates} looks for here, for `doctor`: the platform, its prebuild tag, and each place with whether a file is there. */
+export function addonSearch(): { platform: string; libc: string | null; prebuildTag: string; candidates: Array<{ path: string; exists: boolean }> } {
+  const system = libc();
+  const platform = `${process.platform}-${process.arch}`;
+  return {
+    platform,
+    libc: system ?? null,
+    prebuildTag: `${platform}${system === undefined ? '' : ` ${system}`}`,
+    candidates: addonCandidates().map((path) => ({ path, exists: existsSync(path) })),
+  };
+}
+
 function load(): LoadResult {
   const tried: string[] = [];
   for (const path of addonCandidates()) {

@@ -206,7 +206,9 @@ export class SharedMemoryStore implements Store {
   /**
    * Record now as the last update time of `key` (see {@link StoreEntry.updatedAt}).
    * Increments do not do this themselves: reading the clock would triple
-   * their cost. The CLI's `bump` does. Does nothing for an absent key.
+   * their cost. For a tool that wants its own bumps timed; the CLI does not
+   * use it (its `list` calls the column "created or cleared" on this store).
+   * Does nothing for an absent key.
    */
   touch(key: string): void {
     const file = this.#live.current();
