@@ -56,6 +56,39 @@ describe.each(SUBJECTS)('$name', (subject) => {
     expect(await theirs.isExpired()).toBe(false);
   });
 
+  it('the README\'s order (refresh, then load) sees a change made during the load; the reverse order loses it (issue 16)', async () => {
+    // The shared data and its writer: every change is saved, then announced with markUpdated().
+    let data = 1;
+    const writer = await make('settings');
+    const change = async (): Promise<void> => {
+      data++;
+      await writer.markUpdated();
+    };
+    /** A load that reads the data, during which another process changes it. */
+    const loadWithChangeDuring = async (): Promise<number> => {
+      const read = data;
+      await change();
+      return read;
+    };
+
+    for (const order of ['refresh, then load', 'load, then refresh'] as const) {
+      const reader = await make('settings');
+      let held = data;
+      await change(); // the reader must notice this one
+      expect(await reader.isExpired()).toBe(true);
+      if (order === 'refresh, then load') {
+        await reader.refresh();
+        held = await loadWithChangeDuring();
+      } else {
+        held = await loadWithChangeDuring();
+        await reader.refresh();
+      }
+      expect(held).toBe(data - 1); // it holds data one change old
+      // The safe order still reports expired, so the next check reloads; the reverse order reports fresh: lost.
+      expect(await reader.isExpired(), order).toBe(order === 'refresh, then load');
+    }
+  });
+
   it('is not expired while nobody changes the state', async () => {
     const mine = await make('test-key');
     await make('test-key');
