@@ -17,7 +17,7 @@
  * processes, crash safety): test that with real processes, as this
  * package's own suite does.
  *
- * @packageDocumentation
+ * @module generation-sync/conformance
  */
 
 import { StoreClosedError } from './store/errors';

@@ -1,7 +1,7 @@
 /**
  * generation-sync: tell every process that some state changed.
  *
- * @packageDocumentation
+ * @module generation-sync
  */
 
 export {

@@ -1,7 +1,7 @@
 // The built package, consumed the way users consume it: `require`,
 // `import`, and TypeScript types for both, from a separate project.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -124,6 +124,33 @@ describe('the built package', () => {
     // What the README links to is in the package.
     for (const name of ['LICENSE', 'CHANGELOG.md', 'SECURITY.md', 'docs/reliability.md', 'docs/benchmarks.md', 'examples/cluster/server.mjs']) {
       expect(files).toContain(name);
+    }
+  });
+});
+
+describe('package hygiene (issue 16)', () => {
+  const bin = (name: string): string => join(ROOT, 'node_modules', '.bin', name);
+
+  it('publint finds nothing to fix, and Are the Types Wrong finds no problem in the packed tarball', () => {
+    // Both exit non-zero on a problem; publint's suggestions are printed too, so its output must say "All good".
+    expect(execFileSync(bin('publint'), ['--strict'], { cwd: ROOT, encoding: 'utf8' })).toMatch(/All good!/);
+    const dir = tempDir('gensync-pack-');
+    execFileSync('npm', ['pack', '--ignore-scripts', '--pack-destination', dir], { cwd: ROOT, stdio: 'ignore' });
+    const tarball = join(dir, readdirSync(dir).find((name) => name.endsWith('.tgz')) as string);
+    expect(execFileSync(bin('attw'), [tarball, '--format', 'ascii'], { encoding: 'utf8' })).toMatch(/No problems found/);
+  });
+
+  it('the API reference in docs/api is what `npm run docs` makes from the TSDoc now', () => {
+    const out = tempDir('gensync-api-');
+    execFileSync(bin('typedoc'), ['--out', out, '--logLevel', 'Warn'], { cwd: ROOT, encoding: 'utf8' });
+    const files = (dir: string): string[] => (readdirSync(dir, { recursive: true, withFileTypes: true }) as Array<{ isFile(): boolean; parentPath: string; name: string }>)
+      .filter((entry) => entry.isFile())
+      .map((entry) => join(entry.parentPath, entry.name).slice(dir.length + 1))
+      .sort();
+    const committed = join(ROOT, 'docs', 'api');
+    expect(files(committed), 'run `npm run docs` and commit docs/api').toEqual(files(out));
+    for (const file of files(out)) {
+      expect(readFileSync(join(committed, file), 'utf8'), `docs/api/${file} is stale: run \`npm run docs\``).toBe(readFileSync(join(out, file), 'utf8'));
     }
   });
 });

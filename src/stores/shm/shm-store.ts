@@ -106,7 +106,7 @@ export interface SharedMemoryStoreOptions {
  *
  * If the file is unlinked, renamed or replaced while in use (temp cleaners
  * and `systemd-logind`'s `RemoveIPC` do this), a background check notices
- * within {@link FILE_CHECK_INTERVAL_MS}: the process marks the old file
+ * within `checkIntervalMs` (250 ms unless given): the process marks the old file
  * retired, poisons every key in it (so every holder reads it as expired),
  * carries each key over to the file now at the path above every value it
  * had, and moves there; the others follow. An increment that lands on a
