@@ -35,4 +35,4 @@ export {
   type GenerationSynchronizerOptions,
   type Logger,
 } from './synchronizers/synchronizer';
-export type { GenerationChange, Unwatch, WaitForChangeOptions } from './store/watch';
+export type { ChangeIterator, ChangesOptions, GenerationChange, Unwatch, WaitForChangeOptions, WatchOptions } from './store/watch';

@@ -2,13 +2,17 @@
 // and across real processes; SynchronizedValue and its async twin.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { renameSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import {
   AsyncSynchronizedValue,
+  FileStore,
+  GenerationSynchronizer,
   InvalidArgumentError,
+  RedisStore,
   SharedMemoryStore,
   StoreUnavailableError,
   SynchronizedValue,
@@ -19,6 +23,7 @@ import {
 } from 'generation-sync';
 
 import { eventually, FIXTURES, recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
+import { sharedRedisUrl } from './redis-server';
 import { scaled } from './support/time-scale';
 import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
 
@@ -64,6 +69,86 @@ describe.each(SUBJECTS)('watching with $name', (subject) => {
     expect(changes).toHaveLength(2);
     // The listener does not refresh the synchronizer; the application does.
     expect(await watcher.isExpired()).toBe(true);
+  });
+
+  it('changes() yields each change to a for-await loop, merges what a slow loop missed, and ends cleanly on abort (issue 16)', async () => {
+    const watcher = await make('iterated');
+    const changer = await make('iterated');
+    const start = watcher.syncGen;
+    const controller = new AbortController();
+    const seen: GenerationChange[] = [];
+    const loop = (async () => {
+      for await (const change of watcher.changes({ signal: controller.signal })) {
+        seen.push(change);
+        if (seen.length === 1) await new Promise((resolve) => setTimeout(resolve, 300)); // a slow consumer
+      }
+      return 'ended';
+    })();
+    await changer.markUpdated();
+    await eventually('the first change', () => (seen.length >= 1 ? true : undefined));
+    expect(seen[0]).toEqual({ generation: changer.syncGen, previous: start });
+    const afterFirst = changer.syncGen;
+    // Three changes while the loop is busy arrive merged: the latest generation, and the one the loop saw before.
+    await changer.markUpdated();
+    await changer.markUpdated();
+    await changer.markUpdated();
+    await eventually('the merged change', () => (seen.at(-1)?.generation === changer.syncGen ? true : undefined));
+    expect(seen.at(-1)?.previous).toBe(seen.at(-2)?.generation);
+    expect(seen[1]?.previous).toBe(afterFirst);
+    controller.abort();
+    expect(await loop).toBe('ended'); // no throw
+  });
+
+  it('changes() ends when the loop breaks, when the store closes, and when the synchronizer is disposed of (issue 16)', async () => {
+    const watcher = await make('ending');
+    const changer = await make('ending');
+    // break: the watch stops (a later change reaches nobody).
+    const broken = (async () => {
+      for await (const change of watcher.changes()) return change;
+      return undefined;
+    })();
+    await changer.markUpdated();
+    expect(await broken).toMatchObject({ generation: changer.syncGen });
+
+    // dispose of the synchronizer: its loops end, its watches stop.
+    const heard: GenerationChange[] = [];
+    watcher.watch((change) => heard.push(change));
+    const disposed = (async () => {
+      const got: GenerationChange[] = [];
+      for await (const change of watcher.changes()) got.push(change);
+      return got;
+    })();
+    watcher[Symbol.dispose]();
+    expect(await disposed).toEqual([]);
+    await changer.markUpdated();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(heard).toEqual([]);
+
+    // The store closes: the loop ends without throwing.
+    const closing = (async () => {
+      for await (const change of watcher.changes()) void change;
+      return 'ended';
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await store.close();
+    expect(await closing).toBe('ended');
+    store = await subject.kind.open(tempDir()); // for afterEach
+  });
+
+  it('watch() stops when its signal aborts, and an aborted signal starts nothing (issue 16)', async () => {
+    const watcher = await make('signalled');
+    const changer = await make('signalled');
+    const heard: GenerationChange[] = [];
+    const controller = new AbortController();
+    watcher.watch((change) => heard.push(change), { signal: controller.signal });
+    watcher.watch((change) => heard.push(change), { signal: AbortSignal.abort() });
+    await changer.markUpdated();
+    await eventually('the change', () => (heard.length >= 1 ? true : undefined));
+    controller.abort();
+    await changer.markUpdated();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(heard).toHaveLength(1);
+    expect(() => watcher.watch(() => undefined, { signal: 'soon' as never })).toThrow(/must be an AbortSignal/);
   });
 
   it('waitForChange resolves with the next change, at once when already changed, null on timeout, and honours AbortSignal', async () => {
@@ -482,3 +567,52 @@ describe.each(STORE_KINDS.filter((kind) => !kind.asynchronous))(
     });
   },
 );
+
+describe('disposal and abort, as the ecosystem expects (issue 16)', () => {
+  it('`using` closes a local store; `await using` closes a Redis store; synchronized values dispose of their watches', async () => {
+    const dir = tempDir();
+    const shm = SharedMemoryStore.open(join(dir, 'g.shm'));
+    const file = FileStore.open(join(dir, 'g.json'));
+    for (const store of [shm, file]) {
+      store[Symbol.dispose]();
+      expect(store.closed).toBe(true);
+    }
+    const redis = await RedisStore.connect({ url: sharedRedisUrl(), namespace: `dispose-${process.pid}` });
+    await redis[Symbol.asyncDispose]();
+    expect(redis.closed).toBe(true);
+
+    const store = SharedMemoryStore.open(join(dir, 'v.shm'));
+    const value = new SynchronizedValue('v', () => 1, { store });
+    const heard: unknown[] = [];
+    value.synchronizer.watch((change) => heard.push(change));
+    value[Symbol.dispose]();
+    new GenerationSynchronizer('v', { store }).markUpdated();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(heard).toEqual([]);
+    store.close();
+  });
+
+  it('RedisStore.connect() gives up when its signal aborts: it rejects with the reason and leaves nothing running', async () => {
+    const reason = new Error('shutting down');
+    await expect(RedisStore.connect({ url: sharedRedisUrl(), signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    // A server that never answers (a listening socket that accepts and stays silent): connect() would wait its timeout.
+    const silent = createServer((socket) => socket.resume()); // reads (so it sees the client hang up), never answers
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as AddressInfo).port;
+    const controller = new AbortController();
+    // Aborted while the socket is still connecting (the hardest moment to let go cleanly), then once connected.
+    const early = RedisStore.connect({ url: `redis://127.0.0.1:${port}`, connectTimeoutMs: 30_000, signal: controller.signal, logger: recordingLogger() });
+    controller.abort(reason);
+    await expect(early).rejects.toBe(reason);
+    const late = new AbortController();
+    setTimeout(() => late.abort(reason), 200);
+    await expect(RedisStore.connect({ url: `redis://127.0.0.1:${port}`, connectTimeoutMs: 30_000, signal: late.signal, logger: recordingLogger() })).rejects.toBe(reason);
+    // (Had it waited out connectTimeoutMs instead, it would have resolved with a reconnecting store, not rejected.)
+    // Nothing left running: the store's socket is gone too (node-redis lost a destroy() racing the connect; the socket
+    // then waited for its handshake forever and kept the process alive).
+    const connections = (): Promise<number> => new Promise((resolve, reject) => silent.getConnections((error, count) => (error ? reject(error) : resolve(count))));
+    await eventually('the store to hang up', async () => ((await connections()) === 0 ? true : undefined));
+    await new Promise<void>((resolve) => silent.close(() => resolve()));
+    await expect(RedisStore.connect({ signal: 'x' as never })).rejects.toThrow(/must be an AbortSignal/);
+  });
+});

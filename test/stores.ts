@@ -11,8 +11,11 @@ import {
   type GenerationChange,
   type GenerationSynchronizerOptions,
   type Store,
+  type ChangeIterator,
+  type ChangesOptions,
   type Unwatch,
   type WaitForChangeOptions,
+  type WatchOptions,
 } from 'generation-sync';
 
 import { sharedRedisUrl } from './redis-server';
@@ -66,8 +69,10 @@ export interface Synchronizer {
   refresh(): Promise<boolean>;
   clear(): Promise<boolean>;
   markUpdated(): Promise<boolean>;
-  watch(listener: (change: GenerationChange) => void): Unwatch;
+  watch(listener: (change: GenerationChange) => void, options?: WatchOptions): Unwatch;
   waitForChange(options?: WaitForChangeOptions): Promise<GenerationChange | null>;
+  changes(options?: ChangesOptions): ChangeIterator;
+  [Symbol.dispose](): void;
 }
 
 /** One synchronizer class over one store kind. */
@@ -89,8 +94,10 @@ function promised(sync: GenerationSynchronizer): Synchronizer {
     refresh: async () => sync.refresh(),
     clear: async () => sync.clear(),
     markUpdated: async () => sync.markUpdated(),
-    watch: (listener) => sync.watch(listener),
+    watch: (listener, options) => sync.watch(listener, options),
     waitForChange: (options) => sync.waitForChange(options),
+    changes: (options) => sync.changes(options),
+    [Symbol.dispose]: () => sync[Symbol.dispose](),
   };
 }
 

@@ -140,6 +140,21 @@ export interface GenerationChange {
 /** Stops a watch. Call it, or let `using` dispose of it. */
 export type Unwatch = (() => void) & Disposable;
 
+/** Options of `watch()`. */
+export interface WatchOptions {
+  /** Stop watching when this signal aborts (an already aborted signal starts nothing). */
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** Options of `changes()`. */
+export interface ChangesOptions {
+  /** End the iteration when this signal aborts: the loop ends normally, it does not throw. */
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** The changes of one key, for `for await`; `return()` (a `break`) or disposing of it stops watching. */
+export type ChangeIterator = AsyncIterableIterator<GenerationChange> & AsyncDisposable;
+
 /** Options of `waitForChange()`. */
 export interface WaitForChangeOptions {
   /** Stop waiting when this signal aborts; the promise rejects with the signal's reason. */
@@ -153,6 +168,28 @@ interface Watchable {
   watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void;
 }
 
+function signalOption(options: unknown, what: string): AbortSignal | undefined {
+  const { signal } = optionsObject(options as { signal?: unknown } | undefined, what);
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
+  }
+  return signal;
+}
+
+/** An unwatch that also stops when `signal` aborts, and forgets the signal once stopped. */
+function stoppable(stop: () => void, signal: AbortSignal | undefined, onStopped: (() => void) | undefined): Unwatch {
+  let stopped = false;
+  const unwatch = (): void => {
+    if (stopped) return;
+    stopped = true;
+    signal?.removeEventListener('abort', unwatch);
+    stop();
+    onStopped?.();
+  };
+  signal?.addEventListener('abort', unwatch, { once: true });
+  return Object.assign(unwatch, { [Symbol.dispose]: unwatch });
+}
+
 /** @internal The watch() of both synchronizer classes. */
 export function watchKey(
   store: Watchable,
@@ -160,8 +197,15 @@ export function watchKey(
   since: number | null,
   listener: (change: GenerationChange) => void,
   onClose?: (error: StoreClosedError) => void,
+  options?: WatchOptions,
+  onStopped?: () => void,
 ): Unwatch {
   if (typeof listener !== 'function') throw new InvalidArgumentError('watch() needs a listener function.');
+  const signal = signalOption(options, 'watch options');
+  if (signal?.aborted) {
+    onStopped?.();
+    return stoppable(() => undefined, undefined, undefined);
+  }
   let previous = since;
   const stop = store.watch(
     key,
@@ -173,8 +217,119 @@ export function watchKey(
     },
     onClose,
   );
-  const unwatch = (): void => stop();
-  return Object.assign(unwatch, { [Symbol.dispose]: unwatch });
+  return stoppable(stop, signal, onStopped);
+}
+
+/**
+ * @internal The changes() of both synchronizer classes: the watch as an async iterator. A consumer slower than the
+ * changes gets them merged (the latest generation, and the one it last saw), never a queue that grows. Ends, without
+ * throwing, when the signal aborts or the store closes.
+ */
+export function keyChanges(
+  store: Watchable,
+  key: string,
+  since: number | null,
+  options: ChangesOptions | undefined,
+  onEnded?: () => void,
+): ChangeIterator {
+  const signal = signalOption(options, 'changes options');
+  let pending: GenerationChange | undefined;
+  const waiters: Array<(result: IteratorResult<GenerationChange, undefined>) => void> = [];
+  let ended = false;
+  let unwatch: Unwatch | undefined;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    pending = undefined;
+    signal?.removeEventListener('abort', end);
+    unwatch?.();
+    for (const waiter of waiters.splice(0)) waiter({ done: true, value: undefined });
+    onEnded?.();
+  };
+  if (signal?.aborted) {
+    end();
+  } else {
+    unwatch = watchKey(
+      store,
+      key,
+      since,
+      (change) => {
+        const waiter = waiters.shift();
+        if (waiter !== undefined) waiter({ done: false, value: change });
+        else pending = pending === undefined ? change : { generation: change.generation, previous: pending.previous };
+      },
+      end,
+      { signal },
+    );
+    signal?.addEventListener('abort', end, { once: true });
+  }
+  const finished = (): Promise<IteratorResult<GenerationChange, undefined>> => Promise.resolve({ done: true, value: undefined });
+  return {
+    next(): Promise<IteratorResult<GenerationChange, undefined>> {
+      if (pending !== undefined) {
+        const change = pending;
+        pending = undefined;
+        return Promise.resolve({ done: false, value: change });
+      }
+      if (ended) return finished();
+      return new Promise((resolve) => waiters.push(resolve));
+    },
+    return(): Promise<IteratorResult<GenerationChange, undefined>> {
+      end();
+      return finished();
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async [Symbol.asyncDispose]() {
+      end();
+    },
+  };
+}
+
+/**
+ * @internal What a synchronizer started watching (its `watch()` listeners and `changes()` iterators), stopped
+ * together when it is disposed of. Each forgets itself when it stops on its own (unwatched, aborted, ended).
+ */
+export class Watches {
+  readonly #stops = new Set<() => void>();
+
+  /** Start a watch with `start(onStopped)`, kept here until it stops. */
+  watch(start: (onStopped: () => void) => Unwatch): Unwatch {
+    let unwatch: Unwatch | undefined;
+    const forget = this.#keep(() => unwatch?.());
+    try {
+      unwatch = start(forget);
+    } catch (error) {
+      forget();
+      throw error;
+    }
+    return unwatch;
+  }
+
+  /** Start an iterator with `start(onEnded)`, kept here until it ends. */
+  changes(start: (onEnded: () => void) => ChangeIterator): ChangeIterator {
+    let iterator: ChangeIterator | undefined;
+    const forget = this.#keep(() => void iterator?.return?.());
+    try {
+      iterator = start(forget);
+    } catch (error) {
+      forget();
+      throw error;
+    }
+    return iterator;
+  }
+
+  /** Stop every watch and end every iterator. */
+  stopAll(): void {
+    for (const stop of [...this.#stops]) stop();
+  }
+
+  #keep(stop: () => void): () => void {
+    const entry = (): void => stop();
+    this.#stops.add(entry);
+    return () => void this.#stops.delete(entry);
+  }
 }
 
 /** @internal The waitForChange() of both synchronizer classes. */
@@ -186,10 +341,8 @@ export function waitForKeyChange(
 ): Promise<GenerationChange | null> {
   // Validation happens inside the executor, so bad options reject like every other failure of a promise API.
   return new Promise((resolve, reject) => {
-    const { signal, timeoutMs } = optionsObject(options, 'waitForChange options');
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
-    }
+    const { timeoutMs } = optionsObject(options, 'waitForChange options');
+    const signal = signalOption(options, 'waitForChange options');
     const timeout = timeoutMs === undefined ? undefined : optionalInteger(timeoutMs, 'timeoutMs', 0, { min: 0, max: 2 ** 31 - 1 });
     if (signal?.aborted) {
       reject(signal.reason);

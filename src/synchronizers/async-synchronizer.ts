@@ -11,7 +11,18 @@ import { isAnyStore, isAsyncStore, type AsyncKeyBinding, type AsyncStore, type K
 import { checkSynchronizerOptions, OutageReporter, readClock } from './policy';
 import type { GenerationSynchronizerOptions } from './synchronizer';
 import { describe, optionsObject } from '../store/validate';
-import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from '../store/watch';
+import {
+  keyChanges,
+  waitForKeyChange,
+  watchKey,
+  Watches,
+  type ChangeIterator,
+  type ChangesOptions,
+  type GenerationChange,
+  type Unwatch,
+  type WaitForChangeOptions,
+  type WatchOptions,
+} from '../store/watch';
 
 /** Options of {@link AsyncGenerationSynchronizer.create}: those of {@link GenerationSynchronizer}, with any store. */
 export interface AsyncGenerationSynchronizerOptions extends Omit<GenerationSynchronizerOptions, 'store'> {
@@ -81,6 +92,7 @@ export class AsyncGenerationSynchronizer {
   readonly #binding: AsyncKeyBinding;
   readonly #clock: () => number;
   readonly #outages: OutageReporter;
+  readonly #watches = new Watches();
 
   /** @internal Use {@link AsyncGenerationSynchronizer.create}. */
   constructor(token: typeof CONSTRUCTION, cacheKey: string, store: Store | AsyncStore, binding: AsyncKeyBinding, clock: () => number, outages: OutageReporter) {
@@ -158,8 +170,18 @@ export class AsyncGenerationSynchronizer {
   }
 
   /** {@inheritDoc GenerationSynchronizer.watch} */
-  watch(listener: (change: GenerationChange) => void): Unwatch {
-    return watchKey(this.store, this.cacheKey, this.syncGen, listener);
+  watch(listener: (change: GenerationChange) => void, options?: WatchOptions): Unwatch {
+    return this.#watches.watch((onStopped) => watchKey(this.store, this.cacheKey, this.syncGen, listener, undefined, options, onStopped));
+  }
+
+  /** {@inheritDoc GenerationSynchronizer.changes} */
+  changes(options?: ChangesOptions): ChangeIterator {
+    return this.#watches.changes((onEnded) => keyChanges(this.store, this.cacheKey, this.syncGen, options, onEnded));
+  }
+
+  /** {@inheritDoc GenerationSynchronizer.[Symbol.dispose]} */
+  [Symbol.dispose](): void {
+    this.#watches.stopAll();
   }
 
   /** {@inheritDoc GenerationSynchronizer.waitForChange} */

@@ -55,6 +55,11 @@ export class SynchronizedValue<T> {
    *   and after every change; if it throws, the error reaches the caller of
    *   `get()` and the next `get()` tries again.
    */
+  /** Stop whatever watches this value's synchronizer started (`using settings = new SynchronizedValue(…)`). */
+  [Symbol.dispose](): void {
+    this.synchronizer[Symbol.dispose]();
+  }
+
   constructor(cacheKey: string | readonly string[], load: SyncLoader<T>, options?: GenerationSynchronizerOptions) {
     checkLoader(load);
     if (load.constructor.name === 'AsyncFunction') throw new InvalidArgumentError(ASYNC_LOADER_ADVICE);
@@ -127,6 +132,11 @@ export class AsyncSynchronizedValue<T> {
   /** Reloads are numbered in the order they start: a later one took its generation later. */
   #flights = 0;
   #reloading: Flight<T> | undefined;
+
+  /** Stop whatever watches this value's synchronizer started. */
+  [Symbol.dispose](): void {
+    this.synchronizer[Symbol.dispose]();
+  }
 
   private constructor(synchronizer: AsyncGenerationSynchronizer, load: () => Promise<T>) {
     this.synchronizer = synchronizer;

@@ -10,7 +10,18 @@ import { defaultStore } from '../stores/default-store';
 import { InvalidArgumentError } from '../store/errors';
 import { isAnyStore, isSyncStore, type KeyBinding, type Store } from '../store/store';
 import { describe, optionsObject } from '../store/validate';
-import { waitForKeyChange, watchKey, type GenerationChange, type Unwatch, type WaitForChangeOptions } from '../store/watch';
+import {
+  keyChanges,
+  waitForKeyChange,
+  watchKey,
+  Watches,
+  type ChangeIterator,
+  type ChangesOptions,
+  type GenerationChange,
+  type Unwatch,
+  type WaitForChangeOptions,
+  type WatchOptions,
+} from '../store/watch';
 import { checkSynchronizerOptions, OutageReporter, readClock } from './policy';
 
 export { DEFAULT_CACHE_EXPIRATION_SECS } from './policy';
@@ -103,6 +114,7 @@ export class GenerationSynchronizer {
   readonly #binding: KeyBinding;
   readonly #clock: () => number;
   readonly #outages: OutageReporter;
+  readonly #watches = new Watches();
 
   /**
    * @param cacheKey A stable key naming the state; a string, or a sequence
@@ -202,8 +214,9 @@ export class GenerationSynchronizer {
    * generation and the one it saw before (at first, {@link syncGen}); it is
    * called at once if the key already differs from {@link syncGen}. Changes
    * in a burst may arrive as one call with the latest generation. The
-   * listener does not refresh this synchronizer: reload, then call
-   * {@link refresh}, as after {@link isExpired}.
+   * listener does not refresh this synchronizer: call {@link refresh}, then
+   * reload, as after {@link isExpired}. With `signal`, the watch stops when
+   * the signal aborts.
    *
    * On the shared-memory store this is a real wake-up (a futex, on Linux);
    * on the file store an `fs.watch` with a poll behind it; on Redis a
@@ -214,8 +227,34 @@ export class GenerationSynchronizer {
    * // later
    * unwatch();
    */
-  watch(listener: (change: GenerationChange) => void): Unwatch {
-    return watchKey(this.store, this.cacheKey, this.syncGen, listener);
+  watch(listener: (change: GenerationChange) => void, options?: WatchOptions): Unwatch {
+    return this.#watches.watch((onStopped) => watchKey(this.store, this.cacheKey, this.syncGen, listener, undefined, options, onStopped));
+  }
+
+  /**
+   * The changes of this key as an async iterator (see {@link watch}): the
+   * loop gets each change, or, when it falls behind, the latest generation
+   * and the one it saw before. It ends normally when `signal` aborts, when
+   * the store closes, when the loop breaks, or when this synchronizer is
+   * disposed of.
+   *
+   * @example
+   * for await (const { generation } of sync.changes({ signal })) {
+   *   sync.refresh();
+   *   settings = loadSettings();
+   * }
+   */
+  changes(options?: ChangesOptions): ChangeIterator {
+    return this.#watches.changes((onEnded) => keyChanges(this.store, this.cacheKey, this.syncGen, options, onEnded));
+  }
+
+  /**
+   * Stop every {@link watch} and end every {@link changes} loop started
+   * through this synchronizer (`using sync = new GenerationSynchronizer(…)`).
+   * The store stays open: it belongs to whoever opened it.
+   */
+  [Symbol.dispose](): void {
+    this.#watches.stopAll();
   }
 
   /**

@@ -232,6 +232,11 @@ export class FileStore implements Store {
   }
 
   /** Close the file. Bindings made from this store then throw {@link StoreClosedError}. */
+  /** {@link close}, for `using store = FileStore.open(…)`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

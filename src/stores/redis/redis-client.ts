@@ -70,6 +70,23 @@ export function createOwnClient(url: string, socket: Readonly<Record<string, unk
 }
 
 /**
+ * Close a client for good. node-redis (5 and 6) loses a `destroy()` that lands
+ * while a connection attempt is still opening its socket: the socket is kept
+ * once it connects, waits for a handshake that a stalled or silent server
+ * never answers, and keeps the process alive. So destroy it again when that
+ * socket connects (found with a server that accepts and never answers, and a
+ * `connect()` aborted at once).
+ */
+export function destroyForGood(client: RedisClientLike): void {
+  client.destroy();
+  const again = (): void => {
+    client.off('connect', again);
+    client.destroy();
+  };
+  client.on('connect', again);
+}
+
+/**
  * Only a single node-redis client will do: Cluster and Sentinel clients route
  * commands themselves and take other arguments, a pool cannot give watching a
  * connection of its own, and other libraries (ioredis) have other APIs.

@@ -12,7 +12,7 @@
 
 import { corruptValueError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
-import { RECONNECT_MAX_MS, redactUrl, type RedisClientLike } from './redis-client';
+import { destroyForGood, RECONNECT_MAX_MS, redactUrl, type RedisClientLike } from './redis-client';
 import type { Script } from './redis-scripts';
 
 /**
@@ -174,7 +174,7 @@ export class RedisConnection {
       clearTimeout(timer);
       if (done) return;
     }
-    this.#client.destroy();
+    destroyForGood(this.#client);
   }
 
   checkOpen(): void {

@@ -87,6 +87,12 @@ export interface RedisStoreOptions {
    */
   readonly logger?: Logger | undefined;
   /**
+   * Give up connecting when this signal aborts: `connect()` rejects with the
+   * signal's reason and nothing is left running. It does not affect a store
+   * already returned (close that with `close()`).
+   */
+  readonly signal?: AbortSignal | undefined;
+  /**
    * How often watchers re-read their keys, in milliseconds, besides the
    * change messages. Messages are lost while the subscriber is disconnected
    * and nothing is published on a `FLUSHALL` or an expiry; this catches those.
@@ -169,6 +175,11 @@ export class RedisStore implements AsyncStore {
     if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
       throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
     }
+    const signal = opts.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
+    }
+    signal?.throwIfAborted();
 
     let client: RedisClientLike;
     let url: string | undefined;
@@ -195,7 +206,24 @@ export class RedisStore implements AsyncStore {
     const keys = new RedisKeys(connection, namespace, channel);
     const watching = new RedisWatching(connection, keys, { url, socket, watchPollMs, logger });
     const store = new RedisStore(connection, keys, watching, url);
-    await connection.open(connectTimeoutMs);
+    if (signal === undefined) {
+      await connection.open(connectTimeoutMs);
+      return store;
+    }
+    // Aborted while connecting: the store is closed (nothing keeps reconnecting) and connect() rejects with the reason.
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_resolve, reject) => {
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([connection.open(connectTimeoutMs), aborted]);
+    } catch (error) {
+      await store.close().catch(() => undefined);
+      throw error;
+    } finally {
+      signal.removeEventListener('abort', onAbort as () => void);
+    }
     return store;
   }
 
@@ -254,6 +282,11 @@ export class RedisStore implements AsyncStore {
    * open). Bounded: pending replies are waited for at most
    * `commandTimeoutMs`, then the connection is dropped.
    */
+  /** {@link close}, for `await using store = await RedisStore.connect(…)`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   async close(): Promise<void> {
     if (this.#connection.closed) return;
     const closing = this.#connection.close(); // closed from here on, before any listener hears of it

@@ -15,7 +15,7 @@ import { InvalidArgumentError, type StoreClosedError } from '../../store/errors'
 import type { Logger } from '../../store/logger';
 import type { GenerationListener } from '../../store/store';
 import { deliver, Linger, rethrowLater, WatchList, type WatchedKey } from '../../store/watch';
-import { createOwnClient, type RedisClientLike } from './redis-client';
+import { createOwnClient, destroyForGood, type RedisClientLike } from './redis-client';
 import type { RedisConnection } from './redis-connection';
 import type { RedisKeys } from './redis-keys';
 
@@ -145,7 +145,7 @@ export class RedisWatching {
     this.#subscriberLinger.cancel();
     clearInterval(this.#watchPoll);
     this.#watchPoll = undefined;
-    this.#subscriber?.destroy();
+    if (this.#subscriber !== undefined) destroyForGood(this.#subscriber);
     this.#subscriber = undefined;
   }
 

@@ -255,6 +255,11 @@ export class SharedMemoryStore implements Store {
    * throws {@link StoreClosedError}, and pending `waitForChange()` calls
    * reject with it.
    */
+  /** {@link close}, for `using store = SharedMemoryStore.open(…)`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
   close(): void {
     if (this.#live.closed) return;
     // Closed first, so that a listener told of the close finds the store closed. Closing the descriptor
