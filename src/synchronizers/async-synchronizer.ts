@@ -179,7 +179,11 @@ export class AsyncGenerationSynchronizer {
     return this.#watches.changes((onEnded) => keyChanges(this.store, this.cacheKey, this.syncGen, options, onEnded));
   }
 
-  /** {@inheritDoc GenerationSynchronizer.[Symbol.dispose]} */
+  /**
+   * Stop every {@link watch} and end every {@link changes} loop started
+   * through this synchronizer. The store stays open: it belongs to whoever
+   * opened it.
+   */
   [Symbol.dispose](): void {
     this.#watches.stopAll();
   }
