@@ -414,6 +414,33 @@ describe('the outside review of the shared-memory store, in one process (each of
     expect(last?.isExpired()).toBe(true);
   });
 
+  it('worker threads that open a store and end without closing it (by themselves, or terminate()d while watching) leave no mapping (docs/threads.md)', async () => {
+    const { Worker: ThreadWorker } = await import('node:worker_threads');
+    const path = join(tempDir(), 'g.shm');
+    const mappingsOf = (): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((line) => line.includes(path)).length;
+    const source = `
+      const { parentPort } = require('node:worker_threads');
+      const { GenerationSynchronizer, SharedMemoryStore } = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+      const sync = new GenerationSynchronizer('k', { store: SharedMemoryStore.open(${JSON.stringify(path)}) });
+      sync.markUpdated();
+      sync.watch(() => undefined);
+      parentPort.postMessage(sync.syncGen);
+      parentPort.once('message', () => process.exit(0));
+    `;
+    const generations: number[] = [];
+    for (let round = 0; round < 10; round++) {
+      const worker = new ThreadWorker(source, { eval: true });
+      generations.push(await new Promise<number>((resolve) => worker.once('message', resolve)));
+      const ended = new Promise((resolve) => worker.once('exit', resolve));
+      if (round % 2 === 0) worker.postMessage('end');
+      else void worker.terminate();
+      await ended;
+    }
+    // Each worker's bump reached the one shared store, and every mapping went with its thread.
+    expect(generations.slice(1).every((generation, i) => generation === (generations[i] as number) + 1)).toBe(true);
+    expect(mappingsOf()).toBe(0);
+  });
+
   it('item 12: a watch whose watch lock cannot be taken fails with a typed error and leaves no WATCHED flag', async () => {
     const path = freshStoreFile(tempDir());
     const store = SharedMemoryStore.open(path, { lockTimeoutMs: 100 });
