@@ -172,3 +172,28 @@ describe('both kinds of local store in one directory (issue 12 item 8; failed at
     expect(doctor.status).toBe(1);
   });
 });
+
+describe('NODE_DEBUG=generation-sync (issue 16)', () => {
+  const script = `
+    const { renameSync, writeFileSync } = require('node:fs');
+    const { join } = require('node:path');
+    const { FileStore, GenerationSynchronizer } = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+    new GenerationSynchronizer('settings').markUpdated();
+    const path = join(process.env.GENERATION_SYNC_DIR, 'other.json');
+    const sync = new GenerationSynchronizer('flags', { store: FileStore.open(path), logger: { error() {}, warn() {}, info() {} } });
+    writeFileSync(path + '.new', 'damaged', { mode: 0o600 });
+    renameSync(path + '.new', path); // files are only ever replaced, so the store reads the new one
+    if (!sync.isExpired()) throw new Error('a damaged store must read as expired');
+  `;
+  const run = (env: NodeJS.ProcessEnv): string =>
+    spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, GENERATION_SYNC_DIR: tempDir(), ...env } }).stderr;
+
+  it('traces the store chosen and why, keys created and outages, and prints nothing without it', () => {
+    const traced = run({ NODE_DEBUG: 'generation-sync' });
+    expect(traced).toMatch(/GENERATION-SYNC \d+: default store: shm at .*generations\.shm \(the native addon loads from /);
+    expect(traced).toMatch(/GENERATION-SYNC \d+: created key "settings" in .*generations\.shm/);
+    expect(traced).toMatch(/GENERATION-SYNC \d+: creating key "flags" in .*other\.json/);
+    expect(traced).toMatch(/GENERATION-SYNC \d+: outage: checking for expiration in "flags" failed/);
+    expect(run({ NODE_DEBUG: '' })).not.toMatch(/GENERATION-SYNC/);
+  });
+});

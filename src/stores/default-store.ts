@@ -13,6 +13,7 @@ import { addonStatus } from './shm/native';
 import { SHM_FILE_NAME, SharedMemoryStore } from './shm/shm-store';
 import type { Store } from '../store/store';
 import { UnreachableStore } from './unreachable-store';
+import { trace } from '../store/trace';
 
 /** Environment variable that forces the default store's kind: `shm` or `file`. */
 export const STORE_ENV = 'GENERATION_SYNC_STORE';
@@ -70,6 +71,7 @@ export function defaultStoreChoice(): DefaultStoreChoice {
 export function defaultStore(): Store {
   if (current !== undefined && !current.closed) return current;
   const choice = defaultStoreChoice();
+  if (trace.enabled) trace('default store: %s at %s (%s)', choice.kind, choice.path, choice.reason);
   const open = (): Store => (choice.kind === 'shm' ? SharedMemoryStore.open() : FileStore.open());
   if (choice.kind === 'file' && process.env[STORE_ENV] !== 'file' && !warned) {
     warned = true;

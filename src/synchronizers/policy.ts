@@ -14,6 +14,7 @@ import { InvalidArgumentError, isFailSafeStoreError, OutOfRangeError, StoreFullE
 import { describe, optionalBoolean, optionalFunction, optionalInteger, wellFormedString } from '../store/validate';
 import { makeCacheKey } from './cache-key';
 import type { GenerationSynchronizerOptions } from './synchronizer';
+import { trace } from '../store/trace';
 
 /** One year, djblets' default lifetime of a synchronization key. */
 export const DEFAULT_CACHE_EXPIRATION_SECS = 60 * 60 * 24 * 365;
@@ -79,6 +80,7 @@ export class OutageReporter {
     if (!isFailSafeStoreError(error)) throw error;
     if (this.failing) return;
     this.failing = true;
+    if (trace.enabled) trace('outage: %s %j failed (%s)', action, this.cacheKey, error.message);
     this.logger.error(
       `generation-sync: unexpected error ${action} synchronization state key "${shortKey(this.cacheKey)}". ` +
         `Is the store available? Until it is, the key reads as expired. Error = ${error.message}`,
@@ -122,6 +124,7 @@ export class OutageReporter {
   recovered(): void {
     if (!this.failing) return;
     this.failing = false;
+    if (trace.enabled) trace('outage over: %j reaches its store again', this.cacheKey);
     (this.logger.info ?? this.logger.warn).call(
       this.logger,
       `generation-sync: synchronization state key "${shortKey(this.cacheKey)}" reaches its store again.`,

@@ -57,6 +57,7 @@ import { unixSecond, type BindOptions, type GenerationListener, type KeyBinding,
 import { optionalFunction, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
 import { checkGeneration, isLive, MAX_FILE_STORE_BYTES, parseStoreFile, serialize, type FileEntry } from './file-format';
 import { FileWatching } from './file-watch';
+import { trace } from '../../store/trace';
 
 /** File name of the file store in the default directory. */
 export const FILE_STORE_NAME = STORE_FILE_NAMES.file;
@@ -274,6 +275,7 @@ export class FileStore implements Store {
         createdAt: entry?.createdAt ?? now,
         updatedAt: now,
       });
+      if (trace.enabled) trace('creating key %j in %s (generation %d)', key, this.path, generation);
       return { result: generation, changed: true };
     });
   }

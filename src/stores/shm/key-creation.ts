@@ -16,6 +16,7 @@ import { StoreFullError } from '../../store/errors';
 import { checkpoint } from '../../system/checkpoints';
 import type { KeyIdentity, MappedFile } from './mapped-file';
 import { ABSENT, CREATION_LOCK_BYTE, DIGEST_BYTES, H_PENDING_RECORD, H_RECORD_COUNT, R_CREATED_AT, R_DIGEST, R_KEY, R_KEY_LENGTH, R_UPDATED_AT } from './shm-format';
+import { trace } from '../../store/trace';
 
 /**
  * The record of `identity` in `file`, created (holding `seed`, or absent
@@ -83,6 +84,7 @@ function findOrCreateLocked(file: MappedFile, identity: KeyIdentity, seed: numbe
   checkpoint('shm-create', 'counted');
   file.setHeaderWord(H_PENDING_RECORD, 0);
   checkpoint('shm-create', 'settled');
+  if (trace.enabled) trace('created key %j in %s (record %d, %s)', identity.label, file.path, record, seed === null ? 'absent' : `generation ${seed}`);
   return record;
 }
 

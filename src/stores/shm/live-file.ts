@@ -19,6 +19,7 @@ import type { MappedFile } from './mapped-file';
 import type { NativeAddon } from './native';
 import type { OpenSettings } from './open-file';
 import { carryOver, openLive, retire, type CapturedKey } from './retirement';
+import { trace } from '../../store/trace';
 
 /** What lives in the file in use and must follow the store from one file to the next. */
 export interface Tenants {
@@ -182,6 +183,9 @@ export class LiveFile {
       watched = carryOver(next, identity, word) || watched;
     }
     if (watched) next.wakeWatchers();
+    if (trace.enabled) {
+      trace('store file %s was replaced, removed or damaged: now using the file at the path (inode %d), %d keys carried over', this.path, next.ino, captured.length);
+    }
     this.#abandon(undefined);
     this.#file = next;
     this.tenants.arrive(next);
