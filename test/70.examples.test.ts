@@ -1,7 +1,7 @@
 // The examples are real programs: the node:cluster HTTP service, and the PM2
 // cluster-mode app driven by the CLI under a real PM2 with its own PM2_HOME.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -135,5 +135,94 @@ describe('examples/pm2 under real PM2', () => {
       });
       return alive.length === 0 ? true : undefined;
     });
+  });
+});
+
+describe('examples/web: Express middleware and a Fastify plugin on SynchronizedValue (issue 16)', () => {
+  function json(port: number, method: string, body?: unknown): Promise<{ pid: number; settings: { version: number; theme: string } }> {
+    return new Promise((resolve, reject) => {
+      const payload = body === undefined ? undefined : JSON.stringify(body);
+      const headers = payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) };
+      const req = request({ host: '127.0.0.1', port, path: '/settings', method, agent: false, headers }, (res) => {
+        let data = '';
+        res.on('data', (chunk: Buffer) => (data += chunk.toString()));
+        res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(data)) : reject(new Error(`${res.statusCode}: ${data}`))));
+      });
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
+  it('an Express process and a Fastify process share the settings: a PUT to either is seen by the other on its next request', async () => {
+    const dir = tempDir();
+    const settingsFile = join(dir, 'settings.json');
+    writeFileSync(settingsFile, JSON.stringify({ version: 1, theme: 'light' }));
+    const servers = await Promise.all(
+      ['express', 'fastify', 'express'].map(async (name) => {
+        const port = await freePort();
+        const child = spawn(process.execPath, [join(ROOT, 'examples', 'web', `${name}.mjs`)], {
+          env: { ...process.env, PORT: String(port), SETTINGS_FILE: settingsFile, GENERATION_SYNC_DIR: join(dir, 'store') },
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+        await new Promise<void>((resolve, reject) => {
+          child.stdout?.on('data', (data: Buffer) => data.toString().includes('listening') && resolve());
+          child.once('exit', (code) => reject(new Error(`${name} exited with ${code}`)));
+        });
+        return { name, port, child };
+      }),
+    );
+    try {
+      for (const { port } of servers) expect((await json(port, 'GET')).settings).toEqual({ version: 1, theme: 'light' });
+      const [express, fastify, other] = servers as [(typeof servers)[0], (typeof servers)[0], (typeof servers)[0]];
+      expect((await json(express.port, 'PUT', { theme: 'dark' })).settings).toEqual({ version: 2, theme: 'dark' });
+      for (const { port } of servers) expect((await json(port, 'GET')).settings).toEqual({ version: 2, theme: 'dark' });
+      expect((await json(fastify.port, 'PUT', { theme: 'solarized' })).settings).toEqual({ version: 3, theme: 'solarized' });
+      expect((await json(other.port, 'GET')).settings).toEqual({ version: 3, theme: 'solarized' });
+      expect((await json(express.port, 'GET')).settings).toEqual({ version: 3, theme: 'solarized' });
+    } finally {
+      for (const { child } of servers) child.kill('SIGTERM');
+    }
+    for (const { child } of servers) if (child.exitCode === null) await new Promise((resolve) => child.once('exit', resolve));
+  });
+});
+
+describe('examples/lru-cache: an lru-cache dropped by a generation change in any process (issue 16)', () => {
+  it('the demo: another process invalidates one namespace; only that one reloads', () => {
+    const result = spawnSync(process.execPath, [join(ROOT, 'examples', 'lru-cache', 'demo.mjs')], {
+      encoding: 'utf8',
+      env: { ...process.env, GENERATION_SYNC_DIR: tempDir() },
+    });
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/before: 2 loads for 3 lookups/);
+    expect(result.stdout).toMatch(/after another process invalidated "catalog": 3 loads/);
+  });
+
+  it('a change made while a value loads is never cached as current; namespaces are independent', async () => {
+    const { GenerationCache } = (await import(join(ROOT, 'examples', 'lru-cache', 'generation-cache.mjs'))) as {
+      GenerationCache: new (options: Record<string, unknown>) => {
+        get(namespace: string, key: string, load: () => Promise<unknown>): Promise<unknown>;
+        invalidate(namespace: string): boolean;
+      };
+    };
+    const { SharedMemoryStore } = await import('generation-sync');
+    const store = SharedMemoryStore.open(join(tempDir(), 'g.shm'));
+    const here = new GenerationCache({ max: 100, store });
+    const elsewhere = new GenerationCache({ max: 100, store }); // another process's cache, on the same store
+    let data = 'v1';
+    // The load reads v1, then another process changes the data and invalidates, then the load returns.
+    const first = await here.get('catalog', 'p', async () => {
+      const read = data;
+      data = 'v2';
+      elsewhere.invalidate('catalog');
+      return read;
+    });
+    expect(first).toBe('v1');
+    expect(await here.get('catalog', 'p', async () => data)).toBe('v2'); // not the stale v1
+    expect(await here.get('catalog', 'p', async () => 'not loaded again')).toBe('v2'); // now a hit
+    expect(await here.get('users', 'u', async () => 'u1')).toBe('u1');
+    elsewhere.invalidate('catalog');
+    expect(await here.get('users', 'u', async () => 'reloaded')).toBe('u1'); // another namespace: still cached
+    expect(await here.get('catalog', 'p', async () => 'v3')).toBe('v3');
+    store.close();
   });
 });
