@@ -18,6 +18,9 @@ switch (role) {
   case 'ponger':
     await (await import('./latency.mjs')).ponger(args[0], args[1]);
     break;
+  case 'pubsub-ponger':
+    await (await import('./latency.mjs')).pubSubPonger(args[0]);
+    break;
   case 'cluster-pinger':
     if (!cluster.isWorker) throw new Error('cluster-pinger runs as a cluster worker');
     (await import('./latency.mjs')).clusterWorker(Number(args[0]));

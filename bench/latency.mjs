@@ -28,6 +28,66 @@ async function synchronizer(store, key) {
   return store.asynchronous ? AsyncGenerationSynchronizer.create(key, { store }) : new GenerationSynchronizer(key, { store });
 }
 
+/** A client of the redis package for the bare pub/sub baseline. */
+async function pubSubClient(url) {
+  const { createClient } = await import('redis');
+  const client = createClient({ url });
+  await client.connect();
+  return client;
+}
+
+/** The far side of the bare pub/sub ping-pong: publish "pong" for every "ping" heard. */
+export async function pubSubPonger(url) {
+  const publisher = await pubSubClient(url);
+  const subscriber = await pubSubClient(url);
+  await subscriber.subscribe('latency:ping', () => void publisher.publish('latency:pong', 'pong'));
+  process.send('ready');
+  process.on('message', async (message) => {
+    if (message === 'stop') {
+      await Promise.all([publisher.quit(), subscriber.quit()]);
+      process.exit(0);
+    }
+  });
+}
+
+/**
+ * What a Redis watch costs at the least: one PUBLISH heard by another
+ * process's subscriber, with no store in between (round trip / 2).
+ */
+async function measureBarePubSub(url, rounds) {
+  const child = fork(CHILD, ['pubsub-ponger', url], { stdio: 'inherit' });
+  await new Promise((resolve, reject) => {
+    child.once('message', resolve);
+    child.once('exit', (code) => reject(new Error(`pub/sub ponger exited with ${code}`)));
+  });
+  const publisher = await pubSubClient(url);
+  const subscriber = await pubSubClient(url);
+  let answer = () => undefined;
+  await subscriber.subscribe('latency:pong', () => answer());
+  const times = [];
+  try {
+    for (let i = 0; i < WARMUP + rounds; i++) {
+      const answered = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no pong within 5 s (round ${i})`)), 5000);
+        answer = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      const start = process.hrtime.bigint();
+      await publisher.publish('latency:ping', 'ping');
+      await answered;
+      if (i >= WARMUP) times.push(Number(process.hrtime.bigint() - start) / 2);
+    }
+  } finally {
+    await Promise.all([publisher.quit(), subscriber.quit()]);
+    child.send('stop');
+  }
+  return times;
+}
+
+export const PUBSUB_BASELINE = 'redis: bare pub/sub';
+
 /** The far side of the ping-pong: answer every ping with a pong. */
 export async function ponger(kind, location) {
   const store = await openStore(kind, location);
@@ -154,8 +214,9 @@ export async function runLatency({ rounds, only }) {
     ['shm watch (futex)', () => measureStore('shm', join(dir, 'latency.shm'), rounds)],
     ['shm waitForChange() per round', () => measureStore('shm', join(dir, 'latency-wait.shm'), rounds, true)],
     ['file watch (fs.watch)', () => measureStore('file', join(dir, 'latency.json'), rounds)],
+    [PUBSUB_BASELINE, () => withRedis((url) => measureBarePubSub(url, rounds))],
     ['redis watch (pub/sub)', () => withRedis((url) => measureStore('redis', url, rounds))],
-  ].filter(([name]) => !only || name.includes(only) || name === CLUSTER_BASELINE);
+  ].filter(([name]) => !only || name.includes(only) || name === CLUSTER_BASELINE || (name === PUBSUB_BASELINE && 'redis watch (pub/sub)'.includes(only)));
 
   const results = {};
   const skipped = [];

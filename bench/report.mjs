@@ -1,5 +1,5 @@
 // Writes the benchmark results as Markdown with an SVG chart.
-import { CLUSTER_BASELINE } from './latency.mjs';
+import { CLUSTER_BASELINE, PUBSUB_BASELINE } from './latency.mjs';
 import { duration } from './support.mjs';
 
 const OURS = /^(shm|file|redis) (isExpired|markUpdated)\(\)$/;
@@ -22,6 +22,14 @@ export function checkBars({ micro, latency }) {
         : undefined,
       (x) => x < 1,
       (x) => `${x.toFixed(2)}× the broadcast's time`,
+    ],
+    [
+      'a Redis watch within 1.5× of a bare pub/sub one-way (p50)',
+      latency?.results['redis watch (pub/sub)'] && latency.results[PUBSUB_BASELINE]
+        ? latency.results['redis watch (pub/sub)'].p50 / latency.results[PUBSUB_BASELINE].p50
+        : undefined,
+      (x) => x <= 1.5,
+      (x) => `${x.toFixed(2)}×`,
     ],
   ];
   return bars.map(([bar, value, pass, show]) => ({ bar, value, met: value === undefined ? undefined : pass(value), shown: value === undefined ? 'not measured' : show(value) }));

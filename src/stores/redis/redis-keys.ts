@@ -25,10 +25,14 @@ export class RedisKeys implements AsyncKeyCalls {
 
   /** The live generation of `key`, or null when absent. */
   async generationOf(key: string): Promise<number | null> {
+    const value = await this.storedOf(key);
+    return value !== null && value >= 0 ? value : null;
+  }
+
+  /** What Redis holds for `key`: a generation, a tombstone `-(g + 1)` after a clear, or null when absent. */
+  async storedOf(key: string): Promise<number | null> {
     const raw = (await this.connection.command(['GET', this.redisKey(key)])) as string | null;
-    if (raw === null) return null;
-    const value = parseStored(raw, this.redisKey(key));
-    return value >= 0 ? value : null;
+    return raw === null ? null : parseStored(raw, this.redisKey(key));
   }
 
   async fetchOrCreate(key: string, _now: number, expirationSecs: number): Promise<number> {

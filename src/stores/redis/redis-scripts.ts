@@ -50,7 +50,7 @@ if value then
   if -value > seed then seed = -value end
 end
 redis.call('SET', KEYS[1], string.format('%.0f', seed), 'EX', ARGV[1])
-redis.pcall('PUBLISH', ARGV[2], redis.sha1hex(KEYS[1]))
+redis.pcall('PUBLISH', ARGV[2], redis.sha1hex(KEYS[1]) .. ' ' .. string.format('%.0f', seed))
 return seed
 `;
 
@@ -59,7 +59,7 @@ local value, failure = stored(KEYS[1])
 if failure then return failure end
 if not value or value < 0 then return false end
 local generation = redis.call('INCR', KEYS[1])
-redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]))
+redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]) .. ' ' .. string.format('%.0f', generation))
 return generation
 `;
 
@@ -68,7 +68,7 @@ local value, failure = stored(KEYS[1])
 if failure then return failure end
 if not value or value < 0 then return 0 end
 redis.call('SET', KEYS[1], string.format('%.0f', -value - 1), 'KEEPTTL')
-redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]))
+redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]) .. ' ' .. string.format('%.0f', -value - 1))
 return 1
 `;
 

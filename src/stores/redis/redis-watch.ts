@@ -37,6 +37,19 @@ export interface WatchSettings {
 interface Refresh {
   running: boolean;
   again: boolean;
+  /** The order (see {@link orderOf}) of the last value delivered, so that nothing older is delivered after it. */
+  order: number | undefined;
+}
+
+/**
+ * Where a stored value falls in a key's history: a generation g, then (after a
+ * clear) its tombstone -(g + 1), then the next generation, which is always
+ * above g. Change messages (on the subscriber) and re-reads (on the main
+ * connection) can arrive out of order with each other; this keeps the older
+ * of two from being delivered after the newer.
+ */
+function orderOf(stored: number): number {
+  return stored >= 0 ? 2 * stored : -2 * stored - 1;
 }
 
 export class RedisWatching {
@@ -81,7 +94,7 @@ export class RedisWatching {
 
   #startWatching(key: string): WatchedKey<Refresh> {
     this.#subscriberLinger.cancel();
-    const watched = this.#watched.open(key, { running: false, again: false });
+    const watched = this.#watched.open(key, { running: false, again: false, order: undefined });
     this.#watchedDigests.set(this.keys.digestOf(key), key);
     if (this.#subscriber !== undefined) return watched;
     const subscriber = this.#makeSubscriber();
@@ -105,10 +118,16 @@ export class RedisWatching {
       this.#refreshAll();
     });
     const onMessage = (message: string): void => {
-      // A digest of the Redis key; a whole key from a publisher of an older version.
-      const key = this.#watchedDigests.get(message) ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
+      // "<digest of the Redis key> <stored value>": delivered as it is, with no read (one round trip from the bump to
+      // the listener). A bare digest, or a whole key, from a publisher of an earlier build: re-read.
+      const space = message.indexOf(' ');
+      const head = space < 0 ? message : message.slice(0, space);
+      const key = this.#watchedDigests.get(head) ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
       const entry = key === undefined ? undefined : this.#watched.get(key);
-      if (entry !== undefined) void this.#refreshWatched(entry);
+      if (entry === undefined) return;
+      const stored = space < 0 ? Number.NaN : Number(message.slice(space + 1));
+      if (Number.isSafeInteger(stored)) this.#deliverStored(entry, stored, false);
+      else void this.#refreshWatched(entry);
     };
     const subscribed = subscriber.isOpen ? Promise.resolve() : subscriber.connect();
     subscribed
@@ -153,6 +172,17 @@ export class RedisWatching {
     for (const entry of this.#watched.values()) void this.#refreshWatched(entry);
   }
 
+  /** Tell the listeners of `entry` of a stored value, unless something newer was delivered already. */
+  #deliverStored(entry: WatchedKey<Refresh>, stored: number, again: boolean): void {
+    const order = orderOf(stored);
+    const last = entry.target.order;
+    if (last !== undefined && (again ? order < last : order <= last)) return;
+    entry.target.order = order;
+    const failures: unknown[] = [];
+    deliver(entry, stored >= 0 ? stored : null, failures);
+    rethrowLater(failures);
+  }
+
   /** Re-read a watched key and tell its listeners; one read at a time per key, repeated if asked again meanwhile. */
   async #refreshWatched(entry: WatchedKey<Refresh>): Promise<void> {
     const state = entry.target;
@@ -165,15 +195,23 @@ export class RedisWatching {
       do {
         state.again = false;
         if (this.connection.closed) return;
-        let generation: number | null;
+        let stored: number | null;
         try {
-          generation = await this.keys.generationOf(entry.key);
+          stored = await this.keys.storedOf(entry.key);
         } catch {
           return; // an outage: the next message, reconnection or poll tries again
         }
-        const failures: unknown[] = [];
-        deliver(entry, generation, failures);
-        rethrowLater(failures);
+        if (stored === null) {
+          // Absent (expired, FLUSHALL, a restart without persistence): no place in the history; the next value is
+          // seeded above every earlier one, so the order stays as it is.
+          const failures: unknown[] = [];
+          deliver(entry, null, failures);
+          rethrowLater(failures);
+        } else {
+          // What was read may be older than a message that arrived meanwhile; equal is delivered again, for a
+          // listener that registered since (deliver() tells each listener only of a value new to it).
+          this.#deliverStored(entry, stored, true);
+        }
       } while (state.again);
     } finally {
       state.running = false;
