@@ -753,3 +753,56 @@ describe('the change subscription failing on its own (issue 13 item 11; failed a
     }
   });
 });
+
+describe('a Redis watch in one round trip (issue 16)', () => {
+  it('hears each change from its message without reading the key, and an older message never takes it back', async () => {
+    const ns = namespace();
+    // The watcher's own client, to count the GETs it sends (Redis' commandstats would count the scripts' GETs too).
+    const client = createClient({ url: server.url, disableOfflineQueue: true });
+    let watcherGets = 0;
+    const send = client.sendCommand.bind(client);
+    client.sendCommand = ((args: string[], ...rest: unknown[]) => {
+      if (args[0] === 'GET') watcherGets++;
+      return (send as (...all: unknown[]) => unknown)(args, ...rest);
+    }) as typeof client.sendCommand;
+    await client.connect();
+    const watcherStore = await RedisStore.connect({ client, namespace: ns });
+    const bumperStore = await RedisStore.connect({ url: server.url, namespace: ns });
+    try {
+      const watcher = await AsyncGenerationSynchronizer.create('k', { store: watcherStore });
+      const bumper = await AsyncGenerationSynchronizer.create('k', { store: bumperStore });
+      const seen: Array<number | null> = [];
+      const unwatch = watcher.watch(({ generation }) => seen.push(generation));
+      const heard = (generation: number | null): Promise<true> =>
+        eventually(`the watcher to hear ${generation}`, () => (seen.at(-1) === generation ? true : undefined));
+      await bumper.markUpdated();
+      await heard(bumper.syncGen); // subscribed and delivering
+
+      const before = watcherGets;
+      for (let i = 0; i < 50; i++) {
+        await bumper.markUpdated();
+        await heard(bumper.syncGen);
+      }
+      await bumper.clear();
+      await heard(null);
+      await bumper.markUpdated();
+      await heard(bumper.syncGen);
+      // Before, every message made the watcher GET the key (52 GETs here); now only its 5 s poll may read.
+      expect(watcherGets - before).toBeLessThanOrEqual(2);
+
+      // A message older than what the watcher has (as a re-read can overtake one) is not delivered.
+      const current = bumper.syncGen as number;
+      const count = seen.length;
+      const digest = createHash('sha1').update(`${ns}k`).digest('hex');
+      server.cli('PUBLISH', `${ns}changes`, `${digest} ${current - 5}`);
+      server.cli('PUBLISH', `${ns}changes`, `${digest} ${-(current - 3) - 1}`); // an older clear's tombstone
+      await bumper.markUpdated();
+      await heard(bumper.syncGen);
+      expect(seen.slice(count)).toEqual([current + 1]);
+      unwatch();
+    } finally {
+      await Promise.all([watcherStore.close(), bumperStore.close()]);
+      await client.quit();
+    }
+  });
+});
