@@ -32,6 +32,7 @@ async function synchronizer(store, key) {
 async function pubSubClient(url) {
   const { createClient } = await import('redis');
   const client = createClient({ url });
+  client.on('error', () => undefined); // the server is stopped after the run; a reset then is expected
   await client.connect();
   return client;
 }
@@ -81,7 +82,9 @@ async function measureBarePubSub(url, rounds) {
     }
   } finally {
     await Promise.all([publisher.quit(), subscriber.quit()]);
+    const exited = new Promise((resolve) => child.once('exit', resolve));
     child.send('stop');
+    await exited;
   }
   return times;
 }
