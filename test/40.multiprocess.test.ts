@@ -22,6 +22,7 @@ const HAMMER: Record<string, { processes: number; increments: number }> = {
   shm: { processes: 4, increments: 250_000 },
   file: { processes: 4, increments: 2_000 },
   redis: { processes: 4, increments: 2_000 },
+  ioredis: { processes: 4, increments: 2_000 },
 };
 
 /** The current generation of `key`, read through a fresh synchronizer of the right class. */

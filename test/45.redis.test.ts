@@ -57,9 +57,9 @@ async function isUp(): Promise<boolean> {
 }
 
 describe('RedisStore outages', () => {
-  it('survives redis-server being SIGKILLed mid-run and restarted: no process throws, checks answer true while it is down, all agree again after', async () => {
+  it.each(['redis', 'ioredis'])('survives redis-server being SIGKILLed mid-run and restarted (clients of the %s package): no process throws, checks answer true while it is down, all agree again after', async (driver) => {
     const ns = namespace();
-    const monitors = Array.from({ length: 3 }, () => startWorker('redis-monitor.mjs', [server.url, ns]));
+    const monitors = Array.from({ length: 3 }, () => startWorker('redis-monitor.mjs', [server.url, ns, driver]));
     workers.push(...monitors);
     await Promise.all(monitors.map((monitor) => monitor.next()));
     const [first] = monitors as [Worker];
@@ -722,10 +722,25 @@ describe('change messages stay small (issue 13 item 11; failed at 1545de2)', () 
 });
 
 describe('clients the Redis store does not support are refused clearly (issue 13 item 11; failed at 1545de2)', () => {
-  it('an ioredis client and a node-redis pool get an error that says what to pass instead', async () => {
-    const ioredis = new IORedis({ lazyConnect: true });
-    await expect(RedisStore.connect({ client: ioredis as never })).rejects.toThrow(/createClient\(\)[\s\S]*ioredis/);
-    ioredis.disconnect();
+  it('an ioredis Cluster client and a node-redis pool get an error that says what to pass instead; an ioredis client is used (issue 16)', async () => {
+    const cluster = new IORedis.Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true });
+    await expect(RedisStore.connect({ client: cluster as never })).rejects.toThrow(/ioredis Cluster client/);
+    cluster.disconnect();
+    const ioredis = new IORedis(server.url, { enableOfflineQueue: false });
+    const logger = recordingLogger();
+    const given = await RedisStore.connect({ client: ioredis, namespace: namespace(), logger });
+    const sync = await AsyncGenerationSynchronizer.create('k', { store: given });
+    expect(await sync.markUpdated()).toBe(true);
+    expect(await sync.isExpired()).toBe(false);
+    await given.close();
+    expect(ioredis.status).toBe('ready'); // a client passed in stays open
+    expect(logger.lines).toEqual([]); // no offline queue: no warning
+    await ioredis.quit();
+    const queueing = new IORedis(server.url);
+    const warned = recordingLogger();
+    await (await RedisStore.connect({ client: queueing, namespace: namespace(), logger: warned })).close();
+    expect(warned.lines.join('\n')).toMatch(/enableOfflineQueue: false/);
+    await queueing.quit();
     const pool = createClientPool({ url: server.url });
     await expect(RedisStore.connect({ client: pool as never })).rejects.toThrow(/pool[\s\S]*createClient\(\)/);
   });

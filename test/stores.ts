@@ -22,7 +22,7 @@ import { sharedRedisUrl } from './redis-server';
 
 /** A kind of store the conformance tests run against, and how worker processes open it. */
 export interface StoreKind {
-  readonly name: 'shm' | 'file' | 'redis';
+  readonly name: 'shm' | 'file' | 'redis' | 'ioredis';
   /** Whether the store is asynchronous (usable only through AsyncGenerationSynchronizer). */
   readonly asynchronous: boolean;
   /** Open (creating) the store of this kind that belongs to `dir`, a fresh directory per test. */
@@ -36,7 +36,7 @@ export interface StoreKind {
   seedFor(ms: number): number | undefined;
 }
 
-export const STORE_KINDS: readonly StoreKind[] = [
+const ALL_KINDS: readonly StoreKind[] = [
   {
     name: 'shm',
     asynchronous: false,
@@ -59,7 +59,29 @@ export const STORE_KINDS: readonly StoreKind[] = [
     workerArgs: async (dir) => ['redis', sharedRedisUrl(), `${basename(dir)}:`],
     seedFor: () => undefined,
   },
+  {
+    // The same Redis store through clients of the ioredis package (issue 16).
+    name: 'ioredis',
+    asynchronous: true,
+    open: async (dir) => RedisStore.connect({ url: sharedRedisUrl(), namespace: `${basename(dir)}:`, driver: 'ioredis' }),
+    workerArgs: async (dir) => ['ioredis', sharedRedisUrl(), `${basename(dir)}:`],
+    seedFor: () => undefined,
+  },
 ];
+
+/**
+ * The kinds this run tests: all of them, unless GENSYNC_STORE_KINDS names some (.ci/run's emulated arm64 run
+ * leaves out ioredis, pure JavaScript that every x64 run covers, to save its time). A name that is not a kind is
+ * an error, so a typo cannot silently skip a store.
+ */
+export const STORE_KINDS: readonly StoreKind[] = (() => {
+  const wanted = process.env.GENSYNC_STORE_KINDS;
+  if (wanted === undefined || wanted === '') return ALL_KINDS;
+  const names = wanted.split(',');
+  const unknown = names.filter((name) => !ALL_KINDS.some((kind) => kind.name === name));
+  if (unknown.length > 0) throw new Error(`GENSYNC_STORE_KINDS names no store kind: ${unknown.join(', ')} (kinds: ${ALL_KINDS.map((kind) => kind.name).join(', ')})`);
+  return ALL_KINDS.filter((kind) => names.includes(kind.name));
+})();
 
 /** A synchronizer seen through promises, so one suite runs against both classes. */
 export interface Synchronizer {

@@ -15,6 +15,11 @@ import { describe } from '../../store/validate';
 const RECONNECT_FIRST_MS = 50;
 export const RECONNECT_MAX_MS = 1000;
 
+/** The pause before reconnection attempt `retries` (0 first). */
+export function reconnectDelayMs(retries: number): number {
+  return Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS) * (0.5 + Math.random());
+}
+
 /**
  * The part of a `redis` (node-redis 5 or newer) client this store uses. A
  * client made by `createClient()` from the `redis` package fits.
@@ -63,7 +68,7 @@ export function createOwnClient(url: string, socket: Readonly<Record<string, unk
     // Fail fast while disconnected rather than queue: a queued INCR could run long after we reported failure.
     disableOfflineQueue: failWhileOffline,
     socket: {
-      reconnectStrategy: (retries: number) => Math.min(RECONNECT_FIRST_MS * 2 ** Math.min(retries, 10), RECONNECT_MAX_MS) * (0.5 + Math.random()),
+      reconnectStrategy: reconnectDelayMs,
       ...socket,
     },
   });

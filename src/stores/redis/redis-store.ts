@@ -21,6 +21,7 @@ import type { Logger } from '../../store/logger';
 import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from '../../store/store';
 import { describe, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
 import { checkSupportedClient, checkUrl, createOwnClient, namespacePrefix, type RedisClientLike } from './redis-client';
+import { createOwnIORedisClient, IORedisClient, isIORedisClient, isIORedisCluster } from './ioredis-client';
 import { RedisConnection } from './redis-connection';
 import { RedisKeys } from './redis-keys';
 import { escapeGlob, parseStored } from './redis-scripts';
@@ -38,12 +39,21 @@ export interface RedisStoreOptions {
    */
   readonly url?: string | undefined;
   /**
-   * A client to use instead of making one. The store does not close it.
-   * For outages to be reported promptly, create it with
-   * `disableOfflineQueue: true`, so commands fail while it reconnects
-   * instead of waiting.
+   * A client to use instead of making one: a `createClient()` client of the
+   * `redis` package, or an `ioredis` client (`new Redis(…)`). The store does
+   * not close it. For outages to be reported promptly, create it so that
+   * commands fail while it reconnects instead of waiting:
+   * `disableOfflineQueue: true` (redis), `enableOfflineQueue: false` (ioredis).
    */
-  readonly client?: RedisClientLike | undefined;
+  readonly client?: RedisClientLike | object | undefined;
+  /**
+   * Which package the store makes its own clients with, when no `client` is
+   * given: `redis` or `ioredis` (either is an optional peer dependency;
+   * install the one you use). `socket` options are passed to that package's
+   * client (`createClient({ socket })`, or `new Redis(url, options)`).
+   * @default 'redis'
+   */
+  readonly driver?: 'redis' | 'ioredis' | undefined;
   /**
    * The name under which this store keeps its keys, so that it shares a
    * database with other data safely. Keys are stored as `<namespace>:<key>`,
@@ -181,30 +191,45 @@ export class RedisStore implements AsyncStore {
     }
     signal?.throwIfAborted();
 
+    const driver = opts.driver ?? 'redis';
+    if (driver !== 'redis' && driver !== 'ioredis') {
+      throw new InvalidArgumentError(`Option "driver" must be 'redis' or 'ioredis', not ${describe(driver)}.`);
+    }
     let client: RedisClientLike;
     let url: string | undefined;
     if (opts.client !== undefined) {
-      if (typeof opts.client !== 'object' || opts.client === null || typeof opts.client.sendCommand !== 'function') {
-        throw new InvalidArgumentError(`Option "client" must be a client from the redis package's createClient(), not ${describe(opts.client)}.`);
+      const given: unknown = opts.client;
+      if (typeof given === 'object' && given !== null && isIORedisCluster(given)) {
+        throw new InvalidArgumentError(
+          'Option "client" is an ioredis Cluster client, which the Redis store does not support. Use a standalone Redis, or a primary with replicas, through new Redis(…).',
+        );
       }
-      checkSupportedClient(opts.client);
-      client = opts.client;
+      if (typeof given === 'object' && given !== null && isIORedisClient(given)) {
+        client = new IORedisClient(given as ConstructorParameters<typeof IORedisClient>[0]);
+      } else {
+        if (typeof given !== 'object' || given === null || typeof (given as RedisClientLike).sendCommand !== 'function') {
+          throw new InvalidArgumentError(`Option "client" must be a client from the redis package's createClient(), or an ioredis client, not ${describe(given)}.`);
+        }
+        checkSupportedClient(given);
+        client = given as RedisClientLike;
+      }
       if ((client as { options?: { disableOfflineQueue?: unknown } }).options?.disableOfflineQueue !== true) {
         logger.warn(
           'generation-sync: the Redis client passed to RedisStore queues commands while disconnected, so an update ' +
             'reported as failed during an outage can still run when it reconnects, and checks wait instead of failing fast. ' +
-            'Create it with createClient({ ..., disableOfflineQueue: true }), or let the store make its own (the "url" option).',
+            'Create it with createClient({ ..., disableOfflineQueue: true }) (redis) or new Redis({ ..., enableOfflineQueue: false }) ' +
+            '(ioredis), or let the store make its own (the "url" option).',
         );
       }
     } else {
       url = opts.url === undefined ? DEFAULT_URL : checkUrl(opts.url);
-      client = createOwnClient(url, socket);
+      client = driver === 'ioredis' ? createOwnIORedisClient(url, socket) : createOwnClient(url, socket);
     }
 
     const channel = `${namespace}changes`;
     const connection = new RedisConnection({ client, ownsClient: opts.client === undefined, url, commandTimeoutMs, channel, watchPollMs, logger });
     const keys = new RedisKeys(connection, namespace, channel);
-    const watching = new RedisWatching(connection, keys, { url, socket, watchPollMs, logger });
+    const watching = new RedisWatching(connection, keys, { url, socket, driver, watchPollMs, logger });
     const store = new RedisStore(connection, keys, watching, url);
     if (signal === undefined) {
       await connection.open(connectTimeoutMs);

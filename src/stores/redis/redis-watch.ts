@@ -15,6 +15,7 @@ import { InvalidArgumentError, type StoreClosedError } from '../../store/errors'
 import type { Logger } from '../../store/logger';
 import type { GenerationListener } from '../../store/store';
 import { deliver, Linger, rethrowLater, WatchList, type WatchedKey } from '../../store/watch';
+import { createOwnIORedisClient } from './ioredis-client';
 import { createOwnClient, destroyForGood, type RedisClientLike } from './redis-client';
 import type { RedisConnection } from './redis-connection';
 import type { RedisKeys } from './redis-keys';
@@ -30,6 +31,8 @@ export interface WatchSettings {
   /** Where the server is, when the store made its own client (the subscriber is made alike); else undefined. */
   readonly url: string | undefined;
   readonly socket: Readonly<Record<string, unknown>>;
+  /** The package the store made its own client with. */
+  readonly driver: 'redis' | 'ioredis';
   readonly watchPollMs: number;
   readonly logger: Logger;
 }
@@ -148,7 +151,11 @@ export class RedisWatching {
 
   #makeSubscriber(): RedisClientLike {
     // Subscribing may wait for the connection: queueing is safe here, unlike for INCR.
-    if (this.settings.url !== undefined) return createOwnClient(this.settings.url, this.settings.socket, false);
+    if (this.settings.url !== undefined) {
+      return this.settings.driver === 'ioredis'
+        ? createOwnIORedisClient(this.settings.url, this.settings.socket, false)
+        : createOwnClient(this.settings.url, this.settings.socket, false);
+    }
     if (typeof this.connection.client.duplicate !== 'function' || typeof this.connection.client.subscribe !== 'function') {
       throw new InvalidArgumentError('Watching needs a client with duplicate() and subscribe(), as the redis package\'s clients have.');
     }
