@@ -226,3 +226,46 @@ describe('examples/lru-cache: an lru-cache dropped by a generation change in any
     store.close();
   });
 });
+
+describe('examples/keyv: Keyv with whole-namespace invalidation across processes (issue 16)', () => {
+  it('invalidate() in another process empties the namespace at once; a value loaded across a change is never served as current', async () => {
+    const { GenerationKeyv } = (await import(join(ROOT, 'examples', 'keyv', 'generation-keyv.mjs'))) as {
+      GenerationKeyv: new (name: string, options: Record<string, unknown>) => {
+        get(key: string): Promise<unknown>;
+        set(key: string, value: unknown): Promise<unknown>;
+        getOrLoad(key: string, load: () => Promise<unknown>): Promise<unknown>;
+        invalidate(): boolean;
+      };
+    };
+    const { SharedMemoryStore } = await import('generation-sync');
+    const path = join(tempDir(), 'g.shm');
+    const syncStore = SharedMemoryStore.open(path);
+    const shared = new Map(); // one Keyv backend for every "process", as a shared Redis or SQLite would be
+    const pages = new GenerationKeyv('pages', { store: shared, syncStore });
+    await pages.set('/a', 'page a');
+    expect(await pages.get('/a')).toBe('page a');
+
+    // Another process (a real one) invalidates the namespace through the same generation store.
+    const script = `
+      const { GenerationSynchronizer, SharedMemoryStore } = require(${JSON.stringify(join(ROOT, 'dist', 'index.js'))});
+      const store = SharedMemoryStore.open(${JSON.stringify(path)});
+      if (!new GenerationSynchronizer(['keyv', 'pages'], { store }).markUpdated()) process.exit(3);
+    `;
+    const invalidateElsewhere = (): void => expect(spawnSync(process.execPath, ['-e', script]).status).toBe(0);
+    invalidateElsewhere();
+    expect(await pages.get('/a')).toBeUndefined();
+
+    // A load during which the namespace is invalidated is filed under the dead generation.
+    let version = 1;
+    const raced = await pages.getOrLoad('/b', async () => {
+      const read = version;
+      version = 2;
+      invalidateElsewhere();
+      return `page b v${read}`;
+    });
+    expect(raced).toBe('page b v1');
+    expect(await pages.getOrLoad('/b', async () => `page b v${version}`)).toBe('page b v2');
+    expect(await pages.getOrLoad('/b', async () => 'not loaded again')).toBe('page b v2');
+    syncStore.close();
+  });
+});
