@@ -66,6 +66,16 @@ export function otherStoreBeside(path: string, kind: keyof typeof STORE_FILE_NAM
 const OTHERS_WRITE = 0o002;
 
 /**
+ * Whether the file system's mode bits and owners mean what POSIX says. On
+ * Windows, Node reports every writable file as mode 0666 and every owner as
+ * 0: access is governed by ACLs, which it does not show. There the mode and
+ * owner checks are skipped (the store relies on the directory's ACL: the
+ * default directory is in the user's own temp directory), and the rest
+ * (regular files only, one link, no reparse tricks through symlinks) stays.
+ */
+const POSIX_PERMISSIONS = process.platform !== 'win32';
+
+/**
  * `statfs` magic numbers of filesystems on which a shared mapping or a
  * rename is not coherent between processes on different hosts.
  */
@@ -152,6 +162,7 @@ export function ensurePrivateDirectory(dir: string, isDefault: boolean): void {
       { path: dir },
     );
   }
+  if (!POSIX_PERMISSIONS) return;
   if (isDefault && (stats.mode & 0o077) !== 0) {
     try {
       chmodSync(dir, DIRECTORY_MODE);
@@ -266,7 +277,7 @@ export function checkStoreFile(stats: Stats, path: string): void {
       { path },
     );
   }
-  if ((stats.mode & OTHERS_WRITE) !== 0) {
+  if (POSIX_PERMISSIONS && (stats.mode & OTHERS_WRITE) !== 0) {
     throw new UnsafeStoreError(
       'ERR_GENSYNC_UNSAFE_FILE',
       `${path} is writable by every user (mode ${(stats.mode & 0o777).toString(8)}), so any local user could corrupt it. ` +

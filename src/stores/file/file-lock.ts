@@ -53,6 +53,7 @@ import {
   unlinkSync,
   lutimesSync,
   symlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
@@ -219,7 +220,8 @@ function tryAcquire(file: string, lockDir: string, ownerPath: string, staleMs: n
     // if the name exists (like O_EXCL), and read in one readlink, so nobody sees a half-written record.
     // (Adding it changes the directory's mtime, by which proper-lockfile's refresh timer judges its lock:
     // a hold longer than half the stale time is then reported compromised, and such a hold never writes.)
-    symlinkSync(token, ownerPath);
+    if (OWNER_AS_SYMLINK) symlinkSync(token, ownerPath);
+    else linkOwnerFile(lockDir, ownerPath, token);
     checkpoint('file-write', 'owner-linked');
   } catch (error) {
     quietly(releaseProperLock);
@@ -257,12 +259,30 @@ export function lostLockError(file: string, why: string): StoreUnavailableError 
   );
 }
 
-/** An owner record: the target of the owner symlink (or, as versions before 0.2 wrote it, a file's content). */
+/**
+ * Whether owner records are symlinks. Windows lets only privileged users make
+ * symlinks, and a record is not a path it would accept: there a record is a
+ * file, written whole under another name and hard-linked into place (which,
+ * like the symlink, refuses an existing name and is never seen half-written).
+ */
+const OWNER_AS_SYMLINK = process.platform !== 'win32';
+
+function linkOwnerFile(lockDir: string, ownerPath: string, token: string): void {
+  const staged = join(lockDir, `${CLAIMED_PREFIX}new-${process.pid}-${randomBytes(4).toString('hex')}`);
+  writeFileSync(staged, token, { flag: 'wx' });
+  try {
+    linkSync(staged, ownerPath);
+  } finally {
+    quietly(() => unlinkSync(staged));
+  }
+}
+
+/** An owner record: the target of the owner symlink, or a file's content (Windows, and versions before 0.2). */
 function readOwner(ownerPath: string): string | undefined {
   try {
     return readlinkSync(ownerPath);
   } catch (error) {
-    if (errnoCode(error) !== 'EINVAL') return undefined;
+    if (errnoCode(error) === 'ENOENT') return undefined;
   }
   try {
     return readFileSync(ownerPath, 'utf8');
