@@ -124,11 +124,12 @@ export class RedisWatching {
       // "<digest of the Redis key> <stored value>": delivered as it is, with no read (one round trip from the bump to
       // the listener). A bare digest, or a whole key, from a publisher of an earlier build: re-read.
       const space = message.indexOf(' ');
-      const head = space < 0 ? message : message.slice(0, space);
-      const key = this.#watchedDigests.get(head) ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
+      const byDigest = this.#watchedDigests.get(space < 0 ? message : message.slice(0, space));
+      const key = byDigest ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
       const entry = key === undefined ? undefined : this.#watched.get(key);
       if (entry === undefined) return;
-      const stored = space < 0 ? Number.NaN : Number(message.slice(space + 1));
+      // Only a digest is followed by a value (a whole key may itself hold spaces).
+      const stored = byDigest === undefined || space < 0 ? Number.NaN : Number(message.slice(space + 1));
       if (Number.isSafeInteger(stored)) this.#deliverStored(entry, stored, false);
       else void this.#refreshWatched(entry);
     };
