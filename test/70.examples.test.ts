@@ -228,6 +228,13 @@ describe('examples/lru-cache: an lru-cache dropped by a generation change in any
 });
 
 describe('examples/keyv: Keyv with whole-namespace invalidation across processes (issue 16)', () => {
+  it('the demo: another process invalidates the namespace; the next lookup loads again', () => {
+    const result = spawnSync(process.execPath, [join(ROOT, 'examples', 'keyv', 'demo.mjs')], { encoding: 'utf8', env: { ...process.env, GENERATION_SYNC_DIR: tempDir() } });
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/before: 1 render for 2 lookups/);
+    expect(result.stdout).toMatch(/after another process invalidated "pages": 2 renders/);
+  });
+
   it('invalidate() in another process empties the namespace at once; a value loaded across a change is never served as current', async () => {
     const { GenerationKeyv } = (await import(join(ROOT, 'examples', 'keyv', 'generation-keyv.mjs'))) as {
       GenerationKeyv: new (name: string, options: Record<string, unknown>) => {
