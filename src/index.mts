@@ -16,6 +16,7 @@ export {
   MAX_KEY_LENGTH,
   OutOfRangeError,
   RedisStore,
+  RelayStore,
   SharedMemoryStore,
   STORE_ENV,
   SynchronizedValue,

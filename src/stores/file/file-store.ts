@@ -232,12 +232,12 @@ export class FileStore implements Store {
     return this.#watching.watch(wellFormedString(key, 'key'), since, listener, onClose);
   }
 
-  /** Close the file. Bindings made from this store then throw {@link StoreClosedError}. */
   /** {@link close}, for `using store = FileStore.open(…)`. */
   [Symbol.dispose](): void {
     this.close();
   }
 
+  /** Close the file. Bindings made from this store then throw {@link StoreClosedError}. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

@@ -68,11 +68,13 @@ export class RedisConnection {
   /** Whether the channel permission was checked on some connection (once is enough). */
   #publishChecked = false;
   /** Called when the connection is ready again. */
-  #onReadyHook: () => void = () => undefined;
+  readonly #readyHooks: Array<() => void> = [];
+  /** Called when an outage starts. */
+  readonly #lostHooks: Array<() => void> = [];
   readonly #onError = (error: Error): void => this.connectionLost(error);
   readonly #onReady = (): void => {
     this.#connectionBack();
-    this.#onReadyHook();
+    for (const hook of this.#readyHooks) hook();
     // During connect() the checks are connect()'s, which reports an unsupported server by rejecting.
     if (!this.#handedOver) return;
     void this.#checkServer().catch(() => undefined); // an unsupported server is reported by #checkServer itself
@@ -106,7 +108,17 @@ export class RedisConnection {
 
   /** Call `hook` each time the connection is ready again (after connect()). */
   onReady(hook: () => void): void {
-    this.#onReadyHook = hook;
+    this.#readyHooks.push(hook);
+  }
+
+  /** Call `hook` each time an outage starts (once per outage, as it is logged). */
+  onLost(hook: () => void): void {
+    this.#lostHooks.push(hook);
+  }
+
+  /** Whether the connection is up: connected, and no outage since. */
+  get up(): boolean {
+    return this.#connected && this.#lostAt === undefined && !this.#closed;
   }
 
   /**
@@ -394,6 +406,7 @@ export class RedisConnection {
       `generation-sync: ${wasConnected ? 'lost the connection to' : 'cannot connect to'} Redis${this.where} ` +
         `(${error.message}). Reconnecting; until then every key reads as expired and updates report failure.`,
     );
+    for (const hook of this.#lostHooks) hook();
   }
 
   #connectionBack(): void {

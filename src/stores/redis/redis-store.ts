@@ -111,6 +111,21 @@ export interface RedisStoreOptions {
   readonly watchPollMs?: number | undefined;
 }
 
+/** What the relay (src/stores/relay) works through, below the public calls. Not part of the public API. */
+export interface RedisInternals {
+  readonly connection: RedisConnection;
+  readonly keys: RedisKeys;
+}
+
+const internals = new WeakMap<RedisStore, RedisInternals>();
+
+/** The connection and key calls of `store`, for the relay. */
+export function redisInternalsOf(store: RedisStore): RedisInternals {
+  const found = internals.get(store);
+  if (found === undefined) throw new TypeError('not a RedisStore');
+  return found;
+}
+
 const DEFAULT_URL = 'redis://127.0.0.1:6379';
 const DEFAULT_NAMESPACE = 'generation-sync:';
 const DEFAULT_COMMAND_TIMEOUT_MS = 500;
@@ -165,6 +180,7 @@ export class RedisStore implements AsyncStore {
     this.#watching = watching;
     this.url = url;
     this.namespace = keys.namespace;
+    internals.set(this, { connection, keys });
   }
 
   /**
@@ -302,16 +318,16 @@ export class RedisStore implements AsyncStore {
     return this.#watching.watch(wellFormedString(key, 'key'), since, listener, onClose);
   }
 
-  /**
-   * Disconnect (only the client this store made; a client passed in stays
-   * open). Bounded: pending replies are waited for at most
-   * `commandTimeoutMs`, then the connection is dropped.
-   */
   /** {@link close}, for `await using store = await RedisStore.connect(…)`. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
 
+  /**
+   * Disconnect (only the client this store made; a client passed in stays
+   * open). Bounded: pending replies are waited for at most
+   * `commandTimeoutMs`, then the connection is dropped.
+   */
   async close(): Promise<void> {
     if (this.#connection.closed) return;
     const closing = this.#connection.close(); // closed from here on, before any listener hears of it

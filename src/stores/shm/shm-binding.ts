@@ -134,6 +134,54 @@ export class SharedMemoryBinding implements KeyBinding {
     if ((previous & (ABSENT | WATCHED)) === WATCHED) this.context.notify(file, this);
   }
 
+  /** For the relay: the key's generation (null when absent) and the highest value it has had here (0 when it never existed). */
+  snapshot(): { generation: number | null; highest: number } {
+    const file = this.context.live.current();
+    if (!this.attachIfPublished(file)) return { generation: null, highest: 0 };
+    const bare = Atomics.load(file.gens, this.#index) & NOT_WATCHED;
+    const highest = checkedGeneration(file, bare & VALUE_MASK);
+    return { generation: (bare & ABSENT) !== 0n ? null : highest, highest };
+  }
+
+  /**
+   * For the relay: make the key hold `next` (a generation, or null for
+   * absent) if it holds `expected` now (null: absent), and return whether it
+   * changed. Never lowers: a generation below the highest the key has had is
+   * refused (false), and an absent key keeps its highest value as the floor
+   * of its next creation. Wakes the key's watchers. Creates the key's record
+   * (absent) if there is none.
+   */
+  replace(expected: number | null, next: number | null): boolean {
+    const file = this.context.live.current();
+    if (this.#file !== file) {
+      const record = findOrCreate(file, this.identity, null);
+      if (record < 0) return false; // retired while waiting for the lock: the caller reads again
+      this.attach(file, record);
+    }
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const word = Atomics.load(file.gens, this.#index);
+      const watched = word & WATCHED;
+      const bare = word & NOT_WATCHED;
+      const highest = bare & VALUE_MASK;
+      const current = (bare & ABSENT) !== 0n ? null : checkedGeneration(file, highest);
+      if (current !== expected) return false;
+      let wanted: bigint;
+      if (next === null) {
+        wanted = ABSENT | highest;
+      } else {
+        wanted = BigInt(next);
+        if (wanted < highest || (current === null && wanted === highest)) return false;
+      }
+      if (wanted === bare) return false;
+      if (Atomics.compareExchange(file.gens, this.#index, word, wanted | watched) !== word) continue;
+      file.stamp(this.#record);
+      if (watched !== 0n) this.context.notify(file, this);
+      if (file.retired) this.#handOver(file);
+      return true;
+    }
+    return false;
+  }
+
   /** Bind to the key's record in `file`, if the key is published there; false when it is not. */
   attachIfPublished(file: MappedFile): boolean {
     if (this.#file === file) return true;

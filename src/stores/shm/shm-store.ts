@@ -249,17 +249,17 @@ export class SharedMemoryStore implements Store {
     return this.#watching.watch(key, since, listener, onClose);
   }
 
+  /** {@link close}, for `using store = SharedMemoryStore.open(…)`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
   /**
    * Close the file and release its mapping at once. Synchronizers bound to
    * this store then report their keys as expired, anything else they do
    * throws {@link StoreClosedError}, and pending `waitForChange()` calls
    * reject with it.
    */
-  /** {@link close}, for `using store = SharedMemoryStore.open(…)`. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
-
   close(): void {
     if (this.#live.closed) return;
     // Closed first, so that a listener told of the close finds the store closed. Closing the descriptor

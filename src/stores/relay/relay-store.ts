@@ -1,0 +1,266 @@
+/**
+ * Many hosts at shared-memory speed: the shared-memory store of each host,
+ * kept in step with Redis by one process per host. This module is the
+ * store's front; the work is done by the modules beside it:
+ *
+ * ```
+ * relay-store.ts   the front (this file): the synchronous store every process opens
+ *   election.ts    which process of the host is its relay (a kernel lock)
+ *   relay.ts       what the relay does: forward, take in, remember the bases
+ * ```
+ *
+ * @module
+ */
+
+import { join } from 'node:path';
+
+import { InvalidArgumentError, type StoreClosedError } from '../../store/errors';
+import type { Logger } from '../../store/logger';
+import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from '../../store/store';
+import { describe, optionalInteger, optionsObject } from '../../store/validate';
+import { fileModeOption, preparedDefaultDirectory, storePathArgument } from '../../system/filesystem';
+import { redisInternalsOf, RedisStore, type RedisStoreOptions } from '../redis/redis-store';
+import { nativeAddon } from '../shm/native';
+import { SharedMemoryStore, type SharedMemoryStoreOptions } from '../shm/shm-store';
+import { Election } from './election';
+import { Relay, type RelayCounters } from './relay';
+
+/** File name of a relayed store in the default directory. */
+export const RELAY_FILE_NAME = 'relayed.shm';
+
+/** How often a process that is not the relay tries to become it. A relay that dies is replaced within this. */
+export const ELECTION_INTERVAL_MS = 250;
+
+/** How often the relay looks for keys created on this host. */
+export const RELAY_SCAN_INTERVAL_MS = 100;
+
+const ONE_YEAR_SECS = 365 * 24 * 60 * 60;
+
+/** Options of {@link RelayStore.open}. */
+export interface RelayStoreOptions extends SharedMemoryStoreOptions {
+  /**
+   * Where Redis is and how to talk to it, as for {@link RedisStore.connect}
+   * (`url`, `namespace`, `driver`, `socket`, `commandTimeoutMs`,
+   * `connectTimeoutMs`, `watchPollMs`). Only the relay process connects,
+   * with a client it makes itself: hosts relayed to the same Redis and
+   * namespace share their keys, with each other and with processes that use
+   * a {@link RedisStore} of that namespace directly.
+   */
+  readonly redis?: Omit<RedisStoreOptions, 'client' | 'signal' | 'logger'> | undefined;
+  /**
+   * Lifetime of a key created in Redis by the relay, in seconds (every
+   * change of the key in Redis keeps it).
+   * @default one year
+   */
+  readonly expirationSecs?: number | undefined;
+  /**
+   * How often, in milliseconds, a process that is not the relay tries to
+   * become it: when the relay dies, another process takes over within this.
+   * @default 250
+   */
+  readonly electionIntervalMs?: number | undefined;
+  /**
+   * Where the relay reports Redis outages (once each) and problems with its
+   * state file.
+   * @default console
+   */
+  readonly logger?: Logger | undefined;
+}
+
+/** What {@link RelayStore.relayStatus} reports. */
+export interface RelayStatus {
+  /** Whether this process is the host's relay now. */
+  readonly relaying: boolean;
+  /** Whether the relay (when this process is it) is connected to Redis. */
+  readonly connected: boolean;
+  /** What this process did as the relay, over its life. */
+  readonly counters: Readonly<RelayCounters>;
+}
+
+/**
+ * A synchronous store for {@link GenerationSynchronizer} on many hosts: each
+ * host keeps its generations in a shared-memory store, and one process of
+ * the host, its *relay*, keeps that file in step with Redis. Checks and
+ * bumps are the shared-memory store's (one atomic load or add, no system
+ * call, no network); changes reach the other hosts through the relays.
+ *
+ * Every process of the host opens the same file. The relay is whichever
+ * process holds a kernel lock on `<path>.relay-lock`; when it dies the lock
+ * dies with it and another process takes over within `electionIntervalMs`.
+ * Only the relay connects to Redis (two connections per host: commands and
+ * one subscription), whatever the number of processes.
+ *
+ * What `markUpdated()` returning true means here: the change is in the
+ * host's shared memory, seen at once by every process of the host, and it
+ * reaches Redis (and so every other host) as soon as a relay is connected,
+ * across relay crashes and Redis reconnects, as long as the host's store
+ * file survives. Redis orders changes across hosts: every host converges to
+ * Redis' value, and a host's value only ever moves up. While the relay
+ * cannot reach Redis, every key of the host reads as expired once (a change
+ * elsewhere cannot be ruled out) and the outage is logged once.
+ *
+ * See docs/relay.md for the flow, the guarantees and their limits.
+ *
+ * @example
+ * const store = RelayStore.open('/var/lib/myapp/generations-relayed.shm', { redis: { url: 'redis://cache.internal:6379' } });
+ * const settings = new GenerationSynchronizer('site-settings', { store });
+ */
+export class RelayStore implements Store {
+  readonly kind = 'relay';
+  /** Absolute path of the host's store file. */
+  readonly path: string;
+  readonly #shm: SharedMemoryStore;
+  readonly #election: Election;
+  readonly #redisOptions: RedisStoreOptions;
+  readonly #expirationSecs: number;
+  readonly #mode: number;
+  readonly #logger: Logger;
+  #relay: Relay | undefined;
+  #starting: Promise<void> | undefined;
+  #stopping: Promise<void> = Promise.resolve();
+  #closed = false;
+
+  private constructor(shm: SharedMemoryStore, options: { redis: RedisStoreOptions; expirationSecs: number; electionIntervalMs: number; mode: number; logger: Logger }) {
+    this.#shm = shm;
+    this.path = shm.path;
+    this.#redisOptions = options.redis;
+    this.#expirationSecs = options.expirationSecs;
+    this.#mode = options.mode;
+    this.#logger = options.logger;
+    this.#election = new Election(`${shm.path}.relay-lock`, nativeAddon(), options.mode, options.electionIntervalMs, {
+      elected: () => this.#becomeRelay(),
+      deposed: () => this.#stopRelaying(),
+    });
+    this.#election.start();
+  }
+
+  /**
+   * Open the host's store file at `path` (created if needed; without a
+   * path, `relayed.shm` in the default directory) and take part in
+   * electing the host's relay. Throws as {@link SharedMemoryStore.open}
+   * does, and {@link InvalidArgumentError} for bad options; Redis being
+   * down is not an error (the relay keeps reconnecting, and keys read as
+   * expired meanwhile).
+   */
+  static open(path?: string, options?: RelayStoreOptions): RelayStore {
+    const opts = optionsObject(options, 'RelayStore options');
+    const redis = optionsObject(opts.redis, 'Option "redis"') as RedisStoreOptions;
+    for (const refused of ['client', 'signal', 'logger'] as const) {
+      if (redis[refused] !== undefined) {
+        throw new InvalidArgumentError(`Option "redis.${refused}" is not accepted by RelayStore: only the relay process connects, with a client it makes itself.`);
+      }
+    }
+    const expirationSecs = optionalInteger(opts.expirationSecs, 'expirationSecs', ONE_YEAR_SECS, { min: 1, max: 2 ** 31 - 1 });
+    const electionIntervalMs = optionalInteger(opts.electionIntervalMs, 'electionIntervalMs', ELECTION_INTERVAL_MS, { min: 10, max: 60_000 });
+    const logger = opts.logger ?? console;
+    if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
+      throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
+    }
+    const mode = fileModeOption(opts.mode);
+    const file = path === undefined ? join(preparedDefaultDirectory(), RELAY_FILE_NAME) : storePathArgument(path);
+    const { redis: _redis, expirationSecs: _e, electionIntervalMs: _i, logger: _l, ...shmOptions } = opts as RelayStoreOptions;
+    const shm = SharedMemoryStore.open(file, shmOptions);
+    return new RelayStore(shm, { redis: { ...redis, logger }, expirationSecs, electionIntervalMs, mode, logger });
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The host's shared-memory store, which every read and bump goes to. */
+  get local(): SharedMemoryStore {
+    return this.#shm;
+  }
+
+  /** Whether this process is the host's relay, whether it is connected, and what it did. */
+  relayStatus(): RelayStatus {
+    const relay = this.#relay;
+    const up = relay !== undefined && redisInternalsOf(relay.redis).connection.up;
+    return { relaying: this.#election.leading, connected: up, counters: { ...(relay?.counters ?? { forwarded: 0, takenIn: 0, outages: 0 }) } };
+  }
+
+  /**
+   * Resolve true once every key of the host is in step with Redis as far as
+   * this process can tell: it must be the relay (false at once otherwise).
+   * For tests and for a relay process that wants its changes out before it
+   * exits. False after `timeoutMs` (default 5000).
+   */
+  async flush(timeoutMs = 5000): Promise<boolean> {
+    if (this.#starting !== undefined) await this.#starting;
+    const relay = this.#relay;
+    return relay === undefined ? false : relay.settled(timeoutMs);
+  }
+
+  bind(key: string, options: BindOptions): KeyBinding {
+    return this.#shm.bind(key, options);
+  }
+
+  entries(): StoreEntry[] {
+    return this.#shm.entries();
+  }
+
+  watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
+    return this.#shm.watch(key, since, listener, onClose);
+  }
+
+  /** {@link close}, for `using store = RelayStore.open(…)`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /**
+   * Leave the election (the relay, if this process is it, writes its state
+   * and hands over: another process takes over within `electionIntervalMs`)
+   * and close the file. The Redis connection closes in the background;
+   * `closed()` resolves when it has.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopRelaying();
+    this.#election.close();
+    this.#shm.close();
+  }
+
+  /** Resolves once the Redis connection of this process, if it had one, is closed. */
+  async whenClosed(): Promise<void> {
+    await this.#starting;
+    await this.#stopping;
+  }
+
+  #becomeRelay(): void {
+    const starting = (async () => {
+      let redis: RedisStore;
+      try {
+        redis = await RedisStore.connect(this.#redisOptions);
+      } catch (error) {
+        this.#logger.error(`generation-sync: relay for ${this.path} cannot use Redis: ${(error as Error).message}`);
+        this.#election.close(); // give another process its chance: this one cannot relay
+        return;
+      }
+      if (this.#closed || !this.#election.leading) {
+        await redis.close().catch(() => undefined);
+        return;
+      }
+      const relay = new Relay(this.#shm, redis, {
+        statePath: `${this.path}.relay-state.json`,
+        mode: this.#mode,
+        expirationSecs: this.#expirationSecs,
+        scanIntervalMs: RELAY_SCAN_INTERVAL_MS,
+        logger: this.#logger,
+      });
+      this.#relay = relay;
+      relay.start();
+    })();
+    this.#starting = starting.finally(() => {
+      if (this.#starting === tracked) this.#starting = undefined;
+    });
+    const tracked = this.#starting;
+  }
+
+  #stopRelaying(): void {
+    const relay = this.#relay;
+    this.#relay = undefined;
+    if (relay !== undefined) this.#stopping = relay.stop();
+  }
+}
