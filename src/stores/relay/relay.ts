@@ -32,8 +32,12 @@ import { redisInternalsOf, type RedisInternals, type RedisStore } from '../redis
 import type { SharedMemoryBinding } from '../shm/shm-binding';
 import type { SharedMemoryStore } from '../shm/shm-store';
 
-/** How often the relay writes the bases of keys it changed, at most. */
-export const STATE_WRITE_MS = 100;
+/**
+ * How often the relay writes the bases of keys it changed, at most, in
+ * milliseconds; one more for every ten keys it knows, so that the writes
+ * stay small beside the work. A relay SIGKILLed mid-stream lost this much.
+ */
+export const STATE_WRITE_MS = 10;
 
 /** How many times taking in one reply may find the local value changed under it before the key is synced again instead. */
 const APPLY_ATTEMPTS = 1000;
@@ -338,10 +342,13 @@ export class Relay {
 
   #stateChanged(): void {
     if (this.#stateTimer !== undefined || this.#stopped) return;
-    this.#stateTimer = setTimeout(() => {
-      this.#stateTimer = undefined;
-      this.#writeState();
-    }, STATE_WRITE_MS);
+    this.#stateTimer = setTimeout(
+      () => {
+        this.#stateTimer = undefined;
+        this.#writeState();
+      },
+      Math.max(STATE_WRITE_MS, Math.ceil(this.#keys.size / 10)),
+    );
     this.#stateTimer.unref();
   }
 
