@@ -13,7 +13,7 @@ import { createClient } from 'redis';
 
 const lockfile = createRequire(import.meta.url)('proper-lockfile');
 
-import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
+import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, RelayStore, SharedMemoryStore } from 'generation-sync';
 
 /** Time `body(ops)` `reps` times after `warmup` untimed runs; returns ns/op for each timed run. */
 function measure(body, { reps, ops, warmup = 2 }) {
@@ -131,6 +131,25 @@ export const contenders = {
         for (let i = 0; i < ops; i++) if (sync.isExpired()) stale++;
         sink += stale;
       }, options);
+    },
+  },
+  'relay isExpired()': {
+    ops: 5_000_000,
+    needs: 'redis',
+    baseline: 'floor: Atomics.load',
+    async run(options) {
+      // This process is its host's relay, connected and watching the key, as on a relayed host.
+      const store = RelayStore.open(join(temporaryDir(), 'bench-relay.shm'), { redis: { url: benchRedisUrl(), namespace: `bench-relay-${process.pid}` } });
+      const sync = new GenerationSynchronizer('bench-key', { store });
+      if (!(await store.flush(10_000))) throw new Error('the relay did not connect within 10 s');
+      const samples = measure((ops) => {
+        let stale = 0;
+        for (let i = 0; i < ops; i++) if (sync.isExpired()) stale++;
+        sink += stale;
+      }, options);
+      store.close();
+      await store.whenClosed();
+      return samples;
     },
   },
   'floor: Atomics.add': {

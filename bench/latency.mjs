@@ -12,14 +12,19 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, SharedMemoryStore } from 'generation-sync';
+import { AsyncGenerationSynchronizer, FileStore, GenerationSynchronizer, RedisStore, RelayStore, SharedMemoryStore } from 'generation-sync';
 
 import { CHILD, quantile, withRedis } from './support.mjs';
 
 const WARMUP = 50;
 
-async function openStore(kind, location) {
+async function openStore(kind, location, side) {
   if (kind === 'shm') return SharedMemoryStore.open(location);
+  if (kind === 'relay') {
+    // Two simulated hosts: each side has its own store directory, and is its host's relay.
+    const { dir, url } = JSON.parse(location);
+    return RelayStore.open(join(dir, `${side}.shm`), { redis: { url, namespace: 'latency-relay' } });
+  }
   if (kind === 'file') return FileStore.open(location);
   return RedisStore.connect({ url: location, namespace: 'latency:' });
 }
@@ -91,26 +96,37 @@ async function measureBarePubSub(url, rounds) {
 
 export const PUBSUB_BASELINE = 'redis: bare pub/sub';
 
+/** Host A's markUpdated() to a watcher woken on host B, through both hosts' relays and Redis. */
+export const RELAY_LATENCY = 'relay: host to host';
+
 /** The far side of the ping-pong: answer every ping with a pong. */
 export async function ponger(kind, location) {
-  const store = await openStore(kind, location);
+  const store = await openStore(kind, location, 'host-b');
   const ping = await synchronizer(store, 'ping');
   const pong = await synchronizer(store, 'pong');
+  await relayed(store);
   ping.watch(() => void pong.markUpdated());
   process.send('ready');
   process.on('message', async (message) => {
     if (message === 'stop') {
       await store.close();
+      await store.whenClosed?.();
       process.exit(0);
     }
   });
 }
 
+/** A relayed store: wait until this process relays its keys to Redis. */
+async function relayed(store) {
+  if (store.kind === 'relay' && !(await store.flush(10_000))) throw new Error('the relay did not connect within 10 s');
+}
+
 /** The near side: time `rounds` round trips through the store. */
 async function pinger(kind, location, rounds, waitEachRound) {
-  const store = await openStore(kind, location);
+  const store = await openStore(kind, location, 'host-a');
   const ping = await synchronizer(store, 'ping');
   const pong = await synchronizer(store, 'pong');
+  await relayed(store);
   if (waitEachRound) return waitForChangeRounds(store, ping, pong, rounds);
   // One long-lived watcher, as an application has; each round waits for its next call.
   let answer = () => undefined;
@@ -131,6 +147,7 @@ async function pinger(kind, location, rounds, waitEachRound) {
   }
   unwatch();
   await store.close();
+  await store.whenClosed?.();
   return times;
 }
 
@@ -219,7 +236,14 @@ export async function runLatency({ rounds, only }) {
     ['file watch (fs.watch)', () => measureStore('file', join(dir, 'latency.json'), rounds)],
     [PUBSUB_BASELINE, () => withRedis((url) => measureBarePubSub(url, rounds))],
     ['redis watch (pub/sub)', () => withRedis((url) => measureStore('redis', url, rounds))],
-  ].filter(([name]) => !only || name.includes(only) || name === CLUSTER_BASELINE || (name === PUBSUB_BASELINE && 'redis watch (pub/sub)'.includes(only)));
+    [RELAY_LATENCY, () => withRedis((url) => measureStore('relay', JSON.stringify({ dir, url }), rounds))],
+  ].filter(
+    ([name]) =>
+      !only ||
+      name.includes(only) ||
+      name === CLUSTER_BASELINE ||
+      (name === PUBSUB_BASELINE && ('redis watch (pub/sub)'.includes(only) || RELAY_LATENCY.includes(only))),
+  );
 
   const results = {};
   const skipped = [];

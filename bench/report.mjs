@@ -1,5 +1,5 @@
 // Writes the benchmark results as Markdown with an SVG chart.
-import { CLUSTER_BASELINE, PUBSUB_BASELINE } from './latency.mjs';
+import { CLUSTER_BASELINE, PUBSUB_BASELINE, RELAY_LATENCY } from './latency.mjs';
 import { duration } from './support.mjs';
 
 const OURS = /^(shm|file|redis) (isExpired|markUpdated)\(\)$/;
@@ -10,6 +10,7 @@ export function checkBars({ micro, latency }) {
   const faster = (contender, than) => micro?.comparisons.find((c) => c.contender === contender && c.than === than)?.times;
   const bars = [
     ['isExpired() within 1.5× of a bare Atomics.load', r['shm isExpired()']?.ratio, (x) => x <= 1.5, (x) => `${x.toFixed(2)}×`],
+    ['relay store: isExpired() within 1.5× of a bare Atomics.load', r['relay isExpired()']?.ratio, (x) => x <= 1.5, (x) => `${x.toFixed(2)}×`],
     ['isExpired() ≥ 10× faster than an lmdb read', faster('shm isExpired()', 'lmdb: get'), (x) => x >= 10, (x) => `${Math.round(x)}× faster`],
     ['isExpired() ≥ 1,000× faster than a Redis GET over loopback', faster('shm isExpired()', 'redis: GET'), (x) => x >= 1000, (x) => `${Math.round(x).toLocaleString('en-US')}× faster`],
     ['markUpdated() within 2× of a bare Atomics.add', r['shm markUpdated()']?.ratio, (x) => x <= 2, (x) => `${x.toFixed(2)}×`],
@@ -29,6 +30,12 @@ export function checkBars({ micro, latency }) {
         ? latency.results['redis watch (pub/sub)'].p50 / latency.results[PUBSUB_BASELINE].p50
         : undefined,
       (x) => x <= 1.5,
+      (x) => `${x.toFixed(2)}×`,
+    ],
+    [
+      'relay: host to host within 2× of a bare pub/sub one-way (p50)',
+      latency?.results[RELAY_LATENCY] && latency.results[PUBSUB_BASELINE] ? latency.results[RELAY_LATENCY].p50 / latency.results[PUBSUB_BASELINE].p50 : undefined,
+      (x) => x <= 2,
       (x) => `${x.toFixed(2)}×`,
     ],
   ];
