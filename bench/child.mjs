@@ -32,6 +32,9 @@ switch (role) {
   case 'scaling-worker':
     await (await import('./scaling.mjs')).scalingWorker(args);
     break;
+  case 'relay-host-process':
+    await (await import('./relay.mjs')).relayHostProcess(args[0], args[1]);
+    break;
   case 'creation':
     await (await import('./creation.mjs')).createKeys(args[0], Number(args[1]), args[2]);
     break;

@@ -5,7 +5,7 @@ import { duration } from './support.mjs';
 const OURS = /^(shm|file|redis) (isExpired|markUpdated)\(\)$/;
 
 /** The bars this project holds itself to, checked against one run's results. */
-export function checkBars({ micro, latency }) {
+export function checkBars({ micro, latency, relay }) {
   const r = micro?.results ?? {};
   const faster = (contender, than) => micro?.comparisons.find((c) => c.contender === contender && c.than === than)?.times;
   const bars = [
@@ -37,6 +37,12 @@ export function checkBars({ micro, latency }) {
       latency?.results[RELAY_LATENCY] && latency.results[PUBSUB_BASELINE] ? latency.results[RELAY_LATENCY].p50 / latency.results[PUBSUB_BASELINE].p50 : undefined,
       (x) => x <= 2,
       (x) => `${x.toFixed(2)}×`,
+    ],
+    [
+      'a relayed host reads Redis through one subscribed connection, whatever its number of processes',
+      relay?.length ? Math.max(...relay.map((row) => row.subscribers)) : undefined,
+      (x) => x === 1,
+      (x) => `${x} subscribed (${relay.map((row) => `${row.processes} proc: ${row.connections} connections`).join(', ')})`,
     ],
   ];
   return bars.map(([bar, value, pass, show]) => ({ bar, value, met: value === undefined ? undefined : pass(value), shown: value === undefined ? 'not measured' : show(value) }));
@@ -78,7 +84,7 @@ export function chart(results) {
 }
 
 /** The Markdown report. `svgName` is the chart's file name beside it. */
-export function markdown({ machine, command, micro, latency, scaling, creation }, svgName) {
+export function markdown({ machine, command, micro, latency, scaling, creation, relay }, svgName) {
   const lines = [
     '# Benchmarks',
     '',
@@ -91,7 +97,7 @@ export function markdown({ machine, command, micro, latency, scaling, creation }
     '',
     '| bar | measured | met |',
     '| --- | --- | :---: |',
-    ...checkBars({ micro, latency }).map(({ bar, shown, met }) => `| ${bar} | ${shown} | ${met === undefined ? '–' : met ? 'yes' : '**no**'} |`),
+    ...checkBars({ micro, latency, relay }).map(({ bar, shown, met }) => `| ${bar} | ${shown} | ${met === undefined ? '–' : met ? 'yes' : '**no**'} |`),
     '',
   ];
   if (micro) {
@@ -139,6 +145,18 @@ export function markdown({ machine, command, micro, latency, scaling, creation }
       `The machine has ${machine.cores} cores, so past ${machine.cores} processes they take turns. Reads of one key scale with`,
       'cores (the cache line is shared, not written); increments of one key contend for its cache line; distinct keys',
       'live in separate 320-byte records, so they do not share a line.',
+      '',
+    );
+  }
+  if (relay?.length) {
+    lines.push(
+      '## Redis connections of a relayed host',
+      '',
+      'Every process of one host opens the relayed store and watches a key; counted by the server (`CLIENT LIST`).',
+      '',
+      '| processes | connections | subscribed |',
+      '| ---: | ---: | ---: |',
+      ...relay.map((row) => `| ${row.processes} | ${row.connections} | ${row.subscribers} |`),
       '',
     );
   }

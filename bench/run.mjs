@@ -5,7 +5,7 @@
 // and docs/benchmarks.svg (stamped with the machine, Node version and date).
 //
 //   node bench/run.mjs                      # the full run (several minutes)
-//   node bench/run.mjs --sections micro     # micro, latency, scaling, creation
+//   node bench/run.mjs --sections micro     # micro, latency, scaling, creation, relay
 //   node bench/run.mjs --only shm           # micro contenders whose name contains "shm"
 //   node bench/run.mjs --smoke --out DIR    # a few seconds, to check nothing rotted
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -17,6 +17,7 @@ import { CLUSTER_BASELINE, runLatency } from './latency.mjs';
 import { runMicro } from './micro.mjs';
 import { chart, checkBars, markdown } from './report.mjs';
 import { runCreation } from './creation.mjs';
+import { runRelay } from './relay.mjs';
 import { runScaling } from './scaling.mjs';
 import { duration, machine, printTable } from './support.mjs';
 
@@ -25,7 +26,7 @@ const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 const { values: args } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
-    sections: { type: 'string', default: 'micro,latency,scaling,creation' },
+    sections: { type: 'string', default: 'micro,latency,scaling,creation,relay' },
     rounds: { type: 'string' },
     reps: { type: 'string' },
     scale: { type: 'string' },
@@ -42,6 +43,7 @@ const settings = {
   latencyRounds: smoke ? 20 : 300,
   scalingProcesses: smoke ? [1, 2] : [1, 2, 4, 8],
   scalingMs: smoke ? 100 : 1000,
+  relayProcesses: smoke ? [1, 3] : [1, 4, 8],
   creation: smoke ? { shm: [100], file: [20], redis: [20] } : { shm: [1000, 10_000, 100_000], file: [1000], redis: [1000, 10_000, 100_000] },
 };
 
@@ -124,6 +126,13 @@ if (sections.has('creation')) {
       `${row.rssMb.toFixed(0)} MiB`,
     ]),
   ]);
+  console.log('');
+}
+
+if (sections.has('relay')) {
+  run.relay = await runRelay({ processes: settings.relayProcesses });
+  console.log('Redis connections of one relayed host (each process watches a key)\n');
+  printTable([['processes', 'connections', 'subscribed'], ...run.relay.map((row) => [row.processes, row.connections, row.subscribers])]);
   console.log('');
 }
 

@@ -20,6 +20,7 @@ describe('npm run bench, smoke version', () => {
       scaling: Array<{ op: string; keys: string; processes: number; opsPerSecond: number }>;
       creation: Array<{ kind: string; keys: number; ms: number }>;
       bars: Array<{ bar: string; value: number }>;
+      relay: Array<{ processes: number; connections: number; subscribers: number }>;
     };
     expect(run.machine.node).toBe(process.version);
     expect(Object.keys(run.micro.results).sort()).toEqual(
@@ -38,6 +39,7 @@ describe('npm run bench, smoke version', () => {
         'redis markUpdated()',
         'redis: GET',
         'redis: INCR',
+        'relay isExpired()',
         'shm isExpired()',
         'shm markUpdated()',
       ].sort(),
@@ -45,15 +47,20 @@ describe('npm run bench, smoke version', () => {
     for (const result of Object.values(run.micro.results)) expect(result.median).toBeGreaterThan(0);
     expect(run.micro.comparisons.length).toBeGreaterThanOrEqual(8);
     expect(Object.keys(run.latency.results)).toEqual(
-      expect.arrayContaining(['node:cluster broadcast via the primary', 'shm watch (futex)', 'file watch (fs.watch)', 'redis: bare pub/sub', 'redis watch (pub/sub)']),
+      expect.arrayContaining(['node:cluster broadcast via the primary', 'shm watch (futex)', 'file watch (fs.watch)', 'redis: bare pub/sub', 'redis watch (pub/sub)', 'relay: host to host']),
     );
     expect(run.scaling).toHaveLength(8);
     expect(run.creation.map((row) => row.kind)).toEqual(['shm', 'file', 'redis']);
-    expect(run.bars).toHaveLength(8); // with the Redis watch against a bare pub/sub one-way (issue 16)
+    // With the Redis watch against a bare pub/sub one-way (issue 16), and the relay's check and host-to-host bars (issue 17).
+    expect(run.bars).toHaveLength(11);
+    expect(run.relay.map((row) => [row.processes, row.subscribers])).toEqual([
+      [1, 1],
+      [3, 1],
+    ]);
     for (const bar of run.bars) expect(typeof bar.value).toBe('number');
 
     const report = readFileSync(join(out, 'benchmarks.md'), 'utf8');
-    for (const heading of ['## The bars', '## Cost per operation', '## Change notification latency', '## Scaling', '## Creating keys']) {
+    for (const heading of ['## The bars', '## Cost per operation', '## Change notification latency', '## Scaling', '## Creating keys', '## Redis connections of a relayed host']) {
       expect(report).toContain(heading);
     }
     expect(report).toContain(`Node ${process.version}`);
