@@ -35,7 +35,7 @@ import type { SharedMemoryStore } from '../shm/shm-store';
 /**
  * How often the relay writes the bases of keys it changed, at most, in
  * milliseconds; one more for every ten keys it knows, so that the writes
- * stay small beside the work. A relay SIGKILLed mid-stream lost this much.
+ * stay small beside the work. A relay killed mid-stream lost at most this much of its bases.
  */
 export const STATE_WRITE_MS = 10;
 
