@@ -1,13 +1,14 @@
 // RelayStore: hosts simulated on this machine as separate store directories,
 // several real processes each, one real redis-server. Each host elects one
 // relay; the relays keep the hosts' shared memory in step through Redis.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, RelayStore } from 'generation-sync';
 
-import { ask, eventually, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { ask, eventually, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { RedisServer } from './redis-server';
 import { scaled } from './support/time-scale';
 
@@ -302,12 +303,38 @@ describe('RelayStore when Redis or a host fails', () => {
   });
 });
 
+describe('RelayStore in a process that does not close it', () => {
+  it('the relay process still exits by itself when its work is done, and its bump reaches the other host', async () => {
+    const { hosts, namespace } = await startHosts(1, 1);
+    const [hostB] = hosts as [Host];
+    await ask(hostB.processes[0]!, { op: 'read', key: 'exits' });
+    const dir = tempDir('gensync-hostA-');
+    const script = `
+      const { GenerationSynchronizer, RelayStore } = require('generation-sync');
+      const store = RelayStore.open(${JSON.stringify(join(dir, 'generations.shm'))}, { redis: { url: ${JSON.stringify(server.url)}, namespace: ${JSON.stringify(namespace)} }, electionIntervalMs: 50 });
+      const sync = new GenerationSynchronizer('exits', { store, normalizeCacheKey: false });
+      sync.markUpdated();
+      // Wait until this process relays and has forwarded the bump; then simply end: nothing may keep it alive.
+      store.flush(10000).then((settled) => { if (!settled) process.exitCode = 3; });
+    `;
+    const started = Date.now();
+    const result = spawnSync(process.execPath, ['-e', script], { cwd: ROOT, timeout: scaled(20_000), encoding: 'utf8' });
+    expect(result.error).toBeUndefined();
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    console.log(`a relay process with nothing left to do exited ${Date.now() - started} ms after it started`);
+    await converged([hostB], namespace, 'exits');
+  });
+});
+
 describe('RelayStore options', () => {
   it('refuses a client, a signal or a logger for Redis, and bad numbers, with typed errors', () => {
     const dir = tempDir();
     for (const redis of [{ client: {} }, { signal: new AbortController().signal }, { logger: console }]) {
       expect(() => RelayStore.open(join(dir, 'r.shm'), { redis: redis as never })).toThrow(InvalidArgumentError);
     }
+    expect(() => RelayStore.open(join(dir, 'r.shm'), { redis: { url: 'http://127.0.0.1:1' } })).toThrow(InvalidArgumentError);
+    expect(() => RelayStore.open(join(dir, 'r.shm'), { redis: { driver: 'memcached' as never } })).toThrow(/redis\.driver/);
     expect(() => RelayStore.open(join(dir, 'r.shm'), { electionIntervalMs: 0 })).toThrow(/electionIntervalMs/);
     expect(() => RelayStore.open(join(dir, 'r.shm'), { expirationSecs: -1 })).toThrow(/expirationSecs/);
   });

@@ -37,6 +37,8 @@ export interface RedisClientLike {
   /** A second connection like this one (for pub/sub). */
   duplicate?(overrides?: Record<string, unknown>): RedisClientLike;
   subscribe?(channel: string, listener: (message: string, channel: string) => void): Promise<unknown>;
+  /** Let the process exit while connected (the redis package's clients). */
+  unref?(): void;
 }
 
 /**

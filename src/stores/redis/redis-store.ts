@@ -119,6 +119,13 @@ export interface RedisInternals {
 
 const internals = new WeakMap<RedisStore, RedisInternals>();
 
+/**
+ * An option only the relay passes to {@link RedisStore.connect}: connections
+ * that do not keep the process alive (where the client package allows it),
+ * so that a process exits when its own work is done even while it relays.
+ */
+export const UNREFERENCED = Symbol('generation-sync.unreferenced');
+
 /** The connection and key calls of `store`, for the relay. */
 export function redisInternalsOf(store: RedisStore): RedisInternals {
   const found = internals.get(store);
@@ -242,10 +249,12 @@ export class RedisStore implements AsyncStore {
       client = driver === 'ioredis' ? createOwnIORedisClient(url, socket) : createOwnClient(url, socket);
     }
 
+    const unreferenced = (opts as { [UNREFERENCED]?: unknown })[UNREFERENCED] === true;
+    if (unreferenced) client.unref?.();
     const channel = `${namespace}changes`;
     const connection = new RedisConnection({ client, ownsClient: opts.client === undefined, url, commandTimeoutMs, channel, watchPollMs, logger });
     const keys = new RedisKeys(connection, namespace, channel);
-    const watching = new RedisWatching(connection, keys, { url, socket, driver, watchPollMs, logger });
+    const watching = new RedisWatching(connection, keys, { url, socket, driver, watchPollMs, logger, unreferenced });
     const store = new RedisStore(connection, keys, watching, url);
     if (signal === undefined) {
       await connection.open(connectTimeoutMs);

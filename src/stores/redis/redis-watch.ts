@@ -35,6 +35,8 @@ export interface WatchSettings {
   readonly driver: 'redis' | 'ioredis';
   readonly watchPollMs: number;
   readonly logger: Logger;
+  /** Whether the subscriber must not keep the process alive (see UNREFERENCED in redis-store.ts). */
+  readonly unreferenced?: boolean;
 }
 
 interface Refresh {
@@ -101,6 +103,7 @@ export class RedisWatching {
     this.#watchedDigests.set(this.keys.digestOf(key), key);
     if (this.#subscriber !== undefined) return watched;
     const subscriber = this.#makeSubscriber();
+    if (this.settings.unreferenced === true) subscriber.unref?.();
     this.#subscriber = subscriber;
     // The subscriber reconnects (and resubscribes) by itself. Its loss is reported once, and its return:
     // meanwhile watchers hear of changes only from their poll.

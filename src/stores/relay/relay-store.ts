@@ -14,12 +14,13 @@
 
 import { join } from 'node:path';
 
-import { InvalidArgumentError, type StoreClosedError } from '../../store/errors';
+import { DependencyMissingError, InvalidArgumentError, type StoreClosedError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
 import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from '../../store/store';
 import { describe, optionalInteger, optionsObject } from '../../store/validate';
 import { fileModeOption, preparedDefaultDirectory, storePathArgument } from '../../system/filesystem';
-import { redisInternalsOf, RedisStore, type RedisStoreOptions } from '../redis/redis-store';
+import { checkUrl } from '../redis/redis-client';
+import { redisInternalsOf, RedisStore, UNREFERENCED, type RedisStoreOptions } from '../redis/redis-store';
 import { nativeAddon } from '../shm/native';
 import { SharedMemoryStore, type SharedMemoryStoreOptions } from '../shm/shm-store';
 import { Election } from './election';
@@ -150,6 +151,16 @@ export class RelayStore implements Store {
         throw new InvalidArgumentError(`Option "redis.${refused}" is not accepted by RelayStore: only the relay process connects, with a client it makes itself.`);
       }
     }
+    if (redis.url !== undefined) checkUrl(redis.url);
+    const driver = redis.driver ?? 'redis';
+    if (driver !== 'redis' && driver !== 'ioredis') {
+      throw new InvalidArgumentError(`Option "redis.driver" must be 'redis' or 'ioredis', not ${describe(driver)}.`);
+    }
+    try {
+      require.resolve(driver);
+    } catch (cause) {
+      throw new DependencyMissingError(`RelayStore needs the "${driver}" package for its relay: install it with "npm install ${driver}".`, { cause });
+    }
     const expirationSecs = optionalInteger(opts.expirationSecs, 'expirationSecs', ONE_YEAR_SECS, { min: 1, max: 2 ** 31 - 1 });
     const electionIntervalMs = optionalInteger(opts.electionIntervalMs, 'electionIntervalMs', ELECTION_INTERVAL_MS, { min: 10, max: 60_000 });
     const logger = opts.logger ?? console;
@@ -232,7 +243,7 @@ export class RelayStore implements Store {
     const starting = (async () => {
       let redis: RedisStore;
       try {
-        redis = await RedisStore.connect(this.#redisOptions);
+        redis = await RedisStore.connect({ ...this.#redisOptions, [UNREFERENCED]: true } as RedisStoreOptions);
       } catch (error) {
         this.#logger.error(`generation-sync: relay for ${this.path} cannot use Redis: ${(error as Error).message}`);
         this.#election.close(); // give another process its chance: this one cannot relay
