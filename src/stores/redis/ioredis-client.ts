@@ -25,6 +25,8 @@ interface IORedisLike {
   subscribe(channel: string): Promise<unknown>;
   on(event: string, listener: (...args: any[]) => void): unknown;
   off(event: string, listener: (...args: any[]) => void): unknown;
+  /** The socket of the current connection (ioredis makes a new one for each). */
+  readonly stream?: { unref?(): void } | undefined;
 }
 
 /** Whether `client` is an ioredis client (a single connection; a Cluster is refused elsewhere). */
@@ -45,6 +47,13 @@ const CLOSED = new Set(['wait', 'end']);
 /** An ioredis client as a {@link RedisClientLike}. */
 export class IORedisClient implements RedisClientLike {
   constructor(readonly io: IORedisLike) {}
+
+  /** Let the process exit while connected: this connection's socket, and each one made when it reconnects. */
+  unref(): void {
+    const unrefStream = (): void => this.io.stream?.unref?.();
+    unrefStream();
+    this.io.on('connect', unrefStream);
+  }
 
   get isOpen(): boolean {
     return !CLOSED.has(this.io.status);

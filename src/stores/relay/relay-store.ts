@@ -197,9 +197,15 @@ export class RelayStore implements Store {
    * exits. False after `timeoutMs` (default 5000).
    */
   async flush(timeoutMs = 5000): Promise<boolean> {
-    if (this.#starting !== undefined) await this.#starting;
-    const relay = this.#relay;
-    return relay === undefined ? false : relay.settled(timeoutMs);
+    // The relay's connections do not keep the process alive; a caller waiting here does.
+    const keepAlive = setInterval(() => undefined, 60_000);
+    try {
+      if (this.#starting !== undefined) await this.#starting;
+      const relay = this.#relay;
+      return relay === undefined ? false : await relay.settled(timeoutMs);
+    } finally {
+      clearInterval(keepAlive);
+    }
   }
 
   bind(key: string, options: BindOptions): KeyBinding {
