@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, RelayStore } from 'generation-sync';
+import { GenerationSynchronizer, InvalidArgumentError, OutOfRangeError, RelayStore } from 'generation-sync';
 
 import { ask, eventually, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { RedisServer } from './redis-server';
@@ -337,6 +337,15 @@ describe('RelayStore options', () => {
     expect(() => RelayStore.open(join(dir, 'r.shm'), { redis: { url: 'http://127.0.0.1:1' } })).toThrow(InvalidArgumentError);
     expect(() => RelayStore.open(join(dir, 'r.shm'), { redis: { driver: 'memcached' as never } })).toThrow(/redis\.driver/);
     expect(() => RelayStore.open(join(dir, 'r.shm'), { electionIntervalMs: 0 })).toThrow(/electionIntervalMs/);
+    // A key the host's file keeps only the start of cannot be relayed: refused, with what to do instead.
+    const store = RelayStore.open(join(dir, 'long.shm'), { redis: { url: server.url, namespace: 'long-keys' } });
+    try {
+      expect(() => new GenerationSynchronizer('é'.repeat(200), { store })).toThrow(OutOfRangeError);
+      expect(() => new GenerationSynchronizer('é'.repeat(200), { store })).toThrow(/useEncryption/);
+      expect(new GenerationSynchronizer('é'.repeat(128), { store }).syncGen).toBeGreaterThan(0);
+    } finally {
+      store.close();
+    }
     expect(() => RelayStore.open(join(dir, 'r.shm'), { expirationSecs: -1 })).toThrow(/expirationSecs/);
   });
 });

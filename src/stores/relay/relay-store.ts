@@ -14,7 +14,7 @@
 
 import { join } from 'node:path';
 
-import { DependencyMissingError, InvalidArgumentError, type StoreClosedError } from '../../store/errors';
+import { DependencyMissingError, InvalidArgumentError, OutOfRangeError, type StoreClosedError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
 import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from '../../store/store';
 import { describe, optionalInteger, optionsObject } from '../../store/validate';
@@ -22,6 +22,7 @@ import { fileModeOption, preparedDefaultDirectory, storePathArgument } from '../
 import { checkUrl } from '../redis/redis-client';
 import { redisInternalsOf, RedisStore, UNREFERENCED, type RedisStoreOptions } from '../redis/redis-store';
 import { nativeAddon } from '../shm/native';
+import { INLINE_KEY_BYTES } from '../shm/shm-format';
 import { SharedMemoryStore, type SharedMemoryStoreOptions } from '../shm/shm-store';
 import { Election } from './election';
 import { Relay, type RelayCounters } from './relay';
@@ -208,7 +209,18 @@ export class RelayStore implements Store {
     }
   }
 
+  /**
+   * As {@link SharedMemoryStore.bind}. Throws {@link OutOfRangeError} for a
+   * key longer than 256 bytes in UTF-8: the host's file keeps only the start
+   * of such a key, and the relay must read whole keys from it.
+   */
   bind(key: string, options: BindOptions): KeyBinding {
+    if (typeof key === 'string' && Buffer.byteLength(key) > INLINE_KEY_BYTES) {
+      throw new OutOfRangeError(
+        `Key "${key.slice(0, 40)}…" is ${Buffer.byteLength(key)} bytes long in UTF-8; a relayed store relays keys of at most ${INLINE_KEY_BYTES}. ` +
+          'Use a shorter key, or makeCacheKey() with useEncryption, which gives 64 characters.',
+      );
+    }
     return this.#shm.bind(key, options);
   }
 

@@ -336,8 +336,16 @@ export class Relay {
     this.#stateChanged();
   }
 
+  /**
+   * Connected again: read every key, in step or not. Redis may have lost data or come back from an older
+   * snapshot: each read also raises Redis to this host's value (the script's floor), so that the next change
+   * anywhere lands above every value a host holds.
+   */
   #syncAll(): void {
-    for (const state of this.#keys.values()) this.#sync(state);
+    for (const state of this.#keys.values()) {
+      state.reread = true;
+      this.#sync(state);
+    }
   }
 
   #stateChanged(): void {
