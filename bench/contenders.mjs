@@ -152,6 +152,25 @@ export const contenders = {
       return samples;
     },
   },
+  'relay markUpdated()': {
+    ops: 1_000_000,
+    needs: 'redis',
+    baseline: 'floor: Atomics.add',
+    async run(options) {
+      // On a relayed host every key is watched by the relay, so each bump also wakes it (a futex system call).
+      const store = RelayStore.open(join(temporaryDir(), 'bench-relay.shm'), { redis: { url: benchRedisUrl(), namespace: `bench-relay-${process.pid}` } });
+      const sync = new GenerationSynchronizer('bench-key', { store });
+      if (!(await store.flush(10_000))) throw new Error('the relay did not connect within 10 s');
+      const samples = measure((ops) => {
+        let failures = 0;
+        for (let i = 0; i < ops; i++) if (!sync.markUpdated()) failures++;
+        sink += failures;
+      }, options);
+      store.close();
+      await store.whenClosed();
+      return samples;
+    },
+  },
   'floor: Atomics.add': {
     ops: 5_000_000,
     run(options) {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { eventually, ROOT, tempDir } from './helpers';
+import { sharedRedisUrl } from './redis-server';
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -135,6 +136,99 @@ describe('examples/pm2 under real PM2', () => {
       });
       return alive.length === 0 ? true : undefined;
     });
+  });
+});
+
+describe('examples/pm2-relay: PM2 on three simulated hosts with one Redis (issue 17)', () => {
+  it('a bump on one host reloads every instance of every host; after `pm2 reload` on another, a bump there does too', async () => {
+    const statusDir = tempDir();
+    const namespace = `pm2-relay-${process.pid}`;
+    const hosts = ['a', 'b', 'c'].map((name) => {
+      const home = tempDir(`gensync-pm2home-${name}-`);
+      const env = {
+        ...process.env,
+        PM2_HOME: home,
+        PM2_DISCRETE_MODE: 'true',
+        PM2_DISABLE_VERSION_CHECK: 'true',
+        GENERATION_SYNC_DIR: tempDir(`gensync-host-${name}-`),
+        REDIS_URL: sharedRedisUrl(),
+        REDIS_NAMESPACE: namespace,
+        HOST_NAME: name,
+        STATUS_DIR: statusDir,
+        INSTANCES: '2',
+      };
+      const pm2 = (...args: string[]): string => {
+        const result = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'pm2', 'bin', 'pm2'), ...args], { env, encoding: 'utf8', timeout: 60_000 });
+        if (result.status !== 0) throw new Error(`pm2 ${args.join(' ')} failed: ${result.stdout}${result.stderr}`);
+        return result.stdout;
+      };
+      return { name, env, pm2, home };
+    });
+    type Status = { host: string; instance: string; pid: number; generation: number; reloads: number; relaying: boolean };
+    const statuses = (): Status[] =>
+      readdirSync(statusDir).flatMap((name) => {
+        try {
+          return [JSON.parse(readFileSync(join(statusDir, name), 'utf8')) as Status];
+        } catch {
+          return []; // being written
+        }
+      });
+    /** Bump from a short-lived process on `host` (it opens the host's file; the host's relay forwards the bump). */
+    const bumpOn = (host: (typeof hosts)[number]): void => {
+      const script = `
+        const { GenerationSynchronizer, RelayStore } = require('generation-sync');
+        const store = RelayStore.open(require('node:path').join(process.env.GENERATION_SYNC_DIR, 'relayed.shm'), { redis: { url: process.env.REDIS_URL, namespace: process.env.REDIS_NAMESPACE } });
+        if (!new GenerationSynchronizer('settings', { store }).markUpdated()) process.exit(2);
+        store.close();
+      `;
+      const result = spawnSync(process.execPath, ['-e', script], { cwd: ROOT, env: host.env, encoding: 'utf8', timeout: 30_000 });
+      expect(result.status, result.stderr).toBe(0);
+    };
+    /** Every instance of every host reports the same generation, other than `not`; returns it. */
+    const agreed = (not: number | undefined): Promise<number> =>
+      eventually(
+        'every instance of every host to agree on a new generation',
+        () => {
+          const all = statuses();
+          const generations = new Set(all.map((status) => status.generation));
+          if (all.length !== 6 || generations.size !== 1) return undefined;
+          const [generation] = generations;
+          return generation !== not ? generation : undefined;
+        },
+        30_000,
+      );
+
+    try {
+      for (const host of hosts) host.pm2('start', join(ROOT, 'examples', 'pm2-relay', 'ecosystem.config.cjs'));
+      const first = await agreed(undefined);
+      // One relay per host.
+      await eventually('one relay on each host', () => {
+        const relays = statuses().filter((status) => status.relaying);
+        return relays.length === 3 && new Set(relays.map((status) => status.host)).size === 3 ? true : undefined;
+      });
+      bumpOn(hosts[0]!);
+      const second = await agreed(first);
+      expect(second).toBeGreaterThan(first);
+      // Host B's instances restart one by one; the relay's lock passes between them.
+      hosts[1]!.pm2('reload', 'gensync-relay-example');
+      const restarted = await eventually('host b to report from new processes', () => {
+        const b = statuses().filter((status) => status.host === 'b');
+        return b.length === 2 && b.every((status) => status.reloads === 1) ? b : undefined;
+      });
+      expect(restarted.length).toBe(2);
+      bumpOn(hosts[1]!);
+      const third = await agreed(second);
+      expect(third).toBeGreaterThan(second);
+      await eventually('one relay on host b again', () => (statuses().filter((status) => status.host === 'b' && status.relaying).length === 1 ? true : undefined));
+    } finally {
+      for (const host of hosts) {
+        try {
+          host.pm2('kill');
+        } catch {
+          // already gone
+        }
+      }
+    }
   });
 });
 

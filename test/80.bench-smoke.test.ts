@@ -40,6 +40,7 @@ describe('npm run bench, smoke version', () => {
         'redis: GET',
         'redis: INCR',
         'relay isExpired()',
+        'relay markUpdated()',
         'shm isExpired()',
         'shm markUpdated()',
       ].sort(),
