@@ -128,6 +128,24 @@ describe('RelayStore across simulated hosts', () => {
     }
   });
 
+  it('a new host meeting keys the others hold changes nothing for them: Redis keeps its value, nobody else reloads', async () => {
+    const { hosts, namespace } = await startHosts(2, 2);
+    const keys = ['met-1', 'met-2', 'met-3'];
+    for (const key of keys) await ask(hosts[0]!.processes[0]!, { op: 'bump', key });
+    const before = new Map<string, number>();
+    for (const key of keys) before.set(key, await converged(hosts, namespace, key));
+    for (const key of keys) await refreshAll(hosts, key);
+    // A third host starts, empty: its processes create the keys in its own file, then its relay meets Redis.
+    const dir = tempDir('gensync-host-new-');
+    const newHost: Host = { dir, path: join(dir, 'generations.shm'), processes: [] };
+    newHost.processes.push(startProcess(newHost, namespace));
+    await newHost.processes[0]!.next();
+    for (const key of keys) await ask(newHost.processes[0]!, { op: 'read', key });
+    await relayOf(newHost);
+    for (const key of keys) expect(await converged([...hosts, newHost], namespace, key)).toBe(before.get(key));
+    for (const key of keys) for (const worker of everyProcess(hosts)) expect((await read(worker, key)).expired).toBe(false);
+  });
+
   it('only one process per host is the relay, and a host holds two Redis connections whatever its number of processes', async () => {
     const { hosts, namespace } = await startHosts(2, 4);
     for (const host of hosts) for (const worker of host.processes) await ask(worker, { op: 'bump', key: 'counted' });

@@ -78,6 +78,8 @@ return 1
 //           to a live key; an absent or cleared key stays so and false is answered (the host goes absent);
 //   create  the host holds the key and cannot tell what changed since it last knew Redis' value: create
 //           it as FETCH_OR_CREATE does, or count one change on a live key;
+//   adopt   the host holds the key at the value it was first created with there, unchanged: create it,
+//           or take a live key's value as it is (nothing changed on the host);
 //   read    only read: the live generation, or false.
 // A result never falls below `floor` (the host's value): Redis restarted from an old snapshot must not
 // answer below what hosts already hold.
@@ -95,6 +97,8 @@ local result
 if mode == 'add' then
   if not live then return false end
   result = value + tonumber(ARGV[2])
+elseif live and mode == 'adopt' then
+  result = value
 elseif live then
   result = value + 1
 else

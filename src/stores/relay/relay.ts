@@ -168,11 +168,11 @@ export class Relay {
     return state.base !== undefined && generation === state.base;
   }
 
-  #local(state: KeyState): { generation: number | null; highest: number } {
+  #local(state: KeyState): { generation: number | null; highest: number; untouched: boolean } {
     try {
       return state.binding.snapshot();
     } catch {
-      return { generation: null, highest: 0 };
+      return { generation: null, highest: 0, untouched: false };
     }
   }
 
@@ -245,7 +245,7 @@ export class Relay {
     const reread = state.reread;
     state.reread = false;
     const redisKey = this.#redis.keys.redisKey(state.binding.key);
-    let mode: 'add' | 'create' | 'read';
+    let mode: 'add' | 'create' | 'adopt' | 'read';
     let delta = 0;
     if (sent.generation !== null) {
       if (typeof base === 'number' && sent.generation >= base) {
@@ -253,7 +253,9 @@ export class Relay {
         mode = 'add';
         delta = sent.generation - base;
       } else {
-        mode = 'create';
+        // Created here and untouched since: a host meeting a key, not a change. Otherwise what changed here
+        // since Redis' value was last known is not known: count one change.
+        mode = sent.untouched && (base === undefined || base === null) ? 'adopt' : 'create';
       }
     } else if (typeof base === 'number') {
       this.counters.forwarded++;

@@ -15,7 +15,7 @@
 import { StoreFullError } from '../../store/errors';
 import { checkpoint } from '../../system/checkpoints';
 import type { KeyIdentity, MappedFile } from './mapped-file';
-import { ABSENT, CREATION_LOCK_BYTE, DIGEST_BYTES, H_PENDING_RECORD, H_RECORD_COUNT, R_CREATED_AT, R_DIGEST, R_KEY, R_KEY_LENGTH, R_UPDATED_AT } from './shm-format';
+import { ABSENT, CREATION_LOCK_BYTE, DIGEST_BYTES, H_PENDING_RECORD, H_RECORD_COUNT, R_CREATED_AT, R_DIGEST, R_FIRST_VALUE, R_KEY, R_KEY_LENGTH, R_UPDATED_AT } from './shm-format';
 import { trace } from '../../store/trace';
 
 /**
@@ -66,6 +66,7 @@ function findOrCreateLocked(file: MappedFile, identity: KeyIdentity, seed: numbe
   file.setRecordTime(record, R_CREATED_AT, now);
   file.setRecordTime(record, R_UPDATED_AT, now);
   file.setRecordWord(record, R_KEY_LENGTH, identity.length);
+  if (seed !== null && seed > 0 && seed < 2 ** 32) file.setRecordWord(record, R_FIRST_VALUE, seed);
   checkpoint('shm-create', 'stamped');
   identity.digest.copy(file.recordBytes(record, R_DIGEST, DIGEST_BYTES));
   identity.inline.copy(file.recordBytes(record, R_KEY, identity.inline.length));

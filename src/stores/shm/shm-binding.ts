@@ -15,7 +15,7 @@ import { findOrCreate } from './key-creation';
 import type { LiveFile } from './live-file';
 import type { KeyIdentity, MappedFile } from './mapped-file';
 import { carryOver, MAX_CAS_ATTEMPTS, type CapturedKey } from './retirement';
-import { ABSENT, VALUE_MASK, WATCHED } from './shm-format';
+import { ABSENT, R_FIRST_VALUE, VALUE_MASK, WATCHED } from './shm-format';
 
 /** How many times one operation follows the store to a new file before it reports the store unavailable. */
 const MOVES_PER_OPERATION = 3;
@@ -23,6 +23,8 @@ const MOVES_PER_OPERATION = 3;
 /** Generation words at or above this are flagged (absent, watched) or corrupt; below it they are exact as numbers. */
 const SAFE_WORD_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
 const NOT_WATCHED = ~WATCHED;
+/** First values at or above this are not recorded (R_FIRST_VALUE is 32 bits). */
+const FIRST_VALUE_LIMIT = 1n << 32n;
 
 /** What a binding needs from its store: the file in use, and a way to wake the key's watchers. */
 export interface BindingContext {
@@ -134,13 +136,21 @@ export class SharedMemoryBinding implements KeyBinding {
     if ((previous & (ABSENT | WATCHED)) === WATCHED) this.context.notify(file, this);
   }
 
-  /** For the relay: the key's generation (null when absent) and the highest value it has had here (0 when it never existed). */
-  snapshot(): { generation: number | null; highest: number } {
+  /**
+   * For the relay: the key's generation (null when absent), the highest
+   * value it has had here (0 when it never existed), and whether it still
+   * holds the value it was first created with here (never bumped, cleared or
+   * raised since; false when not known).
+   */
+  snapshot(): { generation: number | null; highest: number; untouched: boolean } {
     const file = this.context.live.current();
-    if (!this.attachIfPublished(file)) return { generation: null, highest: 0 };
+    if (!this.attachIfPublished(file)) return { generation: null, highest: 0, untouched: false };
     const bare = Atomics.load(file.gens, this.#index) & NOT_WATCHED;
     const highest = checkedGeneration(file, bare & VALUE_MASK);
-    return { generation: (bare & ABSENT) !== 0n ? null : highest, highest };
+    const generation = (bare & ABSENT) !== 0n ? null : highest;
+    // Read after the word: a creation writes the word first, so a first value not written yet reads as "not known".
+    const first = file.recordWord(this.#record, R_FIRST_VALUE);
+    return { generation, highest, untouched: generation !== null && first !== 0 && generation === first };
   }
 
   /**
@@ -255,6 +265,8 @@ export class SharedMemoryBinding implements KeyBinding {
       const watched = word & WATCHED;
       if (Atomics.compareExchange(file.gens, this.#index, word, value | watched) === word) {
         file.stamp(this.#record);
+        // First made present here (a record created absent, for a watch): remember the value it started at.
+        if (highest === 0n && value < FIRST_VALUE_LIMIT) file.setRecordWord(this.#record, R_FIRST_VALUE, Number(value));
         if (watched !== 0n) this.context.notify(file, this);
         return checkedGeneration(file, value);
       }

@@ -103,6 +103,14 @@ export const R_CREATED_AT = 8;
 export const R_UPDATED_AT = 16;
 /** Key length in UTF-8 bytes (u32). */
 export const R_KEY_LENGTH = 24;
+/**
+ * The value the key first held in this file, when it was created present
+ * with a value below 2^32 (a seed in seconds); 0 otherwise (u32). A key
+ * still at this value was never bumped, cleared or raised here: the relay
+ * (src/stores/relay) takes that as "nothing changed on this host". Files
+ * made before this field held 0 here, which only means "not known".
+ */
+export const R_FIRST_VALUE = 28;
 /** SHA-256 of the key's UTF-8 bytes (32 bytes). */
 export const R_DIGEST = 32;
 export const DIGEST_BYTES = 32;
