@@ -31,7 +31,8 @@ import {
 } from 'generation-sync';
 
 import * as format from '../dist/stores/shm/shm-format.js';
-import { recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
+import { WATCHER_CHECK_EVERY } from '../dist/stores/shm/shm-watch.js';
+import { ask, recordingLogger, ROOT, startWorker, stopAll, tempDir, thrown, type Worker } from './helpers';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -456,6 +457,24 @@ describe('the outside review of the shared-memory store, in one process (each of
     expect(word & format.WATCHED).toBe(0n);
     holder.send('release');
     await holder.next();
+    store.close();
+  });
+
+  it('a WATCHED flag left by a watcher that died is cleared within WATCHER_CHECK_EVERY changes; a live watcher keeps it', async () => {
+    const path = freshStoreFile(tempDir());
+    const store = SharedMemoryStore.open(path);
+    const sync = new GenerationSynchronizer('w', { store });
+    const header = format.decodeHeader(readFileSync(path).subarray(0, format.HEADER_SIZE), statSync(path).size, path);
+    const flagged = (): boolean => (readFileSync(path).readBigInt64LE(header.recordsOffset + format.R_GENERATION) & format.WATCHED) !== 0n;
+    const watcher = startWorker('worker.mjs', ['shm', path]);
+    workers.push(watcher);
+    await ask(watcher, { cmd: 'watchKey', key: 'w' });
+    for (let i = 0; i < 3 * WATCHER_CHECK_EVERY; i++) expect(sync.markUpdated()).toBe(true);
+    expect(flagged()).toBe(true);
+    watcher.child.kill('SIGKILL');
+    await watcher.exited;
+    for (let i = 0; i < WATCHER_CHECK_EVERY; i++) expect(sync.markUpdated()).toBe(true);
+    expect(flagged()).toBe(false);
     store.close();
   });
 

@@ -55,6 +55,8 @@ export class SharedMemoryBinding implements KeyBinding {
    * next isStale() or `synced` folds it in.
    */
   #incrementedFrom: bigint | null = null;
+  /** How many times this binding woke the key's watchers (see Watching.notify). */
+  notifications = 0;
 
   constructor(
     readonly key: string,

@@ -35,6 +35,9 @@ export const NOTIFIER_LINGER_MS = 1000;
 
 const NOT_WATCHED = ~WATCHED;
 
+/** A process that changes a key watched elsewhere asks whether it is still watched on one change in this many. */
+export const WATCHER_CHECK_EVERY = 64;
+
 export class Watching {
   readonly #watched = new WatchList<SharedMemoryBinding>();
   #notifier: NativeWatcher | undefined;
@@ -70,6 +73,9 @@ export class Watching {
    */
   notify(file: MappedFile, binding: SharedMemoryBinding): void {
     file.wakeWatchers();
+    // Asking the kernel is a system call as dear as the wake-up: ask on one change in WATCHER_CHECK_EVERY. A flag
+    // left by a watcher that died costs only wake-ups until then.
+    if (binding.notifications++ % WATCHER_CHECK_EVERY !== 0) return;
     if (this.#watched.get(binding.key) === undefined && !file.lockedByOthers(WATCH_LOCK_BASE + binding.record)) {
       this.#clearFlagIfUnwatched(file, binding);
     }
