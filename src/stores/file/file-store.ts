@@ -102,12 +102,29 @@ export interface FileStoreOptions {
 
 /** One parsed version of the file, with the descriptor that pins its inode. */
 interface Snapshot {
-  /** Open descriptor of the version read, or -1 when there was no file. */
+  /** Open descriptor of the version read; -1 when there was no file; NOT_HELD on Windows (see HOLD_OPEN). */
   readonly fd: number;
   readonly ino: number;
   readonly dev: number;
+  /** Size and modification time of the version read, which tell versions apart where no descriptor is held. */
+  readonly size?: number;
+  readonly mtimeMs?: number;
   readonly entries: ReadonlyMap<string, FileEntry>;
 }
+
+/**
+ * Whether the current version is kept open. Elsewhere an open descriptor
+ * pins the inode, so the path naming the same inode means the same version.
+ * Windows refuses to rename over a file that any process holds open, so
+ * there nothing is kept open: a version is told by its file index, size and
+ * modification time, and a rename that meets a reader's brief open is tried
+ * again (see RENAME_RETRY_MS).
+ */
+const HOLD_OPEN = process.platform !== 'win32';
+/** A version read and closed again (Windows). */
+const NOT_HELD = -2;
+/** How long a write on Windows keeps trying a rename that another process's open file refuses. */
+const RENAME_RETRY_MS = 2000;
 
 const NO_FILE: Snapshot = { fd: -1, ino: -1, dev: -1, entries: new Map() };
 
@@ -189,9 +206,9 @@ export class FileStore implements Store {
 
     removeAbandonedFiles(file);
     const store = new FileStore(file, mode, lockTimeoutMs, staleLockMs, clock);
-    if (store.#current().fd < 0) {
+    if (store.#current() === NO_FILE) {
       store.#createEmptyFile();
-      if (store.#current().fd < 0) throw ioError(new Error('the file vanished as it was created'), 'create the store', file);
+      if (store.#current() === NO_FILE) throw ioError(new Error('the file vanished as it was created'), 'create the store', file);
     }
     otherStoreBeside(file, 'file');
     openStores.set(file, (openStores.get(file) ?? 0) + 1);
@@ -322,6 +339,7 @@ export class FileStore implements Store {
       if (stats === undefined) return this.#replaceSnapshot(NO_FILE);
       const held = this.#snapshot;
       if (held.fd >= 0 && stats.ino === held.ino && stats.dev === held.dev) return held;
+      if (held.fd === NOT_HELD && stats.ino === held.ino && stats.dev === held.dev && stats.size === held.size && stats.mtimeMs === held.mtimeMs) return held;
       const snapshot = this.#read(attempt === READ_ATTEMPTS);
       if (snapshot !== undefined) return this.#replaceSnapshot(snapshot);
       pause(READ_RETRY_PAUSE_MS);
@@ -354,6 +372,10 @@ export class FileStore implements Store {
         throw corruptFileError(this.path, 'file store', `it is ${stats.size} bytes, larger than a file store can be (${MAX_FILE_STORE_BYTES} bytes)`);
       }
       const entries = parseStoreFile(readFileSync(fd, 'utf8'), this.path);
+      if (!HOLD_OPEN) {
+        closeSync(fd);
+        return { fd: NOT_HELD, ino: stats.ino, dev: stats.dev, size: stats.size, mtimeMs: stats.mtimeMs, entries };
+      }
       return { fd, ino: stats.ino, dev: stats.dev, entries };
     } catch (error) {
       closeSync(fd);
@@ -410,9 +432,21 @@ export class FileStore implements Store {
     try {
       this.#fill(fd, entries);
       lock.verify();
-      renameSync(temporary, this.path);
+      if (HOLD_OPEN) {
+        renameSync(temporary, this.path);
+      } else {
+        const { size, mtimeMs } = fstatSync(fd);
+        closeSync(fd);
+        fd = NOT_HELD;
+        renameOverReaders(temporary, this.path);
+        // Under the writer lock nobody else replaces the file: the path names what was just written.
+        const { ino, dev } = statSync(this.path);
+        checkpoint('file-write', 'renamed');
+        this.#replaceSnapshot({ fd: NOT_HELD, ino, dev, size, mtimeMs, entries });
+        return;
+      }
     } catch (error) {
-      closeSync(fd);
+      if (fd >= 0) closeSync(fd);
       removeQuietly(temporary);
       throw lost(error);
     }
@@ -467,3 +501,21 @@ function writeAll(fd: number, text: string): void {
   while (offset < bytes.length) offset += writeSync(fd, bytes, offset, bytes.length - offset, offset);
 }
 
+/**
+ * Windows: rename `from` over `to`, trying again while another process has
+ * `to` open for a moment (a reader between its open and its close), for at
+ * most RENAME_RETRY_MS.
+ */
+function renameOverReaders(from: string, to: string): void {
+  const deadline = Date.now() + RENAME_RETRY_MS;
+  for (let pauseMs = 1; ; pauseMs = Math.min(pauseMs * 2, 20)) {
+    try {
+      renameSync(from, to);
+      return;
+    } catch (error) {
+      const code = errnoCode(error);
+      if ((code !== 'EPERM' && code !== 'EACCES' && code !== 'EBUSY') || Date.now() >= deadline) throw error;
+    }
+    pause(pauseMs);
+  }
+}
