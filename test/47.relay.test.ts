@@ -1,7 +1,7 @@
 // RelayStore: hosts simulated on this machine as separate store directories,
 // several real processes each, one real redis-server. Each host elects one
 // relay; the relays keep the hosts' shared memory in step through Redis.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -303,6 +303,22 @@ describe('RelayStore when Redis or a host fails', () => {
     }
     const after = await converged(hosts, namespace, key, scaled(15_000));
     expect(after - before).toBe(50 * (others.length + hostB.processes.length));
+  });
+
+  it("a host's store file removed while in use (a temp cleaner): the host moves to a new file and stays in step both ways", async () => {
+    const { hosts, namespace } = await startHosts(2, 2);
+    const [hostA, hostB] = hosts as [Host, Host];
+    const key = 'moved';
+    await ask(hostA.processes[0]!, { op: 'bump', key });
+    const before = await converged(hosts, namespace, key);
+    rmSync(hostA.path);
+    // Every process of host A notices (within its check interval) and moves to a new file at the path.
+    await eventually('host A to have a new store file', () => (existsSync(hostA.path) ? true : undefined));
+    await new Promise((resolve) => setTimeout(resolve, scaled(1000)));
+    expect((await ask<{ acknowledged: number }>(hostA.processes[1]!, { op: 'bump', key, count: 3 })).acknowledged).toBe(3);
+    expect((await ask<{ acknowledged: number }>(hostB.processes[1]!, { op: 'bump', key, count: 4 })).acknowledged).toBe(4);
+    const after = await converged(hosts, namespace, key);
+    expect(after).toBeGreaterThanOrEqual(before + 7);
   });
 
   it('clear() on one host makes the key absent on every host; re-created, it starts above every value it had', async () => {

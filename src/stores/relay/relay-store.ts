@@ -279,8 +279,15 @@ export class RelayStore implements Store {
         logger: this.#logger,
       });
       this.#relay = relay;
-      relay.start();
-    })();
+      try {
+        relay.start();
+      } catch (error) {
+        // The local store closed or broke under the relay: stop relaying, and let another process try.
+        this.#logger.error(`generation-sync: relay for ${this.path} could not start: ${(error as Error).message}`);
+        this.#stopRelaying();
+        this.#election.close();
+      }
+    })().catch(() => undefined);
     this.#starting = starting.finally(() => {
       if (this.#starting === tracked) this.#starting = undefined;
     });

@@ -176,6 +176,19 @@ export class Relay {
     }
   }
 
+  /**
+   * Write into the local file (see SharedMemoryBinding.replace); false, changing nothing, when the file
+   * refuses just now (replaced under us, full, its lock stuck): the key is synced again later. Called from
+   * watch listeners and timers, so nothing may be thrown from here into the host.
+   */
+  #replace(state: KeyState, expected: number | null, next: number | null): boolean {
+    try {
+      return state.binding.replace(expected, next);
+    } catch {
+      return false;
+    }
+  }
+
   #localChanged(state: KeyState): void {
     if (!this.#inStep(state)) this.#sync(state);
   }
@@ -194,16 +207,16 @@ export class Relay {
     if (typeof base === 'number' && generation !== null && generation <= base) return; // our own, or older
     if (generation === null) {
       if (base === null) return;
-      if (typeof base === 'number' && local.generation !== null && state.binding.replace(local.generation, null)) {
+      if (typeof base === 'number' && local.generation !== null && this.#replace(state, local.generation, null)) {
         this.#took(state, null);
         return;
       }
     } else if (typeof base === 'number' && local.generation !== null && local.generation >= base) {
-      if (state.binding.replace(local.generation, generation + (local.generation - base))) {
+      if (this.#replace(state, local.generation, generation + (local.generation - base))) {
         this.#took(state, generation);
         return;
       }
-    } else if (base === null && local.generation === null && state.binding.replace(null, generation)) {
+    } else if (base === null && local.generation === null && this.#replace(state, null, generation)) {
       this.#took(state, generation);
       return;
     }
@@ -289,7 +302,7 @@ export class Relay {
       const now = this.#local(state);
       if (result === null) {
         // Redis has no live value (cleared, expired, flushed): the host goes absent, and is forwarded when re-created.
-        if (now.generation === null || state.binding.replace(now.generation, null)) {
+        if (now.generation === null || this.#replace(state, now.generation, null)) {
           state.base = null;
           if (sent === null && now.generation !== null) state.again = true;
           break;
@@ -301,7 +314,7 @@ export class Relay {
           // Cleared here meanwhile: the next round forwards the clear.
           state.base = result;
           state.again = true;
-        } else if (state.binding.replace(null, result)) {
+        } else if (this.#replace(state, null, result)) {
           state.base = result;
         } else {
           // The key was higher here once than Redis is now: it is forwarded (above that) when re-created.
@@ -316,7 +329,7 @@ export class Relay {
         break;
       }
       const target = result + (now.generation - sent);
-      if (target === now.generation || state.binding.replace(now.generation, target)) {
+      if (target === now.generation || this.#replace(state, now.generation, target)) {
         state.base = result;
         break;
       }
@@ -333,7 +346,7 @@ export class Relay {
     for (const state of this.#keys.values()) {
       const { generation } = this.#local(state);
       state.base = undefined;
-      if (generation !== null) state.binding.replace(generation, null);
+      if (generation !== null) this.#replace(state, generation, null);
     }
     this.#stateChanged();
   }
