@@ -468,6 +468,7 @@ describe('the outside review of the shared-memory store, in one process (each of
     const flagged = (): boolean => (readFileSync(path).readBigInt64LE(header.recordsOffset + format.R_GENERATION) & format.WATCHED) !== 0n;
     const watcher = startWorker('worker.mjs', ['shm', path]);
     workers.push(watcher);
+    await watcher.next(); // its "ready", before the command's answer (under emulation it comes late)
     await ask(watcher, { cmd: 'watchKey', key: 'w' });
     for (let i = 0; i < 3 * WATCHER_CHECK_EVERY; i++) expect(sync.markUpdated()).toBe(true);
     expect(flagged()).toBe(true);
