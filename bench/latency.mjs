@@ -175,7 +175,10 @@ async function measureStore(kind, location, rounds, waitEachRound = false) {
   try {
     return await pinger(kind, location, rounds, waitEachRound);
   } finally {
+    // Wait for it to go: a relayed ponger writes its relay state into the run's directory as it closes.
+    const exited = child.exitCode === null && child.signalCode === null ? new Promise((resolve) => child.once('exit', resolve)) : undefined;
     child.send('stop');
+    await exited;
   }
 }
 
@@ -258,7 +261,7 @@ export async function runLatency({ rounds, only }) {
       results[name] = { p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99), max: sorted.at(-1), samples: sorted.length };
     }
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
   }
   return { results, skipped };
 }
