@@ -86,6 +86,22 @@ function temporaryDir() {
   return dir;
 }
 
+/**
+ * Run `body(sync)` on a synchronizer of a relayed store of which this process is the host's relay, connected
+ * and watching the key, as on a relayed host; then close the store.
+ */
+async function onRelayedHost(body) {
+  const store = RelayStore.open(join(temporaryDir(), 'bench-relay.shm'), { redis: { url: benchRedisUrl(), namespace: `bench-relay-${process.pid}` } });
+  try {
+    const sync = new GenerationSynchronizer('bench-key', { store });
+    if (!(await store.flush(10_000))) throw new Error('the relay did not connect within 10 s');
+    return body(sync);
+  } finally {
+    store.close();
+    await store.whenClosed();
+  }
+}
+
 function temporaryShmStore() {
   return SharedMemoryStore.open(join(temporaryDir(), 'bench.shm'));
 }
@@ -139,17 +155,13 @@ export const contenders = {
     baseline: 'floor: Atomics.load',
     async run(options) {
       // This process is its host's relay, connected and watching the key, as on a relayed host.
-      const store = RelayStore.open(join(temporaryDir(), 'bench-relay.shm'), { redis: { url: benchRedisUrl(), namespace: `bench-relay-${process.pid}` } });
-      const sync = new GenerationSynchronizer('bench-key', { store });
-      if (!(await store.flush(10_000))) throw new Error('the relay did not connect within 10 s');
-      const samples = measure((ops) => {
-        let stale = 0;
-        for (let i = 0; i < ops; i++) if (sync.isExpired()) stale++;
-        sink += stale;
-      }, options);
-      store.close();
-      await store.whenClosed();
-      return samples;
+      return onRelayedHost((sync) =>
+        measure((ops) => {
+          let stale = 0;
+          for (let i = 0; i < ops; i++) if (sync.isExpired()) stale++;
+          sink += stale;
+        }, options),
+      );
     },
   },
   'relay markUpdated()': {
@@ -158,17 +170,13 @@ export const contenders = {
     baseline: 'floor: Atomics.add',
     async run(options) {
       // On a relayed host every key is watched by the relay, so each bump also wakes it (a futex system call).
-      const store = RelayStore.open(join(temporaryDir(), 'bench-relay.shm'), { redis: { url: benchRedisUrl(), namespace: `bench-relay-${process.pid}` } });
-      const sync = new GenerationSynchronizer('bench-key', { store });
-      if (!(await store.flush(10_000))) throw new Error('the relay did not connect within 10 s');
-      const samples = measure((ops) => {
-        let failures = 0;
-        for (let i = 0; i < ops; i++) if (!sync.markUpdated()) failures++;
-        sink += failures;
-      }, options);
-      store.close();
-      await store.whenClosed();
-      return samples;
+      return onRelayedHost((sync) =>
+        measure((ops) => {
+          let failures = 0;
+          for (let i = 0; i < ops; i++) if (!sync.markUpdated()) failures++;
+          sink += failures;
+        }, options),
+      );
     },
   },
   'floor: Atomics.add': {
