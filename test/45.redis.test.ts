@@ -21,6 +21,7 @@ import {
 import { ask, eventually, recordingLogger, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
 import { RedisServer } from './redis-server';
 import { makeTlsFiles } from './support/tls-ca.cjs';
+import { effort } from './support/effort';
 
 interface Report {
   syncGen: number | null;
@@ -546,8 +547,8 @@ describe('foreign data, deployments and URLs the Redis store must refuse clearly
 });
 
 describe('a Redis soak: values and watchers through SIGSTOP, SIGKILL and restart, FLUSHALL and a stalled event loop (issue 13)', () => {
-  /** npm test runs it for 15 s; .ci/run sets GENSYNC_STRESS_MS=120000 for the full two minutes. */
-  const SOAK_MS = Number(process.env.GENSYNC_STRESS_MS ?? 15_000);
+  /** A few seconds in npm test, the full two minutes in npm run test:full (test/support/effort.ts). */
+  const SOAK_MS = effort.soakMs;
 
   it(`for ${SOAK_MS / 1000} s: no value older than a generation its holder saw, no published change lost, no crash, no unhandled rejection`, async () => {
     const own = await RedisServer.start();

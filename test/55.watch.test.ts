@@ -26,6 +26,7 @@ import { eventually, FIXTURES, recordingLogger, ROOT, startWorker, stopAll, temp
 import { sharedRedisUrl } from './redis-server';
 import { scaled } from './support/time-scale';
 import { STORE_KINDS, SUBJECTS, type Synchronizer } from './stores';
+import { effort } from './support/effort';
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
@@ -206,7 +207,7 @@ describe.each(STORE_KINDS)('watchers in other processes, on the $name store', (k
     return worker.next<Status>();
   };
 
-  it('a bump in one process wakes the watchers in three others, and 10,000 rapid bumps end with all of them on the final generation', async () => {
+  it(`a bump in one process wakes the watchers in three others, and ${effort.watchBurst.toLocaleString('en-US')} rapid bumps end with all of them on the final generation`, async () => {
     const dir = tempDir();
     const group = await watchers(3, dir, 'shared-key');
     const bumper = startWorker('worker.mjs', await kind.workerArgs(dir));
@@ -220,7 +221,7 @@ describe.each(STORE_KINDS)('watchers in other processes, on the $name store', (k
       return all.every((s) => s.last === first && s.changes === 1) ? all : undefined;
     });
 
-    const count = 10_000;
+    const count = effort.watchBurst;
     bumper.send({ cmd: 'hammer', key: 'shared-key', count, startAt: 0 });
     const { syncGen: final, failures } = await bumper.next<{ syncGen: number; failures: number }>(120_000);
     expect(failures).toBe(0);
@@ -347,13 +348,8 @@ describe.each(SUBJECTS)('SynchronizedValue on $name', (subject) => {
 });
 
 describe('ending while watching, with another process bumping the key in a tight loop (shared-memory store)', () => {
-  /**
-   * How many times each way of ending is tried: every one must end normally.
-   * 100 everywhere but under emulation, where .ci/run's arm64 run sets
-   * GENSYNC_TEARDOWN_ROUNDS to fit its time (each process start costs about
-   * a second under qemu-user).
-   */
-  const ROUNDS = Number(process.env.GENSYNC_TEARDOWN_ROUNDS ?? 100);
+  /** How many times each way of ending is tried (test/support/effort.ts): every one must end normally. */
+  const ROUNDS = effort.teardownRounds;
   /** How long one process may take before it counts as hung (and is killed): longer under emulation, where starting a Worker takes seconds. */
   const HANG_MS = scaled(30_000);
   const CLI = join(ROOT, 'dist', 'cli.js');

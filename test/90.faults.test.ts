@@ -12,6 +12,7 @@ import { FileStore, GenerationSynchronizer, SharedMemoryStore, type Store } from
 import { FILE_WRITE_STEPS, SHM_CREATE_STEPS } from '../dist/system/checkpoints.js';
 import { ask, eventually, FIXTURES, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
 import { scaled } from './support/time-scale';
+import { effort } from './support/effort';
 
 /** Workers whose shared-memory stores check their file every 20 ms (instead of 250), so tests wait 10 checks, not 4. */
 const FAST_CHECKS = { GENSYNC_CHECK_INTERVAL_MS: '20' };
@@ -215,14 +216,14 @@ describe('the shared-memory file pulled away while processes have it mapped', ()
 });
 
 describe('a creation race', () => {
-  it('32 processes released together create and bump one new key (3 rounds): one file, one slot, exact totals', async () => {
+  it(`32 processes released together create and bump one new key (${effort.creationRaceRounds} rounds): one file, one slot, exact totals`, async () => {
     const dir = tempDir();
     const path = join(dir, 'g.shm');
     // No store file yet: the first round also races to create the file.
     const group = Array.from({ length: 32 }, () => startWorker('worker.mjs', ['shm', path]));
     workers.push(...group);
     await Promise.all(group.map((worker) => worker.next(60_000)));
-    const rounds = 3;
+    const rounds = effort.creationRaceRounds;
     const increments = 200;
     for (let round = 0; round < rounds; round++) {
       const key = `race-${round}`;
@@ -239,7 +240,7 @@ describe('a creation race', () => {
       store.close();
     }
     const store = SharedMemoryStore.open(path);
-    expect(store.entries().map((entry) => entry.key).sort()).toEqual(['race-0', 'race-1', 'race-2']);
+    expect(store.entries().map((entry) => entry.key).sort()).toEqual(Array.from({ length: rounds }, (_, round) => `race-${round}`));
     store.close();
     expect(readdirSync(dir)).toEqual(['g.shm']);
   }, 180_000);
@@ -486,8 +487,8 @@ describe('the outside review of the shared-memory store (each of these failed at
 });
 
 describe('a stress run: three processes bump, clear and watch while a fourth keeps pulling the file away', () => {
-  /** npm test runs it for 15 s; .ci/run sets GENSYNC_STRESS_MS=120000 for the full two minutes. */
-  const STRESS_MS = Number(process.env.GENSYNC_STRESS_MS ?? 15_000);
+  /** A few seconds in npm test, the full two minutes in npm run test:full (test/support/effort.ts). */
+  const STRESS_MS = effort.soakMs;
 
   it(`replace, rename back, unlink and truncate, over and over for ${STRESS_MS / 1000} s: nothing lost, nothing backwards, no crash, all converge`, async () => {
     const dir = tempDir();
@@ -626,8 +627,8 @@ describe('every open and re-open checks the whole path to the store (issue 12 it
 });
 
 describe('a file-store soak: four writers (processes and worker threads), one with a slow disk, killed and terminated at random (issue 12)', () => {
-  /** npm test runs it for 15 s; .ci/run sets GENSYNC_STRESS_MS=120000 for the full two minutes. */
-  const SOAK_MS = Number(process.env.GENSYNC_STRESS_MS ?? 15_000);
+  /** A few seconds in npm test, the full two minutes in npm run test:full (test/support/effort.ts). */
+  const SOAK_MS = effort.soakMs;
   const LOCK_TIMEOUT_MS = 2000; // the writers' lockTimeoutMs (and staleLockMs)
 
   it(`for ${SOAK_MS / 1000} s: no acknowledged update lost, no generation backwards, no wait past the lock timeout`, async () => {
