@@ -100,15 +100,16 @@ const CHECKS: ReadonlyArray<readonly [string, (store: AnyStore, a: AnyBinding, b
     },
   ],
   [
-    'increment() adds exactly one, the incrementer stays fresh, every other holder goes stale',
+    'increment() moves the generation up, the incrementer stays fresh, every other holder goes stale',
     async (_store, a, b) => {
       const generation = await created(a);
       await created(b);
       expect(await a.increment(), 'increment() of a present key must answer true');
-      sameValue(a.synced, generation + 1, 'synced after increment()');
+      const incremented = a.synced;
+      expect(typeof incremented === 'number' && incremented > generation, `synced after increment() is ${incremented}, not above ${generation}`);
       expect(!(await a.isStale()), 'the incrementer must not be stale');
       expect(await b.isStale(), 'another holder must be stale after an increment');
-      sameValue(await b.read(), generation + 1, "another holder's read()");
+      sameValue(await b.read(), incremented, "another holder's read()");
     },
   ],
   [
@@ -119,12 +120,13 @@ const CHECKS: ReadonlyArray<readonly [string, (store: AnyStore, a: AnyBinding, b
     },
   ],
   [
-    `${INCREMENTS} increments from two holders, interleaved, end exactly ${INCREMENTS} above`,
+    `${INCREMENTS} increments from two holders, interleaved, each move the generation up: it ends at least ${INCREMENTS} above`,
     async (_store, a, b) => {
       const generation = await created(a);
       const results = await Promise.all(Array.from({ length: INCREMENTS }, (_, i) => (i % 2 === 0 ? a : b).increment()));
       expect(results.every(Boolean), 'every increment of a present key must answer true');
-      sameValue(await a.read(), generation + INCREMENTS, 'the generation after the increments');
+      const after = await a.read();
+      expect(typeof after === 'number' && after >= generation + INCREMENTS, `the generation after the increments is ${after}, not at least ${generation + INCREMENTS}`);
     },
   ],
   [
@@ -157,10 +159,10 @@ const CHECKS: ReadonlyArray<readonly [string, (store: AnyStore, a: AnyBinding, b
     'watch() hears a change made through another holder, and nothing after unwatching',
     async (store, a, b, options) => {
       const generation = await created(a);
-      const heardIt = await heard(store, a.key, generation, (g) => g === generation + 1, options.watchTimeoutMs, async () => b.increment());
-      expect(heardIt, `no listener call with ${generation + 1} within ${options.watchTimeoutMs} ms of an increment`);
+      const heardIt = await heard(store, a.key, generation, (g) => g !== null && g > generation, options.watchTimeoutMs, async () => b.increment());
+      expect(heardIt, `no listener call with a generation above ${generation} within ${options.watchTimeoutMs} ms of an increment`);
       let calls = 0;
-      store.watch(a.key, generation + 1, () => calls++)();
+      store.watch(a.key, await a.read(), () => calls++)();
       await b.increment();
       await new Promise((resolve) => setTimeout(resolve, Math.min(options.watchTimeoutMs, 200)));
       sameValue(calls, 0, 'listener calls after unwatching');

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { AsyncGenerationSynchronizer, type AsyncStore, type Store } from 'generation-sync';
 
 import { ask, startWorker, stopAll, tempDir, type Worker, type WorkerReply } from './helpers';
+import { RedisServer } from './redis-server';
 import { STORE_KINDS } from './stores';
 import { effort } from './support/effort';
 
@@ -32,22 +33,49 @@ async function generationOf(store: Store | AsyncStore, key: string): Promise<num
 }
 
 describe.each(STORE_KINDS)('processes sharing the $name store', (kind) => {
-  it('N processes × M markUpdated() on one key end at exactly base + N·M', async () => {
+  // On Redis each change moves a key to the larger of one more and the server's clock: counted on a server whose
+  // clock stands still, where every change is exactly one more.
+  it(`N processes × M markUpdated() on one key end at exactly base + N·M${kind.on ? ' (the server\'s clock held still)' : ''}`, async () => {
+    const { processes, increments } = HAMMER[kind.name] as { processes: number; increments: number };
+    const dir = tempDir();
+    const frozen = kind.on ? await RedisServer.start({ frozenClockUs: 1_700_000_000_000_000 }) : undefined;
+    try {
+      const store = frozen && kind.on ? await kind.on.open(frozen.url, dir) : await kind.open(dir);
+      const base = (await generationOf(store, 'hammered')) as number;
+      const group = await startWorkers(processes, frozen && kind.on ? kind.on.workerArgs(frozen.url, dir) : await kind.workerArgs(dir));
+      const startAt = Date.now() + 300;
+      const replies = await Promise.all(group.map((worker) => ask(worker, { cmd: 'hammer', key: 'hammered', count: increments, startAt })));
+
+      expect(replies.map((reply) => reply.failures)).toEqual(group.map(() => 0));
+      const total = base + processes * increments;
+      expect(await generationOf(store, 'hammered')).toBe(total);
+      // Whoever made the last increment holds the final value; nobody holds more.
+      const finals = replies.map((reply) => reply.syncGen as number);
+      expect(Math.max(...finals)).toBe(total);
+      for (const value of finals) expect(value).toBeGreaterThanOrEqual(base + increments);
+      await store.close();
+    } finally {
+      await frozen?.stop();
+    }
+  });
+
+  it.runIf(kind.on !== undefined)('on a server whose clock runs, N processes × M markUpdated() are each handed a generation of their own, and the last is the stored one', async () => {
     const { processes, increments } = HAMMER[kind.name] as { processes: number; increments: number };
     const dir = tempDir();
     const store = await kind.open(dir);
     const base = (await generationOf(store, 'hammered')) as number;
     const group = await startWorkers(processes, await kind.workerArgs(dir));
     const startAt = Date.now() + 300;
-    const replies = await Promise.all(group.map((worker) => ask(worker, { cmd: 'hammer', key: 'hammered', count: increments, startAt })));
-
+    const replies = await Promise.all(group.map((worker) => ask(worker, { cmd: 'hammer', key: 'hammered', count: increments, startAt, collect: true })));
     expect(replies.map((reply) => reply.failures)).toEqual(group.map(() => 0));
-    const total = base + processes * increments;
-    expect(await generationOf(store, 'hammered')).toBe(total);
-    // Whoever made the last increment holds the final value; nobody holds more.
-    const finals = replies.map((reply) => reply.syncGen as number);
-    expect(Math.max(...finals)).toBe(total);
-    for (const value of finals) expect(value).toBeGreaterThanOrEqual(base + increments);
+    const handed = replies.flatMap((reply) => reply.values as number[]);
+    expect(handed).toHaveLength(processes * increments);
+    expect(new Set(handed).size).toBe(handed.length); // two increments never read the same value
+    for (const reply of replies) {
+      const own = reply.values as number[];
+      expect(own.every((value, i) => value > (i === 0 ? base : (own[i - 1] as number)))).toBe(true);
+    }
+    expect(await generationOf(store, 'hammered')).toBe(Math.max(...handed));
     await store.close();
   });
 

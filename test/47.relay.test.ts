@@ -31,7 +31,10 @@ let namespaceCounter = 0;
 const workers: Worker[] = [];
 
 beforeAll(async () => {
-  server = await RedisServer.start();
+  // The server's clock stands still: every change in Redis is then exactly one more (a change moves a key to the
+  // larger of one more and the clock), so that these tests can count that every acknowledged bump reached Redis
+  // once. Tests that need a clock that runs start their own server.
+  server = await RedisServer.start({ frozenClockUs: 1_700_000_000_000_000 });
 });
 afterAll(async () => {
   await server?.stop();
@@ -126,6 +129,26 @@ describe('RelayStore across simulated hosts', () => {
         const now = await read(worker, key);
         expect(now.expired).toBe(now.syncGen !== final);
       }
+    }
+  });
+
+  it('on a server whose clock runs, concurrent bumps on three hosts converge: every host ends at Redis, which moved by at least every bump', async () => {
+    const own = await RedisServer.start();
+    const saved = server;
+    server = own;
+    try {
+      const { hosts, namespace } = await startHosts(3, 2);
+      const key = 'converge-clock';
+      await ask(hosts[0]!.processes[0]!, { op: 'read', key });
+      const base = await converged(hosts, namespace, key);
+      const perProcess = 100;
+      await Promise.all(hosts.flatMap((host) => host.processes.map((worker) => ask(worker, { op: 'stream', key, count: perProcess }))));
+      const final = await converged(hosts, namespace, key);
+      expect(final - base).toBeGreaterThanOrEqual(hosts.length * 2 * perProcess);
+    } finally {
+      server = saved;
+      stopAll(workers);
+      await own.stop();
     }
   });
 

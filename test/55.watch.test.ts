@@ -225,7 +225,9 @@ describe.each(STORE_KINDS)('watchers in other processes, on the $name store', (k
     bumper.send({ cmd: 'hammer', key: 'shared-key', count, startAt: 0 });
     const { syncGen: final, failures } = await bumper.next<{ syncGen: number; failures: number }>(120_000);
     expect(failures).toBe(0);
-    expect(final).toBe(first + count);
+    // Each bump moves the key up by one (on Redis, at least one: it also follows the server's clock).
+    if (kind.seedFor(0) === undefined) expect(final).toBeGreaterThanOrEqual(first + count);
+    else expect(final).toBe(first + count);
     const all = await eventually(
       'every watcher to see the final generation',
       async () => {

@@ -34,6 +34,11 @@ export interface StoreKind {
    * starts at; undefined for Redis, which seeds from its own clock (microseconds) whatever the client's says.
    */
   seedFor(ms: number): number | undefined;
+  /** For the Redis kinds: the same store on another server (one a test started itself, say with its clock held still). */
+  readonly on?: {
+    open(url: string, dir: string): Promise<AsyncStore>;
+    workerArgs(url: string, dir: string): string[];
+  };
 }
 
 const ALL_KINDS: readonly StoreKind[] = [
@@ -58,6 +63,10 @@ const ALL_KINDS: readonly StoreKind[] = [
     open: async (dir) => RedisStore.connect({ url: sharedRedisUrl(), namespace: `${basename(dir)}:` }),
     workerArgs: async (dir) => ['redis', sharedRedisUrl(), `${basename(dir)}:`],
     seedFor: () => undefined,
+    on: {
+      open: (url, dir) => RedisStore.connect({ url, namespace: `${basename(dir)}:` }),
+      workerArgs: (url, dir) => ['redis', url, `${basename(dir)}:`],
+    },
   },
   {
     // The same Redis store through clients of the ioredis package (issue 16).
@@ -66,6 +75,10 @@ const ALL_KINDS: readonly StoreKind[] = [
     open: async (dir) => RedisStore.connect({ url: sharedRedisUrl(), namespace: `${basename(dir)}:`, driver: 'ioredis' }),
     workerArgs: async (dir) => ['ioredis', sharedRedisUrl(), `${basename(dir)}:`],
     seedFor: () => undefined,
+    on: {
+      open: (url, dir) => RedisStore.connect({ url, namespace: `${basename(dir)}:`, driver: 'ioredis' }),
+      workerArgs: (url, dir) => ['ioredis', url, `${basename(dir)}:`],
+    },
   },
 ];
 

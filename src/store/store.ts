@@ -40,8 +40,10 @@ export interface KeyBinding {
   fetchOrCreate(now: number): number;
 
   /**
-   * Atomically add one to the stored generation, which becomes the synced
-   * value, and return `true`; or return `false`, changing nothing visible,
+   * Atomically move the stored generation up, and make the result the
+   * synced value, and return `true`: by one on the local stores; a store may
+   * move it further (Redis moves it to the larger of one more and its clock
+   * in microseconds, so that no value repeats after Redis loses data); or return `false`, changing nothing visible,
    * when the key is absent.
    */
   increment(): boolean;

@@ -159,8 +159,9 @@ export class AsyncGenerationSynchronizer {
   }
 
   /**
-   * Atomically add one to the stored generation and take the result (a
-   * cleared key is re-created instead). Resolves whether the update reached
+   * Atomically move the stored generation up and take the result: one more
+   * on the local stores, the larger of one more and the server's clock in
+   * microseconds on Redis (a cleared key is re-created instead). Resolves whether the update reached
    * the store: `false` means other processes may not have been told.
    */
   async markUpdated(): Promise<boolean> {

@@ -185,9 +185,11 @@ export class GenerationSynchronizer {
   }
 
   /**
-   * Record that the state was updated: atomically add one to the stored
-   * generation and take the result, so every other process finds its state
-   * expired. A cleared key is re-created instead.
+   * Record that the state was updated: atomically move the stored
+   * generation up (by one on the local stores; on a relayed store, Redis
+   * then moves it to the larger of that and its clock) and take the result,
+   * so every other process finds its state expired. A cleared key is
+   * re-created instead.
    *
    * @returns whether the update reached the store. `false` means the other
    *   processes were not told (the failure is logged); retry, or reload

@@ -3,7 +3,8 @@
 // skipped when missing — redis-server (the Redis tests start their own on a
 // free loopback port), bindfs (a real FUSE filesystem, to prove that a
 // store on a network filesystem is refused) and openssl (a private CA for
-// the Redis TLS test). On a fresh Debian or Ubuntu
+// the Redis TLS test), and cc (it builds the small library that holds a
+// test redis-server's clock still, test/support/frozen-clock.c). On a fresh Debian or Ubuntu
 // machine where we run as root, install them from the distribution's
 // packages; anywhere else, say how and fail.
 import { spawnSync } from 'node:child_process';
@@ -12,6 +13,7 @@ const TOOLS = [
   { command: 'redis-server', args: ['--version'], packages: ['redis-server'], brew: 'redis' },
   { command: 'bindfs', args: ['--version'], packages: ['bindfs', 'fuse3'], brew: 'bindfs (with macFUSE)' },
   { command: 'openssl', args: ['version'], packages: ['openssl'], brew: 'openssl' },
+  { command: 'cc', args: ['--version'], packages: ['gcc'], brew: 'the Xcode command-line tools' },
 ];
 
 const present = (tool) => spawnSync(tool.command, tool.args, { encoding: 'utf8' }).status === 0;

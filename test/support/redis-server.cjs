@@ -1,18 +1,42 @@
 // A real redis-server for tests and benchmarks: started on a free loopback
-// port with no persistence, killed and restarted on demand.
+// port, killed and restarted on demand. No persistence unless given a
+// directory (then SAVE writes dump.rdb there, and a restart loads it, as a
+// production server restarting from its last snapshot does). Optionally
+// with its wall clock held still (see frozen-clock.c), for the tests that
+// count changes.
 'use strict';
 
-const { spawn, spawnSync } = require('node:child_process');
+const { execFileSync, spawn, spawnSync } = require('node:child_process');
+const { existsSync, mkdirSync } = require('node:fs');
 const { createServer, Socket } = require('node:net');
+const { join } = require('node:path');
+
+/** The frozen-clock shim, built on first use (a C compiler is needed anyway: node-gyp builds the addon). */
+function frozenClockLibrary() {
+  const dir = join(__dirname, '..', '..', 'node_modules', '.cache', 'generation-sync-test');
+  const library = join(dir, 'frozen-clock.so');
+  if (!existsSync(library)) {
+    mkdirSync(dir, { recursive: true });
+    const partial = `${library}.${process.pid}.tmp`;
+    execFileSync('cc', ['-shared', '-fPIC', '-O2', '-o', partial, join(__dirname, 'frozen-clock.c')]);
+    require('node:fs').renameSync(partial, library);
+  }
+  return library;
+}
 
 class RedisServer {
   /** @type {import('node:child_process').ChildProcess | undefined} */
   #child;
 
-  /** @param {number} port */
-  constructor(port) {
+  /**
+   * @param {number} port
+   * @param {{ dir?: string, frozenClockUs?: number, args?: string[] }} [options]
+   */
+  constructor(port, options = {}) {
     /** @readonly */
     this.port = port;
+    /** @readonly */
+    this.options = options;
   }
 
   get url() {
@@ -30,25 +54,42 @@ class RedisServer {
   }
 
   /**
-   * Start a server on a free port and wait until it answers.
+   * Start a server on a free port and wait until it answers. `dir`: keep
+   * snapshots there (SAVE writes one; a restart loads it). `frozenClockUs`:
+   * the server's wall clock (TIME) stands still at this many microseconds
+   * since the epoch. `args`: more redis-server arguments.
+   * @param {{ dir?: string, frozenClockUs?: number, args?: string[] }} [options]
    * @returns {Promise<RedisServer>}
    */
-  static async start() {
+  static async start(options = {}) {
     if (!RedisServer.available()) {
       throw new Error('redis-server is not installed; `npm test` installs it (see test/support/ensure-test-tools.mjs).');
     }
-    const server = new RedisServer(await freePort());
+    const server = new RedisServer(await freePort(), options);
     await server.restart();
     return server;
   }
 
-  /** (Re)start the server on the same port, empty, and wait until it accepts connections. */
+  /**
+   * (Re)start the server on the same port and wait until it accepts connections: empty, or, with a `dir`,
+   * from the last snapshot saved there.
+   */
   async restart() {
     if (this.#child && this.#child.exitCode === null && this.#child.signalCode === null) throw new Error('already running');
+    const { dir, frozenClockUs, args = [] } = this.options;
+    const persistence = dir === undefined ? [] : ['--dir', dir, '--dbfilename', 'dump.rdb'];
+    const env = { ...process.env };
+    if (frozenClockUs !== undefined) {
+      env.LD_PRELOAD = frozenClockLibrary();
+      env.GENSYNC_FROZEN_CLOCK_US = String(frozenClockUs);
+    }
     const child = spawn(
       'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', '--loglevel', 'warning'],
-      { stdio: 'ignore' },
+      [
+        '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', '--loglevel', 'warning',
+        ...persistence, ...args,
+      ],
+      { stdio: 'ignore', env },
     );
     this.#child = child;
     const deadline = Date.now() + 10_000;

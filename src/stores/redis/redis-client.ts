@@ -94,10 +94,10 @@ export function destroyForGood(client: RedisClientLike): void {
 }
 
 /**
- * Only a single node-redis client will do: Cluster and Sentinel clients route
- * commands themselves and take other arguments, a pool cannot give watching a
- * connection of its own, and other libraries (ioredis) have other APIs.
- * Refuse them clearly instead of failing on every call.
+ * Only a single node-redis client will do here (ioredis clients are taken
+ * by ioredis-client.ts): Cluster and Sentinel clients route commands
+ * themselves and take other arguments, and a pool cannot give watching a
+ * connection of its own. Refuse them clearly instead of failing on every call.
  */
 export function checkSupportedClient(client: object): void {
   const has = (name: string): boolean => typeof (client as Record<string, unknown>)[name] === 'function';
@@ -122,8 +122,8 @@ export function checkSupportedClient(client: object): void {
   }
   if (!isBoolean('isReady') || !isBoolean('isOpen')) {
     throw new InvalidArgumentError(
-      'Option "client" must be a client from the redis package\'s createClient() (node-redis 5 or newer); ' +
-        'other clients, such as ioredis, are not supported yet. Pass one, or let the store make its own (the "url" option).',
+      'Option "client" must be a client from the redis package\'s createClient() (node-redis 5 or newer) or an ioredis ' +
+        'client (new Redis(…)). Pass one, or let the store make its own (the "url" option).',
     );
   }
 }

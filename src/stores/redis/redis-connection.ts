@@ -21,8 +21,17 @@ import type { Script } from './redis-scripts';
  * looks open (a peer that vanished, a middlebox that dropped it): the store
  * drops it and connects again.
  */
-const DEAD_CONNECTION_TIMEOUTS = 4;
-const DEAD_CONNECTION_MIN_MS = 1000;
+export const DEAD_CONNECTION_TIMEOUTS = 4;
+export const DEAD_CONNECTION_MIN_MS = 1000;
+
+/**
+ * At most this many commands are handed to the client at once; more wait
+ * here, in order. A command's deadline starts when it is handed over, so
+ * that a burst the server answers (50,000 checks at once) is never taken
+ * for an outage: each command waits behind at most this many, not behind
+ * the whole burst.
+ */
+export const MAX_IN_FLIGHT = 512;
 
 /** What a connection is told when it is made. */
 export interface ConnectionSettings {
@@ -67,11 +76,20 @@ export class RedisConnection {
   #unsupported: StoreError | undefined;
   /** Whether the channel permission was checked on some connection (once is enough). */
   #publishChecked = false;
+  /** Commands handed to the client and not answered yet. */
+  #inFlight = 0;
+  /** Commands waiting for a place among those in flight, in order: each is started, or failed with the reason. */
+  readonly #waiting: Array<{ start: () => void; fail: (error: Error) => void }> = [];
+  /** Ends connect()'s wait for the first connection (when the store is closed meanwhile). */
+  #endOpenWait: (() => void) | undefined;
   /** Called when the connection is ready again. */
   readonly #readyHooks: Array<() => void> = [];
   /** Called when an outage starts. */
   readonly #lostHooks: Array<() => void> = [];
   readonly #onError = (error: Error): void => this.connectionLost(error);
+  // ioredis reports a connection the server closed (CLIENT KILL, a restart) only by reconnecting; node-redis
+  // reports an error first. Either way, reconnecting means the connection was lost.
+  readonly #onReconnecting = (): void => this.connectionLost(new Error('the connection closed; reconnecting'));
   readonly #onReady = (): void => {
     this.#connectionBack();
     for (const hook of this.#readyHooks) hook();
@@ -90,6 +108,7 @@ export class RedisConnection {
     this.#watchPollMs = settings.watchPollMs;
     this.#logger = settings.logger;
     this.#client.on('error', this.#onError);
+    this.#client.on('reconnecting', this.#onReconnecting);
     this.#client.on('ready', this.#onReady);
   }
 
@@ -138,15 +157,19 @@ export class RedisConnection {
         );
       }
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, connectTimeoutMs);
-        function done(): void {
+        let timer: NodeJS.Timeout | undefined;
+        const done = (): void => {
           clearTimeout(timer);
           client.off('ready', done);
+          this.#endOpenWait = undefined;
           resolve();
-        }
+        };
+        this.#endOpenWait = done;
+        timer = setTimeout(done, connectTimeoutMs);
         client.on('ready', done);
-        if (client.isReady) done();
+        if (client.isReady || this.#closed) done();
       });
+      if (this.#closed) return;
     }
     if (!client.isReady) {
       this.connectionLost(new Error(`not connected within ${connectTimeoutMs} ms`));
@@ -165,7 +188,11 @@ export class RedisConnection {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // connect() waiting for the first connection stops waiting: no timer of ours outlives the store.
+    this.#endOpenWait?.();
+    this.#failWaiting(new StoreClosedError(`The Redis store${this.where} was closed.`));
     this.#client.off('ready', this.#onReady);
+    this.#client.off('reconnecting', this.#onReconnecting);
     if (!this.#ownsClient) {
       this.#client.off('error', this.#onError);
       return;
@@ -198,29 +225,51 @@ export class RedisConnection {
     try {
       return await this.command(['EVALSHA', entry.sha, '1', redisKey, ...args], true);
     } catch (error) {
-      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw this.#translate(error);
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw this.#translate(error, redisKey);
     }
     return this.command(['EVAL', entry.source, '1', redisKey, ...args]);
   }
 
   /**
    * Send one command, bounded by the command timeout; translate failures
-   * into typed errors (unless `raw`). node-redis's own `timeout` stops
-   * counting once a command is written, so a server that stops answering
-   * (stopped, or a network that drops packets) would hang it: we race it
-   * against our own deadline. A command is always sent, even while an
-   * earlier one is unanswered: a stall that clears within its timeout must
-   * not fail it unsent. The oldest unanswered command tells a dead
-   * connection (see {@link #dropDeadConnection}).
+   * into typed errors (unless `raw`). The timeout is ours, not the
+   * client's: a client's own timeout also counts the time a command waits
+   * in its write queue, and stops counting once a command is written, so a
+   * server that stops answering (stopped, or a network that drops packets)
+   * would hang it. At most MAX_IN_FLIGHT commands are handed to the client
+   * at once, and a command's deadline starts when it is handed over. A
+   * command is always sent, even while an earlier one is unanswered: a
+   * stall that clears within its timeout must not fail it unsent. The
+   * oldest unanswered command tells a dead connection (see
+   * {@link #dropDeadConnection}).
    */
   async command(args: string[], raw = false): Promise<unknown> {
     this.checkOpen();
     if (this.#unsupported !== undefined) throw this.#unsupported;
+    if (this.#inFlight >= MAX_IN_FLIGHT) {
+      try {
+        await new Promise<void>((start, fail) => this.#waiting.push({ start, fail }));
+      } catch (error) {
+        if (raw) throw error;
+        throw this.#translate(error, args[1]);
+      }
+    }
+    this.#inFlight++;
+    try {
+      return await this.#send(args, raw);
+    } finally {
+      this.#inFlight--;
+      this.#waiting.shift()?.start();
+    }
+  }
+
+  async #send(args: string[], raw: boolean): Promise<unknown> {
+    this.checkOpen();
     if (this.#stalled !== undefined) {
       const stalledMs = performance.now() - this.#stalledSince;
       if (stalledMs > Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * this.#commandTimeoutMs)) this.#dropDeadConnection(stalledMs);
     }
-    const pending = this.#client.sendCommand(args, { timeout: this.#commandTimeoutMs });
+    const pending = this.#client.sendCommand(args);
     let timer: { cancel(): void } | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = this.#deadline(() => reject(new CommandTimeout(this.#commandTimeoutMs)));
@@ -237,10 +286,15 @@ export class RedisConnection {
         pending.then(settled, settled);
       }
       if (raw) throw error;
-      throw this.#translate(error);
+      throw this.#translate(error, args[0] === 'EVALSHA' || args[0] === 'EVAL' ? args[3] : args[1]);
     } finally {
       timer?.cancel();
     }
+  }
+
+  /** Fail every command still waiting for a place (the store closed, or an outage began: they would only time out). */
+  #failWaiting(error: Error): void {
+    for (const waiter of this.#waiting.splice(0)) waiter.fail(error);
   }
 
   /**
@@ -315,11 +369,12 @@ export class RedisConnection {
     pause.unref();
   }
 
-  #translate(error: unknown): Error {
+  /** A failure of a command as a typed error; `redisKey` is the key it was about, if any, for the message. */
+  #translate(error: unknown, redisKey: string | undefined): Error {
     if (error instanceof StoreFormatError || error instanceof StoreClosedError) return error;
     const message = error instanceof Error ? error.message : String(error);
     if (message.startsWith('WRONGTYPE')) {
-      return corruptValueError('A generation key in Redis holds a value of another type (a list, a hash, …).');
+      return corruptValueError(`The Redis key ${redisKey ?? '(unknown)'} holds a value of another type (a list, a hash, …), not a generation.`);
     }
     if (message.startsWith('GENSYNC_CORRUPT')) {
       return corruptValueError(`A generation key in Redis holds something that is not a generation (${message.slice('GENSYNC_CORRUPT '.length)}).`);
@@ -401,6 +456,7 @@ export class RedisConnection {
   connectionLost(error: Error): void {
     if (this.#closed || this.#lostAt !== undefined) return;
     this.#lostAt = Date.now();
+    this.#failWaiting(error);
     const wasConnected = this.#connected;
     this.#logger.error(
       `generation-sync: ${wasConnected ? 'lost the connection to' : 'cannot connect to'} Redis${this.where} ` +

@@ -30,9 +30,14 @@ export class RedisKeys implements AsyncKeyCalls {
   }
 
   /** What Redis holds for `key`: a generation, a tombstone `-(g + 1)` after a clear, or null when absent. */
-  async storedOf(key: string): Promise<number | null> {
-    const raw = (await this.connection.command(['GET', this.redisKey(key)])) as string | null;
-    return raw === null ? null : parseStored(raw, this.redisKey(key));
+  storedOf(key: string): Promise<number | null> {
+    return this.storedAt(this.redisKey(key));
+  }
+
+  /** What Redis holds at `redisKey`, a key under the namespace; a value the store did not write is refused. */
+  async storedAt(redisKey: string): Promise<number | null> {
+    const raw = (await this.connection.command(['GET', redisKey])) as string | null;
+    return raw === null ? null : parseStored(raw, redisKey);
   }
 
   async fetchOrCreate(key: string, _now: number, expirationSecs: number): Promise<number> {

@@ -18,10 +18,18 @@ import { describe } from '../../store/validate';
 // writes one key atomically, and announces a change on the store's channel
 // (the last argument) for watchers. Numbers are written with %.0f: Lua's
 // default formatting of large numbers loses digits.
-// A new generation is the server's own clock in microseconds (TIME), never
-// a client's: hosts' clocks disagree, and a millisecond clock repeats
-// within a millisecond. Scripts replicate their effects (the default since
+//
+// Every generation the scripts write is a hybrid clock: the larger of one
+// more than the value before and the server's own clock in microseconds
+// (TIME; never a client's: hosts' clocks disagree). A key is created at the
+// clock, and each change moves it to max(value + 1, clock). So whatever
+// Redis loses (a restart from an older snapshot, writes lost with AOF
+// everysec, a failover to a replica that missed the last writes, FLUSHALL),
+// the next change lands above every value issued before the loss, as long
+// as the server's clock has moved forward since: no generation is ever
+// handed out twice. Scripts replicate their effects (the default since
 // Redis 5), so reading TIME before writing is allowed.
+//
 // Every script starts with this reader: absent is false; a generation or a
 // tombstone is an integer written plainly ("0", "17", "-18"; never "-0",
 // "007" or "1e3"); anything else, a value of another type included, is
@@ -38,13 +46,21 @@ local function stored(key)
   end
   return tonumber(raw)
 end
+local function clock()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000000 + tonumber(now[2])
+end
+local function after(value, step)
+  local at = clock()
+  if value + step > at then return value + step end
+  return at
+end
 `;
 
 const FETCH_OR_CREATE = `${READ_STORED}
 local value, failure = stored(KEYS[1])
 if failure then return failure end
-local now = redis.call('TIME')
-local seed = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local seed = clock()
 if value then
   if value >= 0 then return value end
   if -value > seed then seed = -value end
@@ -58,7 +74,8 @@ const INCREMENT = `${READ_STORED}
 local value, failure = stored(KEYS[1])
 if failure then return failure end
 if not value or value < 0 then return false end
-local generation = redis.call('INCR', KEYS[1])
+local generation = after(value, 1)
+redis.call('SET', KEYS[1], string.format('%.0f', generation), 'KEEPTTL')
 redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]) .. ' ' .. string.format('%.0f', generation))
 return generation
 `;
@@ -74,8 +91,9 @@ return 1
 
 // The relay's one script (see src/stores/relay): bring Redis up to date with a host's shared memory.
 // ARGV: mode, delta, floor, lifetime in seconds, channel. Modes:
-//   add     the host holds a value `delta` above the one it last had from Redis: add delta (0 only reads)
-//           to a live key; an absent or cleared key stays so and false is answered (the host goes absent);
+//   add     the host holds a value `delta` above the one it last had from Redis: move a live key to
+//           max(value + delta, clock) (0 only reads); an absent or cleared key stays so and false is
+//           answered (the host goes absent);
 //   create  the host holds the key and cannot tell what changed since it last knew Redis' value: create
 //           it as FETCH_OR_CREATE does, or count one change on a live key;
 //   adopt   the host holds the key at the value it was first created with there, unchanged: create it,
@@ -96,14 +114,14 @@ local floor = tonumber(ARGV[3])
 local result
 if mode == 'add' then
   if not live then return false end
-  result = value + tonumber(ARGV[2])
+  local delta = tonumber(ARGV[2])
+  if delta > 0 then result = after(value, delta) else result = value end
 elseif live and mode == 'adopt' then
   result = value
 elseif live then
-  result = value + 1
+  result = after(value, 1)
 else
-  local now = redis.call('TIME')
-  result = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  result = clock()
   if value and -value > result then result = -value end
 end
 if result < floor then result = floor end

@@ -24,7 +24,7 @@ import { checkSupportedClient, checkUrl, createOwnClient, namespacePrefix, type 
 import { createOwnIORedisClient, IORedisClient, isIORedisClient, isIORedisCluster } from './ioredis-client';
 import { RedisConnection } from './redis-connection';
 import { RedisKeys } from './redis-keys';
-import { escapeGlob, parseStored } from './redis-scripts';
+import { escapeGlob } from './redis-scripts';
 import { RedisWatching } from './redis-watch';
 
 export type { RedisClientLike } from './redis-client';
@@ -141,30 +141,29 @@ const DEFAULT_WATCH_POLL_MS = 5000;
 const SCAN_BATCH = 1000;
 
 /**
- * Generations in Redis, through the `redis` client package, for processes
- * on many hosts. Use it with {@link AsyncGenerationSynchronizer}.
+ * Generations in Redis, through the `redis` or `ioredis` client package,
+ * for processes on many hosts. Use it with {@link AsyncGenerationSynchronizer}.
  *
  * Creation is one atomic script (`GET`, then `SET … EX` only if absent),
- * increments are `INCR` only when the key exists, and keys expire
+ * increments are one script that changes the key only when it exists, and keys expire
  * `cacheExpirationSecs` after creation. Every command has a timeout; while
  * the server is unreachable, every key reads as expired and updates report
  * that they did not reach the store, and the client reconnects by itself.
  *
- * Generations never repeat for a key:
- *
- * - `clear()` leaves a tombstone holding the highest generation, so the
- *   re-created key continues above it.
- * - Across a `FLUSHALL`, an eviction, or a restart without persistence,
- *   Redis forgets everything, so new generations are seeded from the Redis
- *   server's own clock (`TIME`) in **microseconds** (not seconds, as in the
- *   local stores), read inside the creating script: no client's clock is
- *   involved. A key re-created after data loss therefore starts above every
- *   value it had, as long as it was incremented less than once per
- *   microsecond on average since it was first created (Redis itself cannot
- *   go much past a few hundred thousand increments per second) and the
- *   server's clock did not go back. A replica promoted after a failover may
- *   have missed the last increments (and has its own clock); those
- *   generations can come back once.
+ * Generations never repeat for a key, whatever Redis loses, as long as
+ * the server's clock moves forward. Each generation is a hybrid clock kept
+ * by the scripts on the server: a key is created at the server's clock
+ * (`TIME`) in **microseconds** (not seconds, as in the local stores), and
+ * each change moves it to the larger of one more and that clock. So a
+ * change made after Redis lost data (a restart from an older RDB snapshot,
+ * writes lost with AOF `everysec`, a failover to a replica that missed the
+ * last writes, `FLUSHALL`, an eviction) lands above every value handed out
+ * before, and `clear()` leaves a tombstone holding the highest generation,
+ * so the re-created key continues above it. No client's clock is involved.
+ * What remains: a server clock stepped backwards (by hand, or a VM restored
+ * with an old clock) can hand a value out again until it has caught up.
+ * Generations therefore grow by the elapsed microseconds between changes,
+ * not by one: compare them, never count them.
  *
  * @example
  * const store = await RedisStore.connect({ url: 'redis://cache.internal:6379' });
@@ -254,7 +253,7 @@ export class RedisStore implements AsyncStore {
     const channel = `${namespace}changes`;
     const connection = new RedisConnection({ client, ownsClient: opts.client === undefined, url, commandTimeoutMs, channel, watchPollMs, logger });
     const keys = new RedisKeys(connection, namespace, channel);
-    const watching = new RedisWatching(connection, keys, { url, socket, driver, watchPollMs, logger, unreferenced });
+    const watching = new RedisWatching(connection, keys, { url, socket, driver, watchPollMs, commandTimeoutMs, logger, unreferenced });
     const store = new RedisStore(connection, keys, watching, url);
     if (signal === undefined) {
       await connection.open(connectTimeoutMs);
@@ -286,7 +285,13 @@ export class RedisStore implements AsyncStore {
     return new AsyncCallsBinding(wellFormedString(key, 'key'), this.#keys, options.expirationSecs);
   }
 
-  /** Every key under this store's namespace, found with `SCAN`. */
+  /**
+   * Every key under this store's namespace, found with `SCAN`. Anything
+   * under the namespace that the store did not write (a value that is not a
+   * generation or a tombstone, a list, a hash) is refused with
+   * `ERR_GENSYNC_CORRUPT` naming the key, as every other call on that key
+   * refuses it: move it out of the namespace.
+   */
   async entries(): Promise<StoreEntry[]> {
     this.#connection.checkOpen();
     const entries: StoreEntry[] = [];
@@ -295,12 +300,11 @@ export class RedisStore implements AsyncStore {
     do {
       const [next, keys] = (await this.#connection.command(['SCAN', cursor, 'MATCH', pattern, 'COUNT', String(SCAN_BATCH)])) as [string, string[]];
       cursor = next;
-      if (keys.length === 0) continue;
-      const values = (await this.#connection.command(['MGET', ...keys])) as Array<string | null>;
+      // One GET per key (sent together): a key of another type answers WRONGTYPE, which is refused like a bad value.
+      const values = await Promise.all(keys.map((redisKey) => this.#keys.storedAt(redisKey)));
       keys.forEach((redisKey, index) => {
-        const raw = values[index];
-        if (raw === null || raw === undefined) return;
-        const value = parseStored(raw, redisKey);
+        const value = values[index];
+        if (value === null || value === undefined) return; // expired or removed since the scan
         entries.push({
           key: redisKey.slice(this.namespace.length),
           keyTruncated: false,
@@ -316,11 +320,14 @@ export class RedisStore implements AsyncStore {
   /**
    * Call `listener` soon after the generation of `key` changes, in any
    * process on any host, until the returned function is called (see
-   * {@link Store.watch}). Every change is announced on a pub/sub channel;
-   * the store listens on a second connection and re-reads the key, so a
-   * message is only a hint. After the subscriber reconnects, and every
-   * `watchPollMs`, all watched keys are re-read, because messages sent
-   * while disconnected are lost and `FLUSHALL` announces nothing.
+   * {@link Store.watch}). Every change is announced on a pub/sub channel
+   * with the value it stored, which the store, listening on a second
+   * connection, tells the listener at once. The key is also read: when
+   * either connection comes back, every `watchPollMs`, and when a message
+   * is older than what a listener was told. A read that no message crossed
+   * is the truth and is told even when it is lower (Redis came back from an
+   * older snapshot, or someone published a value Redis never held), so a
+   * message can make a watcher reload sooner, never keep it from the truth.
    */
   watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
     this.#connection.checkOpen();

@@ -1,10 +1,29 @@
 /**
  * Watching keys of the Redis store. Every change is announced on a pub/sub
- * channel; the store listens on a second connection (opened for the first
- * watcher, closed a second after the last) and re-reads the key, so a
- * message is only a hint. After the subscriber reconnects, and every
- * `watchPollMs`, all watched keys are re-read, because messages sent while
- * disconnected are lost and `FLUSHALL` announces nothing.
+ * channel as "<SHA-1 of the Redis key> <stored value>"; the store listens on
+ * a second connection (see redis-subscription.ts: opened for the first
+ * watcher, closed a second after the last) and tells listeners the value a
+ * message carries at once, with no read. Watched keys are also read on the
+ * main connection: when the subscriber or the main connection (re)connects,
+ * every `watchPollMs`, and whenever a message would take a listener back.
+ *
+ * What a listener is told, in order:
+ *
+ * - A message is told to each listener whose last value it is newer than
+ *   (a change message can only make a watcher look sooner). One that is
+ *   older for some listener is not told, and has the key read again.
+ * - A read is the truth when no message for the key arrived while it was
+ *   on its way: it is told to every listener whose last value differs, even
+ *   a lower one (Redis came back from an older snapshot; a forged message
+ *   told a value Redis never held). A read that crossed a message is told
+ *   only where it is newer.
+ * - "Newer" is per listener (each starts from the generation it knows), in
+ *   the order of a key's history: a generation g, then its tombstone after a
+ *   clear, then the next generation, which is always above g.
+ *
+ * So one forged PUBLISH costs a listener one change it did not need, until
+ * the next real change (whose message is older than the forged value, and
+ * has the key read) or the next poll tells it the truth.
  *
  * Not part of the public API: the package exports only what index.ts names.
  *
@@ -14,11 +33,12 @@
 import { InvalidArgumentError, type StoreClosedError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
 import type { GenerationListener } from '../../store/store';
-import { deliver, Linger, rethrowLater, WatchList, type WatchedKey } from '../../store/watch';
+import { Linger, rethrowLater, WatchList, type WatchedKey, type WatchRegistration } from '../../store/watch';
 import { createOwnIORedisClient } from './ioredis-client';
-import { createOwnClient, destroyForGood, type RedisClientLike } from './redis-client';
-import type { RedisConnection } from './redis-connection';
+import { createOwnClient, type RedisClientLike } from './redis-client';
+import { DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS, type RedisConnection } from './redis-connection';
 import type { RedisKeys } from './redis-keys';
+import { Subscription } from './redis-subscription';
 
 /**
  * How long the subscriber connection outlives the last watcher, so that
@@ -34,47 +54,49 @@ export interface WatchSettings {
   /** The package the store made its own client with. */
   readonly driver: 'redis' | 'ioredis';
   readonly watchPollMs: number;
+  readonly commandTimeoutMs: number;
   readonly logger: Logger;
   /** Whether the subscriber must not keep the process alive (see UNREFERENCED in redis-store.ts). */
   readonly unreferenced?: boolean;
 }
 
-interface Refresh {
+/** A watched key's reads. */
+interface KeyState {
   running: boolean;
   again: boolean;
-  /** The order (see {@link orderOf}) of the last value delivered, so that nothing older is delivered after it. */
-  order: number | undefined;
+  /** Messages and registrations for the key so far: a read during which this moved is not the whole truth. */
+  events: number;
 }
+
+/** Where an absent key falls in the order: before every value (the next one is created above all earlier ones). */
+const ABSENT_ORDER = -1;
 
 /**
  * Where a stored value falls in a key's history: a generation g, then (after a
  * clear) its tombstone -(g + 1), then the next generation, which is always
- * above g. Change messages (on the subscriber) and re-reads (on the main
- * connection) can arrive out of order with each other; this keeps the older
- * of two from being delivered after the newer.
+ * above g.
  */
-function orderOf(stored: number): number {
+function orderOf(stored: number | null): number {
+  if (stored === null) return ABSENT_ORDER;
   return stored >= 0 ? 2 * stored : -2 * stored - 1;
 }
 
 export class RedisWatching {
-  readonly #watched = new WatchList<Refresh>();
-  #subscriber: RedisClientLike | undefined;
+  readonly #watched = new WatchList<KeyState>();
+  /** Per listener, the order of the last value it was told (or started from). */
+  readonly #orders = new WeakMap<WatchRegistration, number>();
+  #subscription: Subscription | undefined;
   #watchPoll: NodeJS.Timeout | undefined;
   readonly #subscriberLinger = new Linger(SUBSCRIBER_LINGER_MS);
   /** Watched keys by the SHA-1 (hex) of their Redis key, which is what change messages carry. */
   readonly #watchedDigests = new Map<string, string>();
-  readonly #logger: Logger;
-  readonly #watchPollMs: number;
 
   constructor(
     private readonly connection: RedisConnection,
     private readonly keys: RedisKeys,
     private readonly settings: WatchSettings,
   ) {
-    this.#logger = settings.logger;
-    this.#watchPollMs = settings.watchPollMs;
-    // Watchers re-read at once when the main connection is back: an announcement the subscriber received
+    // Watchers read again at once when the main connection is back: an announcement the subscriber received
     // while it was down could not be read, and a restart or FLUSHALL meanwhile announces nothing.
     connection.onReady(() => this.#refreshAll());
   }
@@ -83,6 +105,7 @@ export class RedisWatching {
   watch(key: string, since: number | null | undefined, listener: GenerationListener, onClose?: (error: StoreClosedError) => void): () => void {
     const watched = this.#watched.get(key) ?? this.#startWatching(key);
     const { remove } = this.#watched.register(watched, since, undefined, listener, onClose);
+    watched.target.events++; // a read already on its way was made before this listener knew `since`
     void this.#refreshWatched(watched);
     return () => {
       if (!remove()) return;
@@ -97,76 +120,56 @@ export class RedisWatching {
     this.#watched.close(error);
   }
 
-  #startWatching(key: string): WatchedKey<Refresh> {
+  #startWatching(key: string): WatchedKey<KeyState> {
     this.#subscriberLinger.cancel();
-    const watched = this.#watched.open(key, { running: false, again: false, order: undefined });
+    const watched = this.#watched.open(key, { running: false, again: false, events: 0 });
     this.#watchedDigests.set(this.keys.digestOf(key), key);
-    if (this.#subscriber !== undefined) return watched;
-    const subscriber = this.#makeSubscriber();
-    if (this.settings.unreferenced === true) subscriber.unref?.();
-    this.#subscriber = subscriber;
-    // The subscriber reconnects (and resubscribes) by itself. Its loss is reported once, and its return:
-    // meanwhile watchers hear of changes only from their poll.
-    let lostAt: number | undefined;
-    subscriber.on('error', (error: Error) => {
-      if (lostAt !== undefined || this.connection.closed || this.#subscriber !== subscriber) return;
-      lostAt = Date.now();
-      this.#logger.error(
-        `generation-sync: lost the change subscription to Redis${this.connection.where} (${error.message}). ` +
-          `Reconnecting; until then watchers hear of changes only every watchPollMs (${this.#watchPollMs} ms).`,
-      );
+    if (this.#subscription !== undefined) return watched;
+    const make = this.#subscriberMaker();
+    this.#subscription = new Subscription({
+      make,
+      channel: this.keys.channel,
+      where: this.connection.where,
+      logger: this.settings.logger,
+      watchPollMs: this.settings.watchPollMs,
+      deadAfterMs: Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * this.settings.commandTimeoutMs),
+      unreferenced: this.settings.unreferenced === true,
+      onMessage: (message) => this.#heard(message),
+      onSubscribed: () => this.#refreshAll(),
     });
-    subscriber.on('ready', () => {
-      if (lostAt !== undefined) {
-        (this.#logger.info ?? this.#logger.warn).call(this.#logger, `generation-sync: the change subscription to Redis works again after ${Date.now() - lostAt} ms.`);
-        lostAt = undefined;
-      }
-      this.#refreshAll();
-    });
-    const onMessage = (message: string): void => {
-      // "<digest of the Redis key> <stored value>": delivered as it is, with no read (one round trip from the bump to
-      // the listener). A bare digest, or a whole key, from a publisher of an earlier build: re-read.
-      const space = message.indexOf(' ');
-      const byDigest = this.#watchedDigests.get(space < 0 ? message : message.slice(0, space));
-      const key = byDigest ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
-      const entry = key === undefined ? undefined : this.#watched.get(key);
-      if (entry === undefined) return;
-      // Only a digest is followed by a value (a whole key may itself hold spaces).
-      const stored = byDigest === undefined || space < 0 ? Number.NaN : Number(message.slice(space + 1));
-      if (Number.isSafeInteger(stored)) this.#deliverStored(entry, stored, false);
-      else void this.#refreshWatched(entry);
-    };
-    const subscribed = subscriber.isOpen ? Promise.resolve() : subscriber.connect();
-    subscribed
-      .then(async () => {
-        // Watching may have stopped while this connection was being made.
-        if (this.#subscriber !== subscriber) {
-          subscriber.destroy();
-          return;
-        }
-        await subscriber.subscribe?.(this.keys.channel, onMessage);
-        this.#refreshAll();
-      })
-      .catch(() => undefined); // retried by the client; the poll covers the gap
-    this.#watchPoll = setInterval(() => this.#refreshAll(), this.#watchPollMs);
+    this.#subscription.start();
+    this.#watchPoll = setInterval(() => this.#refreshAll(), this.settings.watchPollMs);
     this.#watchPoll.unref();
     return watched;
   }
 
-  #makeSubscriber(): RedisClientLike {
+  #subscriberMaker(): () => RedisClientLike {
     // Subscribing may wait for the connection: queueing is safe here, unlike for INCR.
-    if (this.settings.url !== undefined) {
-      return this.settings.driver === 'ioredis'
-        ? createOwnIORedisClient(this.settings.url, this.settings.socket, false)
-        : createOwnClient(this.settings.url, this.settings.socket, false);
-    }
-    if (typeof this.connection.client.duplicate !== 'function' || typeof this.connection.client.subscribe !== 'function') {
+    const { url, driver, socket } = this.settings;
+    if (url !== undefined) return driver === 'ioredis' ? () => createOwnIORedisClient(url, socket, false) : () => createOwnClient(url, socket, false);
+    const client = this.connection.client;
+    if (typeof client.duplicate !== 'function' || typeof client.subscribe !== 'function') {
       throw new InvalidArgumentError('Watching needs a client with duplicate() and subscribe(), as the redis package\'s clients have.');
     }
-    return this.connection.client.duplicate({ disableOfflineQueue: false });
+    return () => (client.duplicate as NonNullable<RedisClientLike['duplicate']>)({ disableOfflineQueue: false });
   }
 
-  /** Stop watching once no key has been watched for SUBSCRIBER_LINGER_MS. */
+  /**
+   * A change message: "<digest of the Redis key> <stored value>", told as it is (one round trip from the change to
+   * the listener). A bare digest, or a whole key, from a publisher of an earlier build: read the key.
+   */
+  #heard(message: string): void {
+    const space = message.indexOf(' ');
+    const byDigest = this.#watchedDigests.get(space < 0 ? message : message.slice(0, space));
+    const key = byDigest ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
+    const entry = key === undefined ? undefined : this.#watched.get(key);
+    if (entry === undefined) return;
+    entry.target.events++;
+    // Only a digest is followed by a value (a whole key may itself hold spaces).
+    const stored = byDigest === undefined || space < 0 ? Number.NaN : Number(message.slice(space + 1));
+    if (!Number.isSafeInteger(stored) || this.#tell(entry, stored, false)) void this.#refreshWatched(entry);
+  }
+
   #stopWatchingSoon(): void {
     this.#subscriberLinger.start(() => this.#watched.size === 0, () => this.#stopWatching());
   }
@@ -175,27 +178,52 @@ export class RedisWatching {
     this.#subscriberLinger.cancel();
     clearInterval(this.#watchPoll);
     this.#watchPoll = undefined;
-    if (this.#subscriber !== undefined) destroyForGood(this.#subscriber);
-    this.#subscriber = undefined;
+    this.#subscription?.close();
+    this.#subscription = undefined;
   }
 
   #refreshAll(): void {
     for (const entry of this.#watched.values()) void this.#refreshWatched(entry);
   }
 
-  /** Tell the listeners of `entry` of a stored value, unless something newer was delivered already. */
-  #deliverStored(entry: WatchedKey<Refresh>, stored: number, again: boolean): void {
+  /**
+   * Tell the listeners of `entry` a stored value (null: absent): each one it is newer for, or, when it is the
+   * `truth`, each one whose last value differs. Returns whether the value was older than some listener's last
+   * (so that the key is read again). A listener registered without a generation takes the first value as its
+   * starting point, untold.
+   */
+  #tell(entry: WatchedKey<KeyState>, stored: number | null, truth: boolean): boolean {
     const order = orderOf(stored);
-    const last = entry.target.order;
-    if (last !== undefined && (again ? order < last : order <= last)) return;
-    entry.target.order = order;
+    const generation = stored !== null && stored >= 0 ? stored : null;
+    let behind = false;
     const failures: unknown[] = [];
-    deliver(entry, stored >= 0 ? stored : null, failures);
+    for (const registration of entry.registrations) {
+      if (registration.last === undefined) {
+        registration.last = generation;
+        this.#orders.set(registration, order);
+        continue;
+      }
+      const last = this.#orders.get(registration) ?? orderOf(registration.last);
+      if (order === last) continue;
+      if (order < last && !truth) {
+        behind = true;
+        continue;
+      }
+      this.#orders.set(registration, order);
+      if (registration.last === generation) continue; // a tombstone after absent, or the reverse: null either way
+      registration.last = generation;
+      try {
+        registration.listener(generation);
+      } catch (error) {
+        failures.push(error);
+      }
+    }
     rethrowLater(failures);
+    return behind;
   }
 
-  /** Re-read a watched key and tell its listeners; one read at a time per key, repeated if asked again meanwhile. */
-  async #refreshWatched(entry: WatchedKey<Refresh>): Promise<void> {
+  /** Read a watched key and tell its listeners; one read at a time per key, repeated if asked again meanwhile. */
+  async #refreshWatched(entry: WatchedKey<KeyState>): Promise<void> {
     const state = entry.target;
     if (state.running) {
       state.again = true;
@@ -206,23 +234,15 @@ export class RedisWatching {
       do {
         state.again = false;
         if (this.connection.closed) return;
+        const issuedAt = state.events;
         let stored: number | null;
         try {
           stored = await this.keys.storedOf(entry.key);
         } catch {
           return; // an outage: the next message, reconnection or poll tries again
         }
-        if (stored === null) {
-          // Absent (expired, FLUSHALL, a restart without persistence): no place in the history; the next value is
-          // seeded above every earlier one, so the order stays as it is.
-          const failures: unknown[] = [];
-          deliver(entry, null, failures);
-          rethrowLater(failures);
-        } else {
-          // What was read may be older than a message that arrived meanwhile; equal is delivered again, for a
-          // listener that registered since (deliver() tells each listener only of a value new to it).
-          this.#deliverStored(entry, stored, true);
-        }
+        if (this.#watched.get(entry.key) !== entry) return; // no longer watched
+        this.#tell(entry, stored, state.events === issuedAt);
       } while (state.again);
     } finally {
       state.running = false;
