@@ -8,6 +8,13 @@
 // into JS through a thread-safe function. Process-shared futexes work on
 // shared file mappings: the kernel keys them by inode and offset, so
 // different mappings of the same page (JS's and the Watcher's own) meet.
+//
+// A second u32 of the same page, when given, counts the threads asleep on the
+// word: a Watcher adds one before it looks at the word and waits, and takes
+// it back when it wakes, so that a process changing a key can skip the wake
+// (a system call) while nobody sleeps. Both sides use sequentially
+// consistent atomics: either the sleeper sees the change, or the changer sees
+// the sleeper.
 
 #include "common.h"
 
@@ -92,8 +99,9 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 #if !defined(GENSYNC_HAVE_FUTEX)
     Napi::Error::New(env, "futexes are not available on this platform").ThrowAsJavaScriptException();
 #else
-    int64_t fd_value, offset_value;
+    int64_t fd_value, offset_value, sleepers_value = -1;
     if (!IntegerArgument(info, 0, "fd", 0, &fd_value) || !IntegerArgument(info, 1, "offset", 0, &offset_value)) return;
+    if (info.Length() > 3 && !info[3].IsUndefined() && !IntegerArgument(info, 3, "sleepersOffset", 0, &sleepers_value)) return;
     int fd = static_cast<int>(fd_value);
     off_t offset = static_cast<off_t>(offset_value);
     if (info.Length() < 3 || !info[2].IsFunction() || offset % static_cast<off_t>(sizeof(uint32_t)) != 0) {
@@ -102,6 +110,10 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
     }
     long page = sysconf(_SC_PAGESIZE);
     off_t page_start = offset - offset % page;
+    if (sleepers_value >= 0 && (sleepers_value % static_cast<int64_t>(sizeof(uint32_t)) != 0 || sleepers_value - sleepers_value % page != page_start)) {
+      Napi::RangeError::New(env, "the sleepers offset must be aligned and on the page of the word").ThrowAsJavaScriptException();
+      return;
+    }
     void* address = mmap(nullptr, static_cast<size_t>(page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, page_start);
     if (address == MAP_FAILED) {
       ThrowErrno(env, errno, "mmap");
@@ -121,6 +133,7 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
     mapping_ = address;
     mapping_length_ = static_cast<size_t>(page);
     word_ = reinterpret_cast<uint32_t*>(static_cast<char*>(address) + (offset - page_start));
+    if (sleepers_value >= 0) sleepers_ = reinterpret_cast<uint32_t*>(static_cast<char*>(address) + (sleepers_value - page_start));
     env_ = env;
     napi_add_env_cleanup_hook(env_, &Watcher::OnEnvironmentCleanup, this);
     // Read the word now, on the JS thread: a change made right after this
@@ -148,7 +161,9 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 #if defined(GENSYNC_HAVE_FUTEX)
     const struct timespec slice = {0, kWaitSliceNs};
     while (!stopping_.load()) {
-      Futex(word_, FUTEX_WAIT, seen, &slice);
+      if (sleepers_ != nullptr) __atomic_add_fetch(sleepers_, 1, __ATOMIC_SEQ_CST);
+      if (__atomic_load_n(word_, __ATOMIC_SEQ_CST) == seen) Futex(word_, FUTEX_WAIT, seen, &slice);
+      if (sleepers_ != nullptr) __atomic_sub_fetch(sleepers_, 1, __ATOMIC_SEQ_CST);
       uint32_t now = __atomic_load_n(word_, __ATOMIC_SEQ_CST);
       if (stopping_.load()) break;
       if (now != seen) {
@@ -192,6 +207,7 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   void* mapping_ = nullptr;
   size_t mapping_length_ = 0;
   [[maybe_unused]] uint32_t* word_ = nullptr;
+  [[maybe_unused]] uint32_t* sleepers_ = nullptr;
   napi_env env_ = nullptr;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exited_{false};
@@ -210,6 +226,8 @@ void InitWatcher(Napi::Env env, Napi::Object exports, Napi::Object capabilities)
 #else
   capabilities.Set("futex", Napi::Boolean::New(env, false));
 #endif
+  // Watchers count themselves asleep when given a sleepers word (older builds did not).
+  capabilities.Set("sleepers", Napi::Boolean::New(env, true));
 }
 
 }  // namespace gensync

@@ -222,7 +222,7 @@ describe('SharedMemoryStore refuses files it must not use, and leaves them untou
     ['random bytes', (dir) => write(dir, Buffer.from(Array.from({ length: 9000 }, (_, i) => (i * 7919) % 251))), 'ERR_GENSYNC_FOREIGN_FILE', /not a generation-sync/],
     ['a PNG', (dir) => write(dir, Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'), Buffer.alloc(100)])), 'ERR_GENSYNC_FOREIGN_FILE', /not a generation-sync/],
     ['a JSON file store', (dir) => write(dir, Buffer.from('{"format":"generation-sync","keys":{}}')), 'ERR_GENSYNC_FOREIGN_FILE', /not a generation-sync/],
-    ['a newer format', (dir) => patched(dir, format.H_VERSION, u32(2), true), 'ERR_GENSYNC_UNSUPPORTED_VERSION', /newer than format 1/],
+    ['a newer format', (dir) => patched(dir, format.H_VERSION, u32(3), true), 'ERR_GENSYNC_UNSUPPORTED_VERSION', /newer than format 2/],
     ['format version 0', (dir) => patched(dir, format.H_VERSION, u32(0), true), 'ERR_GENSYNC_CORRUPT_FILE', /format version 0/],
     ['the other byte order', (dir) => patched(dir, format.H_BYTE_ORDER, u32(0x04030201), true), 'ERR_GENSYNC_FOREIGN_FILE', /other byte order/],
     ['a damaged checksum', (dir) => patched(dir, format.H_CHECKSUM, Buffer.from([1, 2, 3])), 'ERR_GENSYNC_CORRUPT_FILE', /checksum/],

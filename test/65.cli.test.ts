@@ -137,7 +137,7 @@ describe.each(TARGETS)('the CLI on the $name store', (target) => {
     if (target.name !== 'redis') {
       expect(report.store).toMatchObject({ mode: '0600', filesystem: expect.any(String) as unknown, owner: expect.stringContaining('this user') as unknown });
     }
-    if (target.name === 'shm') expect(report.store).toMatchObject({ formatVersion: 1, capacity: 4096, watch: 'futex' });
+    if (target.name === 'shm') expect(report.store).toMatchObject({ formatVersion: 2, capacity: 4096, watch: 'futex' });
   });
 });
 

@@ -11,7 +11,7 @@
  */
 
 import { DependencyMissingError, InvalidArgumentError } from '../../store/errors';
-import { reconnectDelayMs, type RedisClientLike } from './redis-client';
+import { reconnectDelayMs, type OwnClientOptions, type RedisClientLike } from './redis-client';
 
 /** The part of an ioredis `Redis` instance used here. */
 interface IORedisLike {
@@ -111,7 +111,11 @@ export class IORedisClient implements RedisClientLike {
 }
 
 /** An ioredis client of the store's own, connecting only when connect() is called (as node-redis' do). */
-export function createOwnIORedisClient(url: string, socket: Readonly<Record<string, unknown>>, failWhileOffline = true): IORedisClient {
+export function createOwnIORedisClient(
+  url: string,
+  socket: Readonly<Record<string, unknown>>,
+  { failWhileOffline, selfReconnect }: OwnClientOptions = { failWhileOffline: true, selfReconnect: false },
+): IORedisClient {
   let IORedis: new (url: string, options: Record<string, unknown>) => IORedisLike;
   try {
     IORedis = require('ioredis') as typeof IORedis;
@@ -125,7 +129,7 @@ export function createOwnIORedisClient(url: string, socket: Readonly<Record<stri
       // Fail fast while disconnected rather than queue: a queued INCR could run long after we reported failure.
       enableOfflineQueue: !failWhileOffline,
       maxRetriesPerRequest: failWhileOffline ? 0 : null,
-      retryStrategy: (times: number) => reconnectDelayMs(times - 1),
+      retryStrategy: selfReconnect ? () => null : (times: number) => reconnectDelayMs(times - 1),
       // How long ioredis waits for a server to close its side after disconnect(). It also waits this long, with a
       // timer that keeps the process alive, after a connection that failed while connecting is already closed:
       // a connect() aborted against a silent server held the process 2 s longer with the default.

@@ -58,7 +58,18 @@ export function namespacePrefix(namespace: string): string {
   return `${name.replaceAll('%', '%25').replaceAll(':', '%3A')}:`;
 }
 
-export function createOwnClient(url: string, socket: Readonly<Record<string, unknown>>, failWhileOffline = true): RedisClientLike {
+/** How a client of the store's own is made. */
+export interface OwnClientOptions {
+  /** Fail commands while disconnected instead of queueing them (the command connection; not the subscriber). */
+  readonly failWhileOffline: boolean;
+  /**
+   * The client does not reconnect by itself: {@link keepReconnecting} does, on timers that never keep the
+   * process alive (the driver's own reconnection waits on timers that do).
+   */
+  readonly selfReconnect: boolean;
+}
+
+export function createOwnClient(url: string, socket: Readonly<Record<string, unknown>>, options: OwnClientOptions = { failWhileOffline: true, selfReconnect: false }): RedisClientLike {
   let redis: { createClient(options: Record<string, unknown>): RedisClientLike };
   try {
     redis = require('redis') as typeof redis;
@@ -68,11 +79,37 @@ export function createOwnClient(url: string, socket: Readonly<Record<string, unk
   return redis.createClient({
     url,
     // Fail fast while disconnected rather than queue: a queued INCR could run long after we reported failure.
-    disableOfflineQueue: failWhileOffline,
+    disableOfflineQueue: options.failWhileOffline,
     socket: {
-      reconnectStrategy: reconnectDelayMs,
+      reconnectStrategy: options.selfReconnect ? false : reconnectDelayMs,
       ...socket,
     },
+  });
+}
+
+/**
+ * Reconnect `client` (made with `selfReconnect`) whenever it closes, until `closed()`: after the same
+ * randomised backoff as the drivers are given, on timers that never keep the process alive.
+ */
+export function keepReconnecting(client: RedisClientLike, closed: () => boolean): void {
+  let retries = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const later = (): void => {
+    if (timer !== undefined || closed() || client.isOpen) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (closed() || client.isOpen) return;
+      client.connect().then(
+        () => undefined,
+        () => later(), // the attempt failed (and was reported as an error): try again later
+      );
+    }, reconnectDelayMs(retries++));
+    timer.unref();
+  };
+  client.on('terminated', later); // node-redis: its strategy gave up at once, as it was told to
+  client.on('end', () => queueMicrotask(later)); // ioredis (and node-redis once closed)
+  client.on('ready', () => {
+    retries = 0;
   });
 }
 

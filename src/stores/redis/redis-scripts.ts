@@ -89,59 +89,21 @@ redis.pcall('PUBLISH', ARGV[1], redis.sha1hex(KEYS[1]) .. ' ' .. string.format('
 return 1
 `;
 
-// The relay's one script (see src/stores/relay): bring Redis up to date with a host's shared memory.
-// ARGV: mode, delta, floor, lifetime in seconds, channel. Modes:
-//   add     the host holds a value `delta` above the one it last had from Redis: move a live key to
-//           max(value + delta, clock) (0 only reads); an absent or cleared key stays so and false is
-//           answered (the host goes absent);
-//   create  the host holds the key and cannot tell what changed since it last knew Redis' value: create
-//           it as FETCH_OR_CREATE does, or count one change on a live key;
-//   adopt   the host holds the key at the value it was first created with there, unchanged: create it,
-//           or take a live key's value as it is (nothing changed on the host);
-//   read    only read: the live generation, or false.
-// A result never falls below `floor` (the host's value): Redis restarted from an old snapshot must not
-// answer below what hosts already hold.
-const RELAY_SYNC = `${READ_STORED}
-local value, failure = stored(KEYS[1])
-if failure then return failure end
-local mode = ARGV[1]
-local live = value and value >= 0
-if mode == 'read' then
-  if live then return value end
-  return false
-end
-local floor = tonumber(ARGV[3])
-local result
-if mode == 'add' then
-  if not live then return false end
-  local delta = tonumber(ARGV[2])
-  if delta > 0 then result = after(value, delta) else result = value end
-elseif live and mode == 'adopt' then
-  result = value
-elseif live then
-  result = after(value, 1)
-else
-  result = clock()
-  if value and -value > result then result = -value end
-end
-if result < floor then result = floor end
-if result == value then return value end
-if live then
-  redis.call('SET', KEYS[1], string.format('%.0f', result), 'KEEPTTL')
-else
-  redis.call('SET', KEYS[1], string.format('%.0f', result), 'EX', ARGV[4])
-end
-redis.pcall('PUBLISH', ARGV[5], redis.sha1hex(KEYS[1]) .. ' ' .. string.format('%.0f', result))
-return result
-`;
-
 export interface Script {
   readonly source: string;
   readonly sha: string;
 }
 
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-export const SCRIPTS = { fetchOrCreate: script(FETCH_OR_CREATE), increment: script(INCREMENT), clear: script(CLEAR), relaySync: script(RELAY_SYNC) };
+export const SCRIPTS = { fetchOrCreate: script(FETCH_OR_CREATE), increment: script(INCREMENT), clear: script(CLEAR) };
+
+/**
+ * A script of another module that works on this store's keys (the relay's): `body` runs after the reader of
+ * stored values (`stored(key)`, which refuses foreign data) and the hybrid clock (`clock()`, `after(value, step)`).
+ */
+export function storeScript(body: string): Script {
+  return script(`${READ_STORED}${body}`);
+}
 
 export function escapeGlob(text: string): string {
   return text.replace(/[*?[\]\\]/g, (ch) => `\\${ch}`);

@@ -19,11 +19,11 @@ import { AsyncCallsBinding } from '../../store/binding';
 import { InvalidArgumentError, StoreClosedError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
 import type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, StoreEntry } from '../../store/store';
-import { describe, optionalInteger, optionsObject, wellFormedString } from '../../store/validate';
-import { checkSupportedClient, checkUrl, createOwnClient, namespacePrefix, type RedisClientLike } from './redis-client';
-import { createOwnIORedisClient, IORedisClient, isIORedisClient, isIORedisCluster } from './ioredis-client';
-import { RedisConnection } from './redis-connection';
-import { RedisKeys } from './redis-keys';
+import { describe, optionsObject, wellFormedString } from '../../store/validate';
+import type { RedisClientLike } from './redis-client';
+import type { RedisConnection } from './redis-connection';
+import { checkRedisOptions, createEngine, type RedisEngine } from './redis-engine';
+import type { RedisKeys } from './redis-keys';
 import { escapeGlob } from './redis-scripts';
 import { RedisWatching } from './redis-watch';
 
@@ -111,33 +111,6 @@ export interface RedisStoreOptions {
   readonly watchPollMs?: number | undefined;
 }
 
-/** What the relay (src/stores/relay) works through, below the public calls. Not part of the public API. */
-export interface RedisInternals {
-  readonly connection: RedisConnection;
-  readonly keys: RedisKeys;
-}
-
-const internals = new WeakMap<RedisStore, RedisInternals>();
-
-/**
- * An option only the relay passes to {@link RedisStore.connect}: connections
- * that do not keep the process alive (where the client package allows it),
- * so that a process exits when its own work is done even while it relays.
- */
-export const UNREFERENCED = Symbol('generation-sync.unreferenced');
-
-/** The connection and key calls of `store`, for the relay. */
-export function redisInternalsOf(store: RedisStore): RedisInternals {
-  const found = internals.get(store);
-  if (found === undefined) throw new TypeError('not a RedisStore');
-  return found;
-}
-
-const DEFAULT_URL = 'redis://127.0.0.1:6379';
-const DEFAULT_NAMESPACE = 'generation-sync:';
-const DEFAULT_COMMAND_TIMEOUT_MS = 500;
-const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
-const DEFAULT_WATCH_POLL_MS = 5000;
 const SCAN_BATCH = 1000;
 
 /**
@@ -180,13 +153,12 @@ export class RedisStore implements AsyncStore {
   readonly #keys: RedisKeys;
   readonly #watching: RedisWatching;
 
-  private constructor(connection: RedisConnection, keys: RedisKeys, watching: RedisWatching, url: string | undefined) {
-    this.#connection = connection;
-    this.#keys = keys;
-    this.#watching = watching;
-    this.url = url;
-    this.namespace = keys.namespace;
-    internals.set(this, { connection, keys });
+  private constructor(engine: RedisEngine) {
+    this.#connection = engine.connection;
+    this.#keys = engine.keys;
+    this.#watching = new RedisWatching(engine);
+    this.url = engine.settings.url;
+    this.namespace = engine.keys.namespace;
   }
 
   /**
@@ -198,65 +170,16 @@ export class RedisStore implements AsyncStore {
    */
   static async connect(options?: RedisStoreOptions): Promise<RedisStore> {
     const opts = optionsObject(options, 'RedisStore options');
-    const namespace = namespacePrefix(opts.namespace === undefined ? DEFAULT_NAMESPACE : wellFormedString(opts.namespace, 'Option "namespace"'));
-    const commandTimeoutMs = optionalInteger(opts.commandTimeoutMs, 'commandTimeoutMs', DEFAULT_COMMAND_TIMEOUT_MS, { min: 1, max: 2 ** 31 - 1 });
-    const connectTimeoutMs = optionalInteger(opts.connectTimeoutMs, 'connectTimeoutMs', DEFAULT_CONNECT_TIMEOUT_MS, { min: 0, max: 2 ** 31 - 1 });
-    const watchPollMs = optionalInteger(opts.watchPollMs, 'watchPollMs', DEFAULT_WATCH_POLL_MS, { min: 10, max: 2 ** 31 - 1 });
-    const socket = optionsObject(opts.socket, 'Option "socket"') as Readonly<Record<string, unknown>>;
-    const logger = opts.logger ?? console;
-    if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
-      throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
-    }
     const signal = opts.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
       throw new InvalidArgumentError(`Option "signal" must be an AbortSignal, not ${describe(signal)}.`);
     }
     signal?.throwIfAborted();
-
-    const driver = opts.driver ?? 'redis';
-    if (driver !== 'redis' && driver !== 'ioredis') {
-      throw new InvalidArgumentError(`Option "driver" must be 'redis' or 'ioredis', not ${describe(driver)}.`);
-    }
-    let client: RedisClientLike;
-    let url: string | undefined;
-    if (opts.client !== undefined) {
-      const given: unknown = opts.client;
-      if (typeof given === 'object' && given !== null && isIORedisCluster(given)) {
-        throw new InvalidArgumentError(
-          'Option "client" is an ioredis Cluster client, which the Redis store does not support. Use a standalone Redis, or a primary with replicas, through new Redis(…).',
-        );
-      }
-      if (typeof given === 'object' && given !== null && isIORedisClient(given)) {
-        client = new IORedisClient(given as ConstructorParameters<typeof IORedisClient>[0]);
-      } else {
-        if (typeof given !== 'object' || given === null || typeof (given as RedisClientLike).sendCommand !== 'function') {
-          throw new InvalidArgumentError(`Option "client" must be a client from the redis package's createClient(), or an ioredis client, not ${describe(given)}.`);
-        }
-        checkSupportedClient(given);
-        client = given as RedisClientLike;
-      }
-      if ((client as { options?: { disableOfflineQueue?: unknown } }).options?.disableOfflineQueue !== true) {
-        logger.warn(
-          'generation-sync: the Redis client passed to RedisStore queues commands while disconnected, so an update ' +
-            'reported as failed during an outage can still run when it reconnects, and checks wait instead of failing fast. ' +
-            'Create it with createClient({ ..., disableOfflineQueue: true }) (redis) or new Redis({ ..., enableOfflineQueue: false }) ' +
-            '(ioredis), or let the store make its own (the "url" option).',
-        );
-      }
-    } else {
-      url = opts.url === undefined ? DEFAULT_URL : checkUrl(opts.url);
-      client = driver === 'ioredis' ? createOwnIORedisClient(url, socket) : createOwnClient(url, socket);
-    }
-
-    const unreferenced = (opts as { [UNREFERENCED]?: unknown })[UNREFERENCED] === true;
-    if (unreferenced) client.unref?.();
-    const channel = `${namespace}changes`;
-    const connection = new RedisConnection({ client, ownsClient: opts.client === undefined, url, commandTimeoutMs, channel, watchPollMs, logger });
-    const keys = new RedisKeys(connection, namespace, channel);
-    const watching = new RedisWatching(connection, keys, { url, socket, driver, watchPollMs, commandTimeoutMs, logger, unreferenced });
-    const store = new RedisStore(connection, keys, watching, url);
+    const settings = checkRedisOptions(opts);
+    const engine = createEngine(settings);
+    const store = new RedisStore(engine);
     if (signal === undefined) {
-      await connection.open(connectTimeoutMs);
+      await engine.connection.open(settings.connectTimeoutMs);
       return store;
     }
     // Aborted while connecting: the store is closed (nothing keeps reconnecting) and connect() rejects with the reason.
@@ -266,7 +189,7 @@ export class RedisStore implements AsyncStore {
       signal.addEventListener('abort', onAbort, { once: true });
     });
     try {
-      await Promise.race([connection.open(connectTimeoutMs), aborted]);
+      await Promise.race([engine.connection.open(settings.connectTimeoutMs), aborted]);
     } catch (error) {
       await store.close().catch(() => undefined);
       throw error;

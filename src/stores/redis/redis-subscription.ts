@@ -16,11 +16,13 @@
 
 import type { Logger } from '../../store/logger';
 import { destroyForGood, RECONNECT_MAX_MS, type RedisClientLike } from './redis-client';
+import { DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS } from './redis-connection';
+import type { RedisEngine } from './redis-engine';
 
 /** How often the subscriber is asked whether it still answers. */
 export const SUBSCRIBER_PING_MS = 1000;
 
-export interface SubscriptionSettings {
+interface SubscriptionSettings {
   /** Makes a new subscriber connection (not connected yet). */
   readonly make: () => RedisClientLike;
   readonly channel: string;
@@ -30,8 +32,6 @@ export interface SubscriptionSettings {
   readonly watchPollMs: number;
   /** A PING unanswered this long means the connection is dead. */
   readonly deadAfterMs: number;
-  /** Whether the connection must not keep the process alive. */
-  readonly unreferenced: boolean;
   /** Every change message, as published. */
   readonly onMessage: (message: string) => void;
   /** Subscribed (again): messages sent meanwhile were lost, so watched keys are read again. */
@@ -39,6 +39,7 @@ export interface SubscriptionSettings {
 }
 
 export class Subscription {
+  private readonly settings: SubscriptionSettings;
   #client: RedisClientLike | undefined;
   #closed = false;
   /** When the current outage of the subscription began (logged once), or undefined while it works. */
@@ -49,7 +50,23 @@ export class Subscription {
   #restart: NodeJS.Timeout | undefined;
   #refusalLogged = false;
 
-  constructor(private readonly settings: SubscriptionSettings) {}
+  /**
+   * A subscription to `engine`'s change channel: `onMessage` gets every message; `onSubscribed` is called each
+   * time the subscription is (re)made, when messages may have been lost.
+   */
+  constructor(engine: RedisEngine, onMessage: (message: string) => void, onSubscribed: () => void) {
+    const { settings, connection, keys } = engine;
+    this.settings = {
+      make: engine.makeSubscriber,
+      channel: keys.channel,
+      where: connection.where,
+      logger: settings.logger,
+      watchPollMs: settings.watchPollMs,
+      deadAfterMs: Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * settings.commandTimeoutMs),
+      onMessage,
+      onSubscribed,
+    };
+  }
 
   /** Connect and subscribe; from here on the subscription keeps itself alive until close(). */
   start(): void {
@@ -69,7 +86,6 @@ export class Subscription {
 
   #connect(): void {
     const client = this.settings.make();
-    if (this.settings.unreferenced) client.unref?.();
     this.#client = client;
     this.#pingSentAt = undefined;
     const current = (): boolean => this.#client === client && !this.#closed;
@@ -81,6 +97,12 @@ export class Subscription {
       this.#pingSentAt = undefined; // a PING sent before the drop is not an answer owed by the new connection
       this.#lost('the connection closed; reconnecting');
     });
+    // A client that does not reconnect by itself (the relay's) closes for good: make a new one.
+    const closed = (): void => {
+      if (current() && !client.isOpen) this.#replace('the connection closed');
+    };
+    client.on('terminated', closed);
+    client.on('end', () => queueMicrotask(closed));
     // The client subscribes again by itself after it reconnects; messages sent meanwhile are lost.
     client.on('ready', () => {
       if (!current()) return;

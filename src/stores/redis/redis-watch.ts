@@ -30,13 +30,11 @@
  * @module
  */
 
-import { InvalidArgumentError, type StoreClosedError } from '../../store/errors';
-import type { Logger } from '../../store/logger';
+import type { StoreClosedError } from '../../store/errors';
 import type { GenerationListener } from '../../store/store';
 import { Linger, rethrowLater, WatchList, type WatchedKey, type WatchRegistration } from '../../store/watch';
-import { createOwnIORedisClient } from './ioredis-client';
-import { createOwnClient, type RedisClientLike } from './redis-client';
-import { DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS, type RedisConnection } from './redis-connection';
+import type { RedisConnection } from './redis-connection';
+import type { RedisEngine } from './redis-engine';
 import type { RedisKeys } from './redis-keys';
 import { Subscription } from './redis-subscription';
 
@@ -45,20 +43,6 @@ import { Subscription } from './redis-subscription';
  * `waitForChange()` in a loop does not open a connection per call.
  */
 export const SUBSCRIBER_LINGER_MS = 1000;
-
-/** What watching needs to know of its store. */
-export interface WatchSettings {
-  /** Where the server is, when the store made its own client (the subscriber is made alike); else undefined. */
-  readonly url: string | undefined;
-  readonly socket: Readonly<Record<string, unknown>>;
-  /** The package the store made its own client with. */
-  readonly driver: 'redis' | 'ioredis';
-  readonly watchPollMs: number;
-  readonly commandTimeoutMs: number;
-  readonly logger: Logger;
-  /** Whether the subscriber must not keep the process alive (see UNREFERENCED in redis-store.ts). */
-  readonly unreferenced?: boolean;
-}
 
 /** A watched key's reads. */
 interface KeyState {
@@ -91,11 +75,15 @@ export class RedisWatching {
   /** Watched keys by the SHA-1 (hex) of their Redis key, which is what change messages carry. */
   readonly #watchedDigests = new Map<string, string>();
 
-  constructor(
-    private readonly connection: RedisConnection,
-    private readonly keys: RedisKeys,
-    private readonly settings: WatchSettings,
-  ) {
+  readonly #engine: RedisEngine;
+  readonly #connection: RedisConnection;
+  readonly #keys: RedisKeys;
+
+  constructor(engine: RedisEngine) {
+    this.#engine = engine;
+    this.#connection = engine.connection;
+    this.#keys = engine.keys;
+    const connection = engine.connection;
     // Watchers read again at once when the main connection is back: an announcement the subscriber received
     // while it was down could not be read, and a restart or FLUSHALL meanwhile announces nothing.
     connection.onReady(() => this.#refreshAll());
@@ -109,7 +97,7 @@ export class RedisWatching {
     void this.#refreshWatched(watched);
     return () => {
       if (!remove()) return;
-      this.#watchedDigests.delete(this.keys.digestOf(key));
+      this.#watchedDigests.delete(this.#keys.digestOf(key));
       if (this.#watched.size === 0) this.#stopWatchingSoon();
     };
   }
@@ -123,35 +111,13 @@ export class RedisWatching {
   #startWatching(key: string): WatchedKey<KeyState> {
     this.#subscriberLinger.cancel();
     const watched = this.#watched.open(key, { running: false, again: false, events: 0 });
-    this.#watchedDigests.set(this.keys.digestOf(key), key);
+    this.#watchedDigests.set(this.#keys.digestOf(key), key);
     if (this.#subscription !== undefined) return watched;
-    const make = this.#subscriberMaker();
-    this.#subscription = new Subscription({
-      make,
-      channel: this.keys.channel,
-      where: this.connection.where,
-      logger: this.settings.logger,
-      watchPollMs: this.settings.watchPollMs,
-      deadAfterMs: Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * this.settings.commandTimeoutMs),
-      unreferenced: this.settings.unreferenced === true,
-      onMessage: (message) => this.#heard(message),
-      onSubscribed: () => this.#refreshAll(),
-    });
+    this.#subscription = new Subscription(this.#engine, (message) => this.#heard(message), () => this.#refreshAll());
     this.#subscription.start();
-    this.#watchPoll = setInterval(() => this.#refreshAll(), this.settings.watchPollMs);
+    this.#watchPoll = setInterval(() => this.#refreshAll(), this.#engine.settings.watchPollMs);
     this.#watchPoll.unref();
     return watched;
-  }
-
-  #subscriberMaker(): () => RedisClientLike {
-    // Subscribing may wait for the connection: queueing is safe here, unlike for INCR.
-    const { url, driver, socket } = this.settings;
-    if (url !== undefined) return driver === 'ioredis' ? () => createOwnIORedisClient(url, socket, false) : () => createOwnClient(url, socket, false);
-    const client = this.connection.client;
-    if (typeof client.duplicate !== 'function' || typeof client.subscribe !== 'function') {
-      throw new InvalidArgumentError('Watching needs a client with duplicate() and subscribe(), as the redis package\'s clients have.');
-    }
-    return () => (client.duplicate as NonNullable<RedisClientLike['duplicate']>)({ disableOfflineQueue: false });
   }
 
   /**
@@ -161,7 +127,7 @@ export class RedisWatching {
   #heard(message: string): void {
     const space = message.indexOf(' ');
     const byDigest = this.#watchedDigests.get(space < 0 ? message : message.slice(0, space));
-    const key = byDigest ?? (message.startsWith(this.keys.namespace) ? message.slice(this.keys.namespace.length) : undefined);
+    const key = byDigest ?? (message.startsWith(this.#keys.namespace) ? message.slice(this.#keys.namespace.length) : undefined);
     const entry = key === undefined ? undefined : this.#watched.get(key);
     if (entry === undefined) return;
     entry.target.events++;
@@ -233,11 +199,11 @@ export class RedisWatching {
     try {
       do {
         state.again = false;
-        if (this.connection.closed) return;
+        if (this.#connection.closed) return;
         const issuedAt = state.events;
         let stored: number | null;
         try {
-          stored = await this.keys.storedOf(entry.key);
+          stored = await this.#keys.storedOf(entry.key);
         } catch {
           return; // an outage: the next message, reconnection or poll tries again
         }

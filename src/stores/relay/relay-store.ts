@@ -17,11 +17,12 @@ import { join } from 'node:path';
 import { DependencyMissingError, InvalidArgumentError, OutOfRangeError, type StoreClosedError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
 import type { BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from '../../store/store';
-import { describe, optionalInteger, optionsObject } from '../../store/validate';
+import { optionalInteger, optionsObject } from '../../store/validate';
 import { fileModeOption, preparedDefaultDirectory, storePathArgument } from '../../system/filesystem';
-import { checkUrl } from '../redis/redis-client';
-import { redisInternalsOf, RedisStore, UNREFERENCED, type RedisStoreOptions } from '../redis/redis-store';
+import { checkRedisOptions, createEngine, type RedisSettings } from '../redis/redis-engine';
+import type { RedisStoreOptions } from '../redis/redis-store';
 import { nativeAddon } from '../shm/native';
+import type { Replica } from '../shm/replica';
 import { INLINE_KEY_BYTES } from '../shm/shm-format';
 import { SharedMemoryStore, type SharedMemoryStoreOptions } from '../shm/shm-store';
 import { Election } from './election';
@@ -112,24 +113,36 @@ export class RelayStore implements Store {
   /** Absolute path of the host's store file. */
   readonly path: string;
   readonly #shm: SharedMemoryStore;
+  readonly #replica: Replica;
   readonly #election: Election;
-  readonly #redisOptions: RedisStoreOptions;
+  readonly #redis: RedisSettings;
   readonly #expirationSecs: number;
   readonly #mode: number;
   readonly #logger: Logger;
+  /** This process's relay, while it is the host's relay: never more than one. */
   #relay: Relay | undefined;
   #starting: Promise<void> | undefined;
   #stopping: Promise<void> = Promise.resolve();
   #closed = false;
 
-  private constructor(shm: SharedMemoryStore, options: { redis: RedisStoreOptions; expirationSecs: number; electionIntervalMs: number; mode: number; logger: Logger }) {
+  private constructor(
+    shm: SharedMemoryStore,
+    replica: Replica,
+    options: { redis: RedisSettings; expirationSecs: number; electionIntervalMs: number; mode: number; logger: Logger },
+  ) {
     this.#shm = shm;
+    this.#replica = replica;
     this.path = shm.path;
-    this.#redisOptions = options.redis;
+    this.#redis = options.redis;
     this.#expirationSecs = options.expirationSecs;
     this.#mode = options.mode;
     this.#logger = options.logger;
-    this.#election = new Election(`${shm.path}.relay-lock`, nativeAddon(), options.mode, options.electionIntervalMs, {
+    const heartbeat = {
+      read: () => replica.heartbeat(),
+      beat: () => replica.beat(),
+      exclusively: (action: () => void) => replica.exclusively(action),
+    };
+    this.#election = new Election(`${shm.path}.relay-lock`, nativeAddon(), options.mode, options.electionIntervalMs, heartbeat, {
       elected: () => this.#becomeRelay(),
       deposed: () => this.#stopRelaying(),
     });
@@ -146,33 +159,25 @@ export class RelayStore implements Store {
    */
   static open(path?: string, options?: RelayStoreOptions): RelayStore {
     const opts = optionsObject(options, 'RelayStore options');
-    const redis = optionsObject(opts.redis, 'Option "redis"') as RedisStoreOptions;
+    const redisOptions = optionsObject(opts.redis, 'Option "redis"') as RedisStoreOptions;
     for (const refused of ['client', 'signal', 'logger'] as const) {
-      if (redis[refused] !== undefined) {
+      if (redisOptions[refused] !== undefined) {
         throw new InvalidArgumentError(`Option "redis.${refused}" is not accepted by RelayStore: only the relay process connects, with a client it makes itself.`);
       }
     }
-    if (redis.url !== undefined) checkUrl(redis.url);
-    const driver = redis.driver ?? 'redis';
-    if (driver !== 'redis' && driver !== 'ioredis') {
-      throw new InvalidArgumentError(`Option "redis.driver" must be 'redis' or 'ioredis', not ${describe(driver)}.`);
-    }
+    const redis = checkRedisOptions({ ...redisOptions, logger: opts.logger }, 'redis.');
     try {
-      require.resolve(driver);
+      require.resolve(redis.driver);
     } catch (cause) {
-      throw new DependencyMissingError(`RelayStore needs the "${driver}" package for its relay: install it with "npm install ${driver}".`, { cause });
+      throw new DependencyMissingError(`RelayStore needs the "${redis.driver}" package for its relay: install it with "npm install ${redis.driver}".`, { cause });
     }
     const expirationSecs = optionalInteger(opts.expirationSecs, 'expirationSecs', ONE_YEAR_SECS, { min: 1, max: 2 ** 31 - 1 });
     const electionIntervalMs = optionalInteger(opts.electionIntervalMs, 'electionIntervalMs', ELECTION_INTERVAL_MS, { min: 10, max: 60_000 });
-    const logger = opts.logger ?? console;
-    if (typeof logger.error !== 'function' || typeof logger.warn !== 'function') {
-      throw new InvalidArgumentError(`Option "logger" must have error() and warn() methods, not ${describe(logger)}.`);
-    }
     const mode = fileModeOption(opts.mode);
     const file = path === undefined ? join(preparedDefaultDirectory(), RELAY_FILE_NAME) : storePathArgument(path);
     const { redis: _redis, expirationSecs: _e, electionIntervalMs: _i, logger: _l, ...shmOptions } = opts as RelayStoreOptions;
-    const shm = SharedMemoryStore.open(file, shmOptions);
-    return new RelayStore(shm, { redis: { ...redis, logger }, expirationSecs, electionIntervalMs, mode, logger });
+    const { store, replica } = SharedMemoryStore.openForRelay(file, shmOptions);
+    return new RelayStore(store, replica, { redis, expirationSecs, electionIntervalMs, mode, logger: redis.logger });
   }
 
   get closed(): boolean {
@@ -184,18 +189,26 @@ export class RelayStore implements Store {
     return this.#shm;
   }
 
-  /** Whether this process is the host's relay, whether it is connected, and what it did. */
+  /**
+   * Whether this process is the host's relay, whether it is connected (and
+   * every key of the host was brought in step with Redis since it last
+   * connected), and what it did.
+   */
   relayStatus(): RelayStatus {
     const relay = this.#relay;
-    const up = relay !== undefined && redisInternalsOf(relay.redis).connection.up;
-    return { relaying: this.#election.leading, connected: up, counters: { ...(relay?.counters ?? { forwarded: 0, takenIn: 0, outages: 0 }) } };
+    return {
+      relaying: this.#election.leading && relay !== undefined,
+      connected: relay?.connected ?? false,
+      counters: { ...(relay?.counters ?? { forwarded: 0, takenIn: 0, outages: 0, failed: 0, implausible: 0 }) },
+    };
   }
 
   /**
-   * Resolve true once every key of the host is in step with Redis as far as
-   * this process can tell: it must be the relay (false at once otherwise).
-   * For tests and for a relay process that wants its changes out before it
-   * exits. False after `timeoutMs` (default 5000).
+   * Resolve true once every change made on this host before the call is in
+   * Redis (every key of the host's file, whoever changed it): this process
+   * must be the relay (false at once otherwise). For a relay process that
+   * wants its changes out before it exits (a CLI, a cron job), and for
+   * tests. False after `timeoutMs` (default 5000).
    */
   async flush(timeoutMs = 5000): Promise<boolean> {
     // The relay's connections do not keep the process alive; a caller waiting here does.
@@ -203,7 +216,7 @@ export class RelayStore implements Store {
     try {
       if (this.#starting !== undefined) await this.#starting;
       const relay = this.#relay;
-      return relay === undefined ? false : await relay.settled(timeoutMs);
+      return relay === undefined ? false : await relay.flush(timeoutMs);
     } finally {
       clearInterval(keepAlive);
     }
@@ -241,7 +254,7 @@ export class RelayStore implements Store {
    * Leave the election (the relay, if this process is it, writes its state
    * and hands over: another process takes over within `electionIntervalMs`)
    * and close the file. The Redis connection closes in the background;
-   * `closed()` resolves when it has.
+   * `whenClosed()` resolves when it has.
    */
   close(): void {
     if (this.#closed) return;
@@ -257,41 +270,44 @@ export class RelayStore implements Store {
     await this.#stopping;
   }
 
+  /** Elected: start the one relay of this process (if one is still stopping, after it). */
   #becomeRelay(): void {
+    if (this.#relay !== undefined || this.#starting !== undefined || this.#closed) return;
+    const previous = this.#stopping;
     const starting = (async () => {
-      let redis: RedisStore;
+      await previous;
+      if (this.#closed || !this.#election.leading) return;
+      let relay: Relay;
       try {
-        redis = await RedisStore.connect({ ...this.#redisOptions, [UNREFERENCED]: true } as RedisStoreOptions);
+        const term = this.#replica.claimTerm();
+        relay = new Relay(this.#replica, createEngine(this.#redis, true), {
+          statePath: `${this.path}.relay-state.json`,
+          mode: this.#mode,
+          expirationSecs: this.#expirationSecs,
+          logger: this.#logger,
+          term,
+          onDeposed: () => {
+            if (this.#relay !== relay) return;
+            this.#stopRelaying();
+            this.#election.resign();
+          },
+        });
       } catch (error) {
-        this.#logger.error(`generation-sync: relay for ${this.path} cannot use Redis: ${(error as Error).message}`);
-        this.#election.close(); // give another process its chance: this one cannot relay
+        // The local store closed or broke under the relay: let another process try.
+        this.#logger.error(`generation-sync: relay for ${this.path} could not start: ${(error as Error).message}`);
+        this.#election.resign();
         return;
       }
-      if (this.#closed || !this.#election.leading) {
-        await redis.close().catch(() => undefined);
-        return;
-      }
-      const relay = new Relay(this.#shm, redis, {
-        statePath: `${this.path}.relay-state.json`,
-        mode: this.#mode,
-        expirationSecs: this.#expirationSecs,
-        scanIntervalMs: RELAY_SCAN_INTERVAL_MS,
-        logger: this.#logger,
-      });
       this.#relay = relay;
-      try {
-        relay.start();
-      } catch (error) {
-        // The local store closed or broke under the relay: stop relaying, and let another process try.
+      await relay.start().catch((error: unknown) => {
         this.#logger.error(`generation-sync: relay for ${this.path} could not start: ${(error as Error).message}`);
         this.#stopRelaying();
-        this.#election.close();
-      }
-    })().catch(() => undefined);
+        this.#election.resign();
+      });
+    })();
     this.#starting = starting.finally(() => {
-      if (this.#starting === tracked) this.#starting = undefined;
+      this.#starting = undefined;
     });
-    const tracked = this.#starting;
   }
 
   #stopRelaying(): void {

@@ -9,7 +9,27 @@
  * made on this host and not yet forwarded, so forwarding is "add the
  * difference" (one script that also announces the change), and taking in a
  * change from Redis is "the new Redis value plus what is still pending
- * here". Local values only ever move up.
+ * here". Local values only ever move up. (sync.ts decides each step.)
+ *
+ * Its work grows with what changes, not with how many keys there are:
+ *
+ * - A key's word carries the RELAYED flag once the relay has forwarded it;
+ *   the next process to change the key clears the flag, sets the key's bit
+ *   in the file's dirty map and wakes the relay if it sleeps (see
+ *   src/stores/shm/replica.ts). Later changes are plain atomic adds until
+ *   the relay has taken the key, forwarded it and set the flag again.
+ * - Changes from Redis arrive as messages carrying the new value, found by
+ *   the digest they name.
+ * - Everything is read again only when it has to be: when the relay starts
+ *   (a takeover: whatever happened while no relay ran), when Redis or the
+ *   subscription comes back, and when the store moves to another file.
+ *   The relay reports itself connected only once such a pass is done.
+ * - Work is done in slices of {@link SLICE} keys, and at most
+ *   {@link MAX_IN_FLIGHT} scripts are in flight: a burst of 100,000 keys
+ *   never holds the event loop more than a few milliseconds at a time.
+ * - A script that fails is retried, with a backoff up to
+ *   {@link RETRY_MAX_MS}, until it lands; each kind of failure is logged
+ *   once and counted.
  *
  * The bases are written to a file beside the store (every
  * {@link STATE_WRITE_MS}, and when the relay stops), so that the next
@@ -19,6 +39,10 @@
  * (never relayed, or taken in during an outage) is forwarded as "changed"
  * if it lives here: one extra change for the other hosts, never a lost one.
  *
+ * Each relay holds a term in the host's file, above every earlier relay's,
+ * and writes only while the term is its own: a relay that lost its place
+ * (its lock file removed, a frozen relay replaced) stops at its next write.
+ *
  * Not part of the public API: the package exports only what index.ts names.
  *
  * @module
@@ -26,11 +50,14 @@
 
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 
+import { StoreFormatError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
+import type { RedisEngine } from '../redis/redis-engine';
 import { checkReply, SCRIPTS } from '../redis/redis-scripts';
-import { redisInternalsOf, type RedisInternals, type RedisStore } from '../redis/redis-store';
+import { Subscription } from '../redis/redis-subscription';
+import type { Replica } from '../shm/replica';
 import type { SharedMemoryBinding } from '../shm/shm-binding';
-import type { SharedMemoryStore } from '../shm/shm-store';
+import { decide, RELAY_SCRIPT, settle, type Base, type Local } from './sync';
 
 /**
  * How often the relay writes the bases of keys it changed, at most, in
@@ -39,21 +66,55 @@ import type { SharedMemoryStore } from '../shm/shm-store';
  */
 export const STATE_WRITE_MS = 10;
 
+/** Keys handled per turn of the event loop (taking changes, reading every key again, an outage). */
+export const SLICE = 500;
+
+/** Scripts in flight at once. */
+export const MAX_IN_FLIGHT = 256;
+
+/** How often the relay says it is alive (a counter in the host's file; see RelayStore's takeover of a frozen relay). */
+export const BEAT_MS = 100;
+
+/** Backoff of a key whose script failed: doubling from RETRY_FIRST_MS to RETRY_MAX_MS. */
+const RETRY_FIRST_MS = 50;
+export const RETRY_MAX_MS = 5000;
+
 /** How many times taking in one reply may find the local value changed under it before the key is synced again instead. */
 const APPLY_ATTEMPTS = 1000;
+
+/**
+ * A change message carrying a value further ahead of the server's clock than this (in microseconds) was not
+ * made by a script of ours: every value a script writes is at most the clock plus the changes made faster
+ * than the clock runs. It is ignored (and counted); a nearer one is taken in, and read again.
+ */
+export const PLAUSIBLE_AHEAD_US = 60_000_000;
+
+/** How often the server's clock is read (for the plausibility of change messages). */
+const CLOCK_CHECK_MS = 30_000;
 
 const STATE_VERSION = 1;
 
 /** What the relay knows of one key. */
 interface KeyState {
+  readonly key: string;
   readonly binding: SharedMemoryBinding;
-  /** The Redis value the local value last took in; null: Redis has no live value; undefined: not known. */
-  base: number | null | undefined;
-  running: boolean;
+  /** The SHA-1 (hex) of its Redis key, which change messages carry. */
+  readonly digest: string;
+  base: Base;
+  /** A script for the key is on its way. */
+  busy: boolean;
+  /** In the queue of keys to sync. */
+  queued: boolean;
+  /** Sync again once the current script is in. */
   again: boolean;
-  /** A change from Redis was heard while a sync ran: the next round reads Redis even if nothing is pending here. */
+  /** Read Redis even if nothing is pending here. */
   reread: boolean;
-  readonly stop: Array<() => void>;
+  /** Failed scripts in a row (for the backoff); 0 when the last one landed. */
+  failures: number;
+  /** Waiting for its backoff to end. */
+  delayed: boolean;
+  /** Part of the read-everything pass under way (see #pass). */
+  inPass: boolean;
 }
 
 export interface RelaySettings {
@@ -61,9 +122,11 @@ export interface RelaySettings {
   readonly statePath: string;
   readonly mode: number;
   readonly expirationSecs: number;
-  /** How often new keys in the local store are looked for. */
-  readonly scanIntervalMs: number;
   readonly logger: Logger;
+  /** This relay's term (see Replica.claimTerm). */
+  readonly term: number;
+  /** The relay found another relay's term in the file: it has stopped writing; its owner must stop it. */
+  readonly onDeposed: () => void;
 }
 
 /** What a relay counts, for tests, benchmarks and `doctor`. */
@@ -74,294 +137,571 @@ export interface RelayCounters {
   takenIn: number;
   /** Outages seen. */
   outages: number;
+  /** Scripts Redis refused or failed to answer outside an outage (each retried until it lands). */
+  failed: number;
+  /** Change messages ignored: a value no script of ours could have written. */
+  implausible: number;
 }
 
 export class Relay {
   readonly #keys = new Map<string, KeyState>();
-  readonly #redis: RedisInternals;
-  #scanTimer: NodeJS.Timeout | undefined;
+  readonly #byDigest = new Map<string, KeyState>();
+  /** Key states by record number in the file of epoch #recordsEpoch. */
+  #byRecord: Array<KeyState | undefined> = [];
+  #recordsEpoch = -1;
+  readonly #subscription: Subscription;
+  #queue: KeyState[] = [];
+  #inFlight = 0;
+  #pumpScheduled = false;
+  /** Records marked changed and not taken yet (taken a slice at a time). */
+  #changed: number[] = [];
+  #changedScheduled = false;
+  /** The read-everything pass: the next record to look at, and how many keys of it are not in step yet. */
+  #pass: { next: number; epoch: number; remaining: number } | undefined;
+  #passScheduled = false;
+  /** Whether a pass completed since the connection (and the subscription) last came back. */
+  #inStep = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+  readonly #delayed = new Set<KeyState>();
+  #beatTimer: NodeJS.Timeout | undefined;
+  #clockTimer: NodeJS.Timeout | undefined;
   #stateTimer: NodeJS.Timeout | undefined;
+  /** The server's clock minus this process's, in microseconds, when last read. */
+  #clockOffsetUs: number | undefined;
+  /** No more work: stopped, or deposed by another relay's term. */
   #stopped = false;
+  #closed = false;
+  #deposed = false;
   /** Bumped by every outage: a reply sent before it must not be taken in after it. */
   #epoch = 0;
-  #stateProblemLogged = false;
-  readonly counters: RelayCounters = { forwarded: 0, takenIn: 0, outages: 0 };
+  readonly #logged = new Set<string>();
+  #bases: ReadonlyMap<string, Base> = new Map();
+  readonly counters: RelayCounters = { forwarded: 0, takenIn: 0, outages: 0, failed: 0, implausible: 0 };
 
   constructor(
-    private readonly shm: SharedMemoryStore,
-    private readonly redisStore: RedisStore,
+    private readonly replica: Replica,
+    private readonly engine: RedisEngine,
     private readonly settings: RelaySettings,
   ) {
-    this.#redis = redisInternalsOf(redisStore);
+    this.#subscription = new Subscription(
+      engine,
+      (message) => this.#heard(message),
+      () => this.#readEverything(), // messages were lost while it was away
+    );
   }
 
-  get redis(): RedisStore {
-    return this.redisStore;
+  /** Connected to Redis, and every key of the host brought in step with it since the connection last came back. */
+  get connected(): boolean {
+    return this.#inStep && this.engine.connection.up && !this.#stopped;
   }
 
-  /** Take over: read the bases the last relay left, look at every key, and keep watching. */
-  start(): void {
-    const bases = this.#readState();
-    this.#redis.connection.onLost(() => this.#outage());
-    this.#redis.connection.onReady(() => this.#syncAll());
-    this.#scan(bases);
-    if (!this.#redis.connection.up) this.#outage();
-    this.#scanTimer = setInterval(() => this.#scan(), this.settings.scanIntervalMs);
-    this.#scanTimer.unref();
+  /**
+   * Take over: read the bases the last relay left, listen to the host's changes and to Redis, and connect.
+   * Resolves once the first connection attempt settled (connected or not: it keeps trying).
+   */
+  async start(): Promise<void> {
+    this.#bases = this.#readState();
+    const connection = this.engine.connection;
+    connection.onLost(() => this.#outage());
+    connection.onReady(() => this.#readEverything());
+    this.replica.onMove(() => this.#readEverything());
+    this.replica.watch(() => this.#takeChanged());
+    this.#beatTimer = setInterval(() => this.#beat(), BEAT_MS);
+    this.#beatTimer.unref();
+    this.#clockTimer = setInterval(() => void this.#readClock(), CLOCK_CHECK_MS);
+    this.#clockTimer.unref();
+    this.#subscription.start();
+    await connection.open(this.engine.settings.connectTimeoutMs);
+    if (connection.up) this.#readEverything();
   }
 
-  /** Stop relaying; the bases are written now. Redis is closed in the background (bounded by its command timeout). */
+  /** Stop relaying; the bases are written now (unless another relay took the place). Redis is closed in the background. */
   stop(): Promise<void> {
-    if (this.#stopped) return Promise.resolve();
+    if (this.#closed) return Promise.resolve();
+    this.#closed = true;
     this.#stopped = true;
-    clearInterval(this.#scanTimer);
+    clearInterval(this.#beatTimer);
+    clearInterval(this.#clockTimer);
     clearTimeout(this.#stateTimer);
+    clearTimeout(this.#retryTimer);
     this.#stateTimer = undefined;
-    for (const state of this.#keys.values()) for (const stop of state.stop) stop();
-    this.#writeState();
-    return this.redisStore.close().catch(() => undefined);
+    this.replica.stopWatching();
+    this.#subscription.close();
+    if (!this.#deposed && this.replica.ownsTerm(this.settings.term)) this.#writeState();
+    return this.engine.connection.close().catch(() => undefined);
   }
 
-  /** Wait until no key has a sync running (for tests and `flush()`), at most `timeoutMs`. */
-  async settled(timeoutMs: number): Promise<boolean> {
+  /**
+   * Resolve true once every change made on the host before this call is in Redis: each key of the file (found
+   * now, created just before or not) is in step with Redis. False after `timeoutMs`, or if the relay stops.
+   */
+  async flush(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
+    const keys: string[] = [];
+    this.replica.follow();
+    const count = this.replica.recordCount();
+    for (let record = 0; record < count; record++) {
+      const { key } = this.replica.recordAt(record);
+      if (key !== undefined) keys.push(key);
+    }
     for (;;) {
-      let busy = false;
-      for (const state of this.#keys.values()) busy ||= state.running || !this.#inStep(state);
-      if (!busy) return true;
-      if (Date.now() >= deadline || this.#stopped) return false;
+      if (this.#stopped) return false;
+      if (this.connected && keys.every((key) => this.#settled(this.#keys.get(key)))) return true;
+      if (Date.now() >= deadline) return false;
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
   }
 
-  /** Find keys the local store holds that the relay does not know yet, and watch them. */
-  #scan(bases?: ReadonlyMap<string, number | null>): void {
-    if (this.#stopped || this.shm.closed) return;
-    let entries;
-    try {
-      entries = this.shm.entries();
-    } catch {
-      return; // the file is being replaced: the next scan looks again
-    }
-    for (const entry of entries) {
-      if (this.#keys.has(entry.key) || entry.keyTruncated) continue;
-      this.#adopt(entry.key, bases?.get(entry.key));
-    }
-  }
-
-  #adopt(key: string, base: number | null | undefined): void {
-    const binding = this.shm.bind(key) as SharedMemoryBinding;
-    const state: KeyState = { binding, base, running: false, again: false, reread: false, stop: [] };
-    this.#keys.set(key, state);
-    try {
-      state.stop.push(this.shm.watch(key, undefined, () => this.#localChanged(state)));
-      state.stop.push(this.redisStore.watch(key, undefined, (generation) => this.#remoteChanged(state, generation)));
-    } catch {
-      // The store closed under us: stop() follows.
-    }
-    if (!this.#inStep(state)) this.#sync(state);
+  #settled(state: KeyState | undefined): boolean {
+    return state !== undefined && !state.busy && !state.queued && !state.delayed && this.#inStepNow(state);
   }
 
   /** Whether the local value is what the base says, with nothing pending. */
-  #inStep(state: KeyState): boolean {
-    const { generation } = this.#local(state);
-    return state.base !== undefined && generation === state.base;
+  #inStepNow(state: KeyState): boolean {
+    return state.base !== undefined && this.#local(state).generation === state.base;
   }
 
-  #local(state: KeyState): { generation: number | null; highest: number; untouched: boolean } {
+  #local(state: KeyState): Local {
     try {
       return state.binding.snapshot();
     } catch {
-      return { generation: null, highest: 0, untouched: false };
+      return { generation: null, untouched: false };
+    }
+  }
+
+  // Finding keys.
+
+  /** The state of `key`, made (armed, with its saved base) the first time the relay meets it. */
+  #state(key: string): KeyState {
+    let state = this.#keys.get(key);
+    if (state === undefined) {
+      const binding = this.replica.bind(key);
+      const digest = this.engine.keys.digestOf(key);
+      state = { key, binding, digest, base: this.#bases.get(key), busy: false, queued: false, again: false, reread: false, failures: 0, delayed: false, inPass: false };
+      this.#keys.set(key, state);
+      this.#byDigest.set(digest, state);
+    }
+    return state;
+  }
+
+  /** The state of record `record` of the file in use, or undefined for a key the relay cannot relay. */
+  #stateOfRecord(record: number): KeyState | undefined {
+    if (this.#recordsEpoch !== this.replica.epoch) {
+      this.#byRecord = [];
+      this.#recordsEpoch = this.replica.epoch;
+    }
+    let state = this.#byRecord[record];
+    if (state === undefined) {
+      const { key } = this.replica.recordAt(record);
+      if (key === undefined) return undefined; // a key longer than the file keeps whole: refused by RelayStore.bind
+      state = this.#state(key);
+      this.#byRecord[record] = state;
+    }
+    return state;
+  }
+
+  /** The host's processes changed keys: take the records marked dirty, a slice at a time. */
+  #takeChanged(): void {
+    if (this.#stopped) return;
+    try {
+      this.replica.follow();
+      this.#changed.push(...this.replica.changed());
+    } catch {
+      return; // the file is unusable just now: the move that follows reads everything again
+    }
+    this.#takeChangedSlice();
+  }
+
+  #takeChangedSlice(): void {
+    this.#changedScheduled = false;
+    if (this.#stopped) return;
+    const slice = this.#changed.splice(0, SLICE);
+    for (const record of slice) {
+      const state = this.#stateOfRecord(record);
+      if (state !== undefined) this.#enqueue(state, false);
+    }
+    if (this.#changed.length > 0 && !this.#changedScheduled) {
+      this.#changedScheduled = true;
+      setImmediate(() => this.#takeChangedSlice());
     }
   }
 
   /**
-   * Write into the local file (see SharedMemoryBinding.replace); false, changing nothing, when the file
-   * refuses just now (replaced under us, full, its lock stuck): the key is synced again later. Called from
-   * watch listeners and timers, so nothing may be thrown from here into the host.
+   * Read every key of the host again, and Redis' value of each: when the relay starts, when Redis or the
+   * subscription comes back, when the store moves to another file. The relay is in step once it is done.
    */
-  #replace(state: KeyState, expected: number | null, next: number | null): boolean {
+  #readEverything(): void {
+    if (this.#stopped || !this.engine.connection.up) return;
+    this.#inStep = false;
+    void this.#readClock();
+    for (const state of this.#keys.values()) state.inPass = false;
     try {
+      this.replica.follow();
+    } catch {
+      return; // no usable file just now: the move that follows starts this again
+    }
+    this.#pass = { next: 0, epoch: this.replica.epoch, remaining: 0 };
+    this.#schedulePassSlice();
+  }
+
+  #schedulePassSlice(): void {
+    if (this.#passScheduled) return;
+    this.#passScheduled = true;
+    setImmediate(() => {
+      this.#passScheduled = false;
+      this.#passSlice();
+    });
+  }
+
+  #passSlice(): void {
+    const pass = this.#pass;
+    if (pass === undefined || this.#stopped) return;
+    if (pass.epoch !== this.replica.epoch) {
+      pass.next = 0; // moved meanwhile: start over on the new file
+      pass.epoch = this.replica.epoch;
+    }
+    let count: number;
+    try {
+      count = this.replica.recordCount();
+    } catch {
+      this.#pass = undefined;
+      return;
+    }
+    const end = Math.min(count, pass.next + SLICE);
+    for (let record = pass.next; record < end; record++) {
+      const state = this.#stateOfRecord(record);
+      if (state === undefined || state.inPass) continue;
+      state.inPass = true;
+      pass.remaining++;
+      this.#enqueue(state, true);
+    }
+    pass.next = end;
+    if (end < count) this.#schedulePassSlice();
+    else this.#passEnded();
+  }
+
+  /** A key of the pass was synced (or could not be, and is retried): the pass ends when none is left. */
+  #passed(state: KeyState): void {
+    if (!state.inPass) return;
+    state.inPass = false;
+    const pass = this.#pass;
+    if (pass === undefined) return;
+    pass.remaining--;
+    this.#passEnded();
+  }
+
+  #passEnded(): void {
+    const pass = this.#pass;
+    if (pass === undefined || pass.remaining > 0) return;
+    try {
+      if (pass.next < this.replica.recordCount() || pass.epoch !== this.replica.epoch) return; // still looking
+    } catch {
+      return;
+    }
+    this.#pass = undefined;
+    this.#inStep = this.engine.connection.up;
+  }
+
+  // Syncing.
+
+  #enqueue(state: KeyState, reread: boolean): void {
+    if (reread) state.reread = true;
+    if (state.busy) {
+      state.again = true;
+      return;
+    }
+    if (state.delayed) return;
+    if (!state.queued) {
+      state.queued = true;
+      this.#queue.push(state);
+    }
+    this.#schedulePump(); // also for a key queued during an outage: the queue waits for the connection
+  }
+
+  #schedulePump(): void {
+    if (this.#pumpScheduled) return;
+    this.#pumpScheduled = true;
+    queueMicrotask(() => {
+      this.#pumpScheduled = false;
+      this.#pump();
+    });
+  }
+
+  /** Start syncs while fewer than MAX_IN_FLIGHT are on their way, at most a slice per turn of the event loop. */
+  #pump(): void {
+    let started = 0;
+    while (this.#inFlight < MAX_IN_FLIGHT && this.#queue.length > 0 && !this.#stopped && this.engine.connection.up) {
+      if (started++ >= SLICE) {
+        setImmediate(() => this.#pump());
+        return;
+      }
+      const state = this.#queue.shift() as KeyState;
+      state.queued = false;
+      this.#sync(state);
+    }
+  }
+
+  /** Bring one key in step, one script at a time; changes meanwhile run it again. Never rejects. */
+  #sync(state: KeyState): void {
+    state.busy = true;
+    this.#inFlight++;
+    void (async () => {
+      let failed = false;
+      try {
+        do {
+          state.again = false;
+          if (this.#stopped || !this.engine.connection.up) break; // the reconnect reads everything
+          await this.#syncOnce(state);
+        } while (state.again && !this.#stopped);
+        state.failures = 0;
+      } catch (error) {
+        failed = true;
+        this.#failed(state, error);
+      } finally {
+        state.busy = false;
+        this.#inFlight--;
+        if (!failed) this.#armAndCheck(state);
+        // A key that failed is retried until it lands (and was logged): it does not hold the pass up.
+        this.#passed(state);
+        this.#schedulePump();
+      }
+    })();
+  }
+
+  /** Ask to hear of the key's next change, then look once more: a change made before the flag was set is not missed. */
+  #armAndCheck(state: KeyState): void {
+    if (this.#stopped) return;
+    try {
+      this.replica.arm(state.binding);
+    } catch {
+      return; // the file is being replaced: the move reads everything again
+    }
+    if (!this.#inStepNow(state) && this.engine.connection.up) this.#enqueue(state, false);
+  }
+
+  async #syncOnce(state: KeyState): Promise<void> {
+    const epoch = this.#epoch;
+    const sent = this.#local(state);
+    const step = decide(state.base, sent, state.reread);
+    state.reread = false;
+    if (step.kind === 'none') return;
+    const redisKey = this.engine.keys.redisKey(state.key);
+    this.counters.forwarded++;
+    if (step.kind === 'clear') {
+      await this.engine.connection.script(SCRIPTS.clear, redisKey, [this.engine.keys.channel]);
+      if (this.#outdated(state, epoch)) return;
+      state.base = null;
+      this.#stateChanged();
+      if (this.#local(state).generation !== null) state.again = true;
+      return;
+    }
+    const reply = await this.engine.connection.script(RELAY_SCRIPT, redisKey, [
+      step.mode,
+      String(step.delta),
+      String(sent.generation ?? 0),
+      String(this.settings.expirationSecs),
+      this.engine.keys.channel,
+    ]);
+    if (this.#outdated(state, epoch)) return;
+    this.#apply(state, sent.generation, reply === null || reply === false ? null : checkReply(reply, redisKey));
+  }
+
+  /** An answer sent before an outage is not taken in after it: the key is read again instead. */
+  #outdated(state: KeyState, epoch: number): boolean {
+    if (this.#stopped) return true;
+    if (epoch === this.#epoch) return false;
+    state.reread = true;
+    state.again = true;
+    return true;
+  }
+
+  /** Take in Redis' answer to a step sent when the local value was `sent`. */
+  #apply(state: KeyState, sent: number | null, result: number | null): void {
+    for (let attempt = 0; attempt < APPLY_ATTEMPTS; attempt++) {
+      const now = this.#local(state).generation;
+      const outcome = settle(sent, result, now);
+      if (outcome.write === undefined) {
+        state.base = outcome.base;
+        if (outcome.again) state.again = true;
+        break;
+      }
+      if (this.#write(state, now, outcome.write)) {
+        state.base = outcome.base;
+        if (outcome.again) state.again = true;
+        if (outcome.write !== null) this.counters.takenIn++;
+        break;
+      }
+      if (outcome.refused !== undefined && this.#local(state).generation === now) {
+        state.base = outcome.refused.base;
+        if (outcome.refused.again) state.again = true;
+        break;
+      }
+    }
+    if (!this.#inStepNow(state)) state.again = true;
+    this.#stateChanged();
+  }
+
+  /**
+   * Write into the local file (see SharedMemoryBinding.replace), only while this relay's term is the file's;
+   * false, changing nothing, when the file refuses just now (replaced under us, full, its lock stuck): the
+   * key is synced again later. Called from listeners and timers, so nothing may be thrown into the host.
+   */
+  #write(state: KeyState, expected: number | null, next: number | null): boolean {
+    try {
+      if (!this.replica.ownsTerm(this.settings.term)) {
+        this.#lostPlace();
+        return false;
+      }
       return state.binding.replace(expected, next);
     } catch {
       return false;
     }
   }
 
-  #localChanged(state: KeyState): void {
-    if (!this.#inStep(state)) this.#sync(state);
+  /** Another relay took over (a higher term in the file): stop writing at once, and let the owner stop this one. */
+  #lostPlace(): void {
+    if (this.#deposed) return;
+    this.#deposed = true;
+    this.#stopped = true;
+    this.#logOnce('deposed', 'warn', 'another process took over as the relay of this host; this one stops');
+    queueMicrotask(() => this.settings.onDeposed());
   }
 
-  /** A change from Redis (a message, or a re-read after a reconnect or on the poll). */
-  #remoteChanged(state: KeyState, generation: number | null): void {
+  /** A script failed. An outage is the connection's to report (and the reconnect reads everything); anything else is retried after a backoff. */
+  #failed(state: KeyState, error: unknown): void {
     if (this.#stopped) return;
-    if (state.running) {
-      // Its reply may or may not include this change: read Redis again once it is in.
-      state.again = true;
-      state.reread = true;
+    if (!this.engine.connection.up) return;
+    this.counters.failed++;
+    const message = error instanceof Error ? error.message : String(error);
+    const kind = error instanceof StoreFormatError ? `refused:${error.code}` : `failed:${message.split(' ')[0]}`;
+    this.#logOnce(
+      kind,
+      'error',
+      `Redis refused or failed a change of "${state.key}" (${message}); it is tried again until it lands (each kind of failure is logged once; see relayStatus().counters)`,
+    );
+    state.failures++;
+    state.delayed = true;
+    state.reread = true;
+    this.#delayed.add(state);
+    const wait = Math.min(RETRY_FIRST_MS * 2 ** Math.min(state.failures - 1, 16), RETRY_MAX_MS) * (0.5 + Math.random() / 2);
+    if (this.#retryTimer === undefined) {
+      this.#retryTimer = setTimeout(() => this.#retryDelayed(), wait);
+      this.#retryTimer.unref();
+    }
+  }
+
+  #retryDelayed(): void {
+    this.#retryTimer = undefined;
+    const due = [...this.#delayed];
+    this.#delayed.clear();
+    for (const state of due) {
+      state.delayed = false;
+      this.#enqueue(state, true);
+    }
+  }
+
+  // Changes from Redis.
+
+  /** A change message: "<digest of the Redis key> <stored value>". */
+  #heard(message: string): void {
+    if (this.#stopped) return;
+    const space = message.indexOf(' ');
+    if (space < 0) return;
+    const state = this.#byDigest.get(message.slice(0, space));
+    if (state === undefined) return; // a key this host does not hold
+    const stored = Number(message.slice(space + 1));
+    if (!Number.isSafeInteger(stored)) return;
+    if (state.busy || state.queued || state.delayed) {
+      // A script is on its way, or will be: its answer may or may not include this change; read Redis then.
+      this.#enqueue(state, true);
       return;
     }
     const base = state.base;
-    const local = this.#local(state);
-    if (typeof base === 'number' && generation !== null && generation <= base) return; // our own, or older
-    if (generation === null) {
-      if (base === null) return;
-      if (typeof base === 'number' && local.generation !== null && this.#replace(state, local.generation, null)) {
-        this.#took(state, null);
-        return;
-      }
-    } else if (typeof base === 'number' && local.generation !== null && local.generation >= base) {
-      if (this.#replace(state, local.generation, generation + (local.generation - base))) {
-        this.#took(state, generation);
-        return;
-      }
-    } else if (base === null && local.generation === null && this.#replace(state, null, generation)) {
-      this.#took(state, generation);
+    if (stored < 0) {
+      // A clear: rare; read it (a message alone is not proof that Redis has no value).
+      if (base !== null) this.#enqueue(state, true);
       return;
     }
-    this.#sync(state);
-  }
-
-  #took(state: KeyState, base: number | null): void {
-    state.base = base;
-    this.counters.takenIn++;
-    this.#stateChanged();
-  }
-
-  /** Bring one key in step, one script at a time; changes meanwhile run it again. Never rejects. */
-  #sync(state: KeyState): void {
-    if (state.running) {
-      state.again = true;
+    if (typeof base === 'number' && stored <= base) return; // our own, or older
+    const serverNow = this.#serverNowUs();
+    if (serverNow !== undefined && stored > serverNow + PLAUSIBLE_AHEAD_US) {
+      this.counters.implausible++;
+      this.#logOnce('implausible', 'warn', `ignored a change message for "${state.key}" carrying ${stored}, beyond any value Redis can have written now; someone else publishes on the channel`);
       return;
     }
-    state.running = true;
-    void (async () => {
-      try {
-        do {
-          state.again = false;
-          if (this.#stopped || !this.#redis.connection.up) break; // the reconnect syncs every key
-          await this.#syncOnce(state);
-        } while (state.again && !this.#stopped);
-      } catch {
-        // Redis failed or timed out: the connection reports the outage, and every key is synced when it is back.
-      } finally {
-        state.running = false;
-      }
-    })();
-  }
-
-  async #syncOnce(state: KeyState): Promise<void> {
-    const epoch = this.#epoch;
-    const sent = this.#local(state);
-    const base = state.base;
-    const reread = state.reread;
-    state.reread = false;
-    const redisKey = this.#redis.keys.redisKey(state.binding.key);
-    let mode: 'add' | 'create' | 'adopt' | 'read';
-    let delta = 0;
-    if (sent.generation !== null) {
-      if (typeof base === 'number' && sent.generation >= base) {
-        if (sent.generation === base && !reread) return;
-        mode = 'add';
-        delta = sent.generation - base;
-      } else {
-        // Created here and untouched since: a host meeting a key, not a change. Otherwise what changed here
-        // since Redis' value was last known is not known: count one change.
-        mode = sent.untouched && (base === undefined || base === null) ? 'adopt' : 'create';
-      }
-    } else if (typeof base === 'number') {
-      this.counters.forwarded++;
-      await this.#redis.connection.script(SCRIPTS.clear, redisKey, [this.#redis.keys.channel]);
-      if (epoch !== this.#epoch || this.#stopped) return;
-      state.base = null;
+    const now = this.#local(state).generation;
+    if (typeof base === 'number' && now !== null && now >= base && this.#write(state, now, stored + (now - base))) {
+      state.base = stored;
+      this.counters.takenIn++;
       this.#stateChanged();
-      if (this.#local(state).generation !== null) state.again = true;
+      // Ahead of the server's clock: a value a script may have written, or one someone published. Read it
+      // again (raising Redis to it if need be, so that every host agrees).
+      if (serverNow === undefined || stored > serverNow) this.#enqueue(state, true);
       return;
-    } else if (base === null && !reread) {
-      return;
-    } else {
-      mode = 'read';
     }
-    this.counters.forwarded++;
-    const reply = await this.#redis.connection.script(SCRIPTS.relaySync, redisKey, [
-      mode,
-      String(delta),
-      String(sent.generation ?? 0),
-      String(this.settings.expirationSecs),
-      this.#redis.keys.channel,
-    ]);
-    if (epoch !== this.#epoch || this.#stopped) return;
-    const result = reply === null || reply === false ? null : checkReply(reply, redisKey);
-    this.#apply(state, sent.generation, result);
+    this.#enqueue(state, true);
   }
 
-  /** Take in Redis' answer to a sync sent when the local value was `sent`. */
-  #apply(state: KeyState, sent: number | null, result: number | null): void {
-    for (let attempt = 0; attempt < APPLY_ATTEMPTS; attempt++) {
-      const now = this.#local(state);
-      if (result === null) {
-        // Redis has no live value (cleared, expired, flushed): the host goes absent, and is forwarded when re-created.
-        if (now.generation === null || this.#replace(state, now.generation, null)) {
-          state.base = null;
-          if (sent === null && now.generation !== null) state.again = true;
-          break;
-        }
-        continue;
-      }
-      if (now.generation === null) {
-        if (sent !== null) {
-          // Cleared here meanwhile: the next round forwards the clear.
-          state.base = result;
-          state.again = true;
-        } else if (this.#replace(state, null, result)) {
-          state.base = result;
-        } else {
-          // The key was higher here once than Redis is now: it is forwarded (above that) when re-created.
-          state.base = null;
-        }
-        break;
-      }
-      if (sent === null || now.generation < sent) {
-        // Created here meanwhile, or the local file lost its value: what changed here is not known.
-        state.base = undefined;
-        state.again = true;
-        break;
-      }
-      const target = result + (now.generation - sent);
-      if (target === now.generation || this.#replace(state, now.generation, target)) {
-        state.base = result;
-        break;
-      }
-    }
-    if (!this.#inStep(state)) state.again = true;
-    this.#stateChanged();
+  /** The server's clock now, in microseconds, as last read; undefined before the first reading. */
+  #serverNowUs(): number | undefined {
+    return this.#clockOffsetUs === undefined ? undefined : Date.now() * 1000 + this.#clockOffsetUs;
   }
+
+  async #readClock(): Promise<void> {
+    try {
+      const before = Date.now();
+      const [seconds, micros] = (await this.engine.connection.command(['TIME'])) as [string, string];
+      const localUs = ((before + Date.now()) / 2) * 1000;
+      this.#clockOffsetUs = Number(seconds) * 1_000_000 + Number(micros) - localUs;
+    } catch {
+      // an outage: read again when the connection is back
+    }
+  }
+
+  // Outages and liveness.
 
   /** Redis is unreachable: what other hosts change is unknown, so every key here reads as expired, once. */
   #outage(): void {
     if (this.#stopped) return;
     this.#epoch++;
+    this.#inStep = false;
+    this.#pass = undefined;
     this.counters.outages++;
-    for (const state of this.#keys.values()) {
-      const { generation } = this.#local(state);
-      state.base = undefined;
-      if (generation !== null) this.#replace(state, generation, null);
-    }
-    this.#stateChanged();
+    const states = [...this.#keys.values()];
+    for (const state of states) state.inPass = false;
+    const poison = (from: number): void => {
+      if (this.#stopped || this.engine.connection.up) return; // back already: the pass reads everything
+      for (const state of states.slice(from, from + SLICE)) {
+        const { generation } = this.#local(state);
+        state.base = undefined;
+        if (generation !== null) this.#write(state, generation, null);
+      }
+      if (from + SLICE < states.length) setImmediate(() => poison(from + SLICE));
+      else this.#stateChanged();
+    };
+    poison(0);
   }
 
-  /**
-   * Connected again: read every key, in step or not. Redis may have lost data or come back from an older
-   * snapshot: each read also raises Redis to this host's value (the script's floor), so that the next change
-   * anywhere lands above every value a host holds.
-   */
-  #syncAll(): void {
-    for (const state of this.#keys.values()) {
-      state.reread = true;
-      this.#sync(state);
+  #beat(): void {
+    if (this.#stopped) return;
+    try {
+      if (!this.replica.ownsTerm(this.settings.term)) {
+        this.#lostPlace();
+        return;
+      }
+      this.replica.beat();
+    } catch {
+      // the file is being replaced: the next beat is on the new one
     }
   }
+
+  #logOnce(kind: string, level: 'warn' | 'error', message: string): void {
+    if (this.#logged.has(kind)) return;
+    this.#logged.add(kind);
+    this.settings.logger[level](`generation-sync: relay for ${this.replica.path}: ${message}.`);
+  }
+
+  // The bases, on disk.
 
   #stateChanged(): void {
     if (this.#stateTimer !== undefined || this.#stopped) return;
@@ -376,8 +716,8 @@ export class Relay {
   }
 
   /** The bases the last relay wrote, if they are for this Redis namespace. */
-  #readState(): Map<string, number | null> {
-    const bases = new Map<string, number | null>();
+  #readState(): Map<string, Base> {
+    const bases = new Map<string, Base>();
     let text: string;
     try {
       text = readFileSync(this.settings.statePath, 'utf8');
@@ -386,13 +726,13 @@ export class Relay {
     }
     try {
       const parsed = JSON.parse(text) as { version?: unknown; namespace?: unknown; bases?: unknown };
-      if (parsed.version !== STATE_VERSION || parsed.namespace !== this.#redis.keys.namespace) return bases;
+      if (parsed.version !== STATE_VERSION || parsed.namespace !== this.engine.keys.namespace) return bases;
       if (typeof parsed.bases !== 'object' || parsed.bases === null) return bases;
       for (const [key, base] of Object.entries(parsed.bases as Record<string, unknown>)) {
         if (base === null || (typeof base === 'number' && Number.isSafeInteger(base) && base >= 0)) bases.set(key, base);
       }
     } catch {
-      this.#stateProblem(`${this.settings.statePath} is not a relay state file; every key is forwarded as changed once`);
+      this.#logOnce('state', 'warn', `${this.settings.statePath} is not a relay state file; every key is forwarded as changed once`);
     }
     return bases;
   }
@@ -400,19 +740,13 @@ export class Relay {
   #writeState(): void {
     const bases: Record<string, number | null> = {};
     for (const [key, state] of this.#keys) if (state.base !== undefined) bases[key] = state.base;
-    const text = JSON.stringify({ version: STATE_VERSION, namespace: this.#redis.keys.namespace, bases });
+    const text = JSON.stringify({ version: STATE_VERSION, namespace: this.engine.keys.namespace, bases });
     const temporary = `${this.settings.statePath}.${process.pid}.tmp`;
     try {
       writeFileSync(temporary, text, { mode: this.settings.mode });
       renameSync(temporary, this.settings.statePath);
     } catch (error) {
-      this.#stateProblem(`cannot write ${this.settings.statePath} (${(error as Error).message}); a relay taking over forwards every key as changed once`);
+      this.#logOnce('state-write', 'warn', `cannot write ${this.settings.statePath} (${(error as Error).message}); a relay taking over forwards every key as changed once`);
     }
-  }
-
-  #stateProblem(message: string): void {
-    if (this.#stateProblemLogged) return;
-    this.#stateProblemLogged = true;
-    this.settings.logger.warn(`generation-sync: relay: ${message}.`);
   }
 }

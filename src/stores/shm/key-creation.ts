@@ -85,6 +85,8 @@ function findOrCreateLocked(file: MappedFile, identity: KeyIdentity, seed: numbe
   checkpoint('shm-create', 'counted');
   file.setHeaderWord(H_PENDING_RECORD, 0);
   checkpoint('shm-create', 'settled');
+  // A host with a relay: the relay learns of the new key as of a change.
+  if (file.relayed) file.relayChanged(record);
   if (trace.enabled) trace('created key %j in %s (record %d, %s)', identity.label, file.path, record, seed === null ? 'absent' : `generation ${seed}`);
   return record;
 }

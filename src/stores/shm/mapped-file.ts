@@ -18,11 +18,19 @@ import { retryUntil } from '../../system/lock-wait';
 import type { NativeAddon } from './native';
 import {
   DIGEST_BYTES,
+  DIRTY_BITS_PER_WORD,
   FLAG_RETIRED,
   H_FLAGS,
   H_NOTIFY_SEQ,
+  H_NOTIFY_SLEEPERS,
   H_RECORD_COUNT,
+  H_RELAY_SEQ,
+  H_RELAY_SLEEPERS,
+  H_RELAY_TERM,
   INLINE_KEY_BYTES,
+  LEGACY_DIGEST_BYTES,
+  LEGACY_FORMAT_VERSION,
+  LEGACY_R_DIGEST,
   MAGIC,
   R_CREATED_AT,
   R_DIGEST,
@@ -79,6 +87,9 @@ export class MappedFile {
   readonly #u32: Uint32Array;
   readonly #f64: Float64Array;
   readonly #bytes: Buffer;
+  /** Where a record's digest is, and how many bytes of the key's SHA-256 it keeps (format 1 kept them all). */
+  readonly #digestOffset: number;
+  readonly #digestBytes: number;
   #open = true;
 
   /** Made by `open-file.ts`, which has checked the file and its header. */
@@ -96,6 +107,14 @@ export class MappedFile {
     this.#u32 = new Uint32Array(buffer);
     this.#f64 = new Float64Array(buffer);
     this.#bytes = Buffer.from(buffer);
+    const legacy = header.version === LEGACY_FORMAT_VERSION;
+    this.#digestOffset = legacy ? LEGACY_R_DIGEST : R_DIGEST;
+    this.#digestBytes = legacy ? LEGACY_DIGEST_BYTES : DIGEST_BYTES;
+  }
+
+  /** Whether this is a file of format 1, open only to carry its keys over. */
+  get legacy(): boolean {
+    return this.header.version === LEGACY_FORMAT_VERSION;
   }
 
   /** Unmap (no typed array over the file can reach it afterwards) and close. Idempotent. */
@@ -118,6 +137,16 @@ export class MappedFile {
 
   setHeaderWord(field: number, value: number): void {
     Atomics.store(this.#u32, field / 4, value);
+  }
+
+  /** Add one to a u32 header field (wrapping); returns the value before. */
+  addHeaderWord(field: number): number {
+    return Atomics.add(this.#u32, field / 4, 1);
+  }
+
+  /** Compare-and-swap a u32 header field; returns the value found. */
+  swapHeaderWord(field: number, expected: number, value: number): number {
+    return Atomics.compareExchange(this.#u32, field / 4, expected, value);
   }
 
   /** Whether some process found this file pulled from its path and retired it. */
@@ -145,10 +174,47 @@ export class MappedFile {
     return size >= this.header.fileSize && this.#bytes.subarray(0, MAGIC.length).equals(MAGIC);
   }
 
-  /** Bump the notification sequence and wake every watcher thread, in every process. */
+  /** Bump the notification sequence and wake every watcher thread, in every process (only if one sleeps). */
   wakeWatchers(): void {
-    Atomics.add(this.#u32, H_NOTIFY_SEQ / 4, 1);
-    this.addon.wake(this.buffer, H_NOTIFY_SEQ);
+    this.#signal(H_NOTIFY_SEQ, H_NOTIFY_SLEEPERS);
+  }
+
+  /** Whether a relay ever ran on this file (its records are then marked dirty when made). */
+  get relayed(): boolean {
+    return this.headerWord(H_RELAY_TERM) !== 0;
+  }
+
+  /** Tell the host's relay that `record` changed: its bit in the dirty map, and a wake-up if the relay sleeps. */
+  relayChanged(record: number): void {
+    this.markDirty(record);
+    this.#signal(H_RELAY_SEQ, H_RELAY_SLEEPERS);
+  }
+
+  /**
+   * Add one to the futex word at `seq` and wake its waiters, unless none sleeps. A waiter adds itself to
+   * `sleepers` before it looks at `seq` and waits, so that either it sees this change or this sees it
+   * (both are sequentially consistent). An addon without sleeper counts is always woken.
+   */
+  #signal(seq: number, sleepers: number): void {
+    Atomics.add(this.#u32, seq / 4, 1);
+    // Format 1's watchers (processes of generation-sync 0.1) do not count themselves: always wake them.
+    if (this.legacy || !this.addon.capabilities.sleepers || Atomics.load(this.#u32, sleepers / 4) !== 0) this.addon.wake(this.buffer, seq);
+  }
+
+  // The dirty map (format 2): one bit per record, set when a relayed key changed, taken by the relay.
+
+  /** How many 32-bit words the dirty map has. */
+  get dirtyWords(): number {
+    return Math.ceil(this.header.capacity / DIRTY_BITS_PER_WORD);
+  }
+
+  markDirty(record: number): void {
+    Atomics.or(this.#u32, this.header.dirtyOffset / 4 + Math.floor(record / DIRTY_BITS_PER_WORD), 1 << record % DIRTY_BITS_PER_WORD);
+  }
+
+  /** Take (read and clear) word `index` of the dirty map: bit b means record index * 32 + b changed. */
+  takeDirty(index: number): number {
+    return Atomics.exchange(this.#u32, this.header.dirtyOffset / 4 + index, 0) >>> 0;
   }
 
   // Records.
@@ -200,7 +266,7 @@ export class MappedFile {
   /** The identity a record holds (for a long key, its label is only the inline bytes). */
   identityAt(record: number): KeyIdentity {
     const length = Math.min(this.recordWord(record, R_KEY_LENGTH), 2 ** 31);
-    const digest = Buffer.from(this.recordBytes(record, R_DIGEST, DIGEST_BYTES));
+    const digest = Buffer.from(this.recordBytes(record, this.#digestOffset, this.#digestBytes));
     const inline = Buffer.from(this.recordBytes(record, R_KEY, Math.min(length, INLINE_KEY_BYTES)));
     return { label: inline.toString('utf8'), length, digest, inline, tag: digest.readUInt32LE(0) };
   }
@@ -236,7 +302,7 @@ export class MappedFile {
 
   /** Whether the index publishes `record` (under the tag its digest gives). */
   isPublished(record: number): boolean {
-    const tag = this.recordBytes(record, R_DIGEST, 4).readUInt32LE(0);
+    const tag = this.recordBytes(record, this.#digestOffset, 4).readUInt32LE(0);
     return this.probe(tag, (ref) => ref === record + 1).ref === record + 1;
   }
 
@@ -311,7 +377,7 @@ export class MappedFile {
   #holds(record: number, identity: KeyIdentity): boolean {
     return (
       this.recordWord(record, R_KEY_LENGTH) === identity.length &&
-      this.recordBytes(record, R_DIGEST, DIGEST_BYTES).equals(identity.digest) &&
+      this.recordBytes(record, this.#digestOffset, this.#digestBytes).equals(identity.digest.subarray(0, this.#digestBytes)) &&
       this.recordBytes(record, R_KEY, identity.inline.length).equals(identity.inline)
     );
   }

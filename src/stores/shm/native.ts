@@ -32,6 +32,8 @@ export interface AddonCapabilities {
   readonly futex: boolean;
   /** Whether byte-range locks (Linux OFD locks) are available; otherwise only the creation lock is. */
   readonly rangeLocks: boolean;
+  /** Whether a Watcher counts itself in a sleepers word while it waits (so that a change may skip the wake). */
+  readonly sleepers?: boolean;
 }
 
 /** What the addon exports; see `native/addon.cc`. */
@@ -60,8 +62,11 @@ export interface NativeAddon {
   wake(buffer: ArrayBuffer, byteOffset: number): void;
   /** What this build offers on this platform. */
   readonly capabilities: AddonCapabilities;
-  /** A thread that calls `onChange` (on the JS thread) soon after the u32 at `byteOffset` of file `fd` changes. */
-  Watcher: new (fd: number, byteOffset: number, onChange: () => void) => NativeWatcher;
+  /**
+   * A thread that calls `onChange` (on the JS thread) soon after the u32 at `byteOffset` of file `fd` changes.
+   * With `sleepersOffset` (a u32 on the same page), the thread counts itself there while it waits.
+   */
+  Watcher: new (fd: number, byteOffset: number, onChange: () => void, sleepersOffset?: number) => NativeWatcher;
 }
 
 const ADDON_FUNCTIONS = ['map', 'unmap', 'faults', 'allocate', 'tryLock', 'unlock', 'lockedByOthers', 'renameNoReplace', 'wake', 'Watcher'] as const;

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { randomInt } from 'node:crypto';
 import { closeSync, fchmodSync, fdatasyncSync, fstatSync, openSync, readSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import { dirname } from 'node:path';
 
@@ -29,7 +30,10 @@ export interface OpenSettings {
   readonly lockTimeoutMs: number;
 }
 
-/** Open, check and map the store file at `path`, creating it if there is none. Retired or not: see `retirement.ts`. */
+/**
+ * Open, check and map the store file at `path`, creating it if there is none. Retired or not, and of format 1
+ * or not: see `retirement.ts`, which replaces both.
+ */
 export function openStoreFile(path: string, settings: OpenSettings, addon: NativeAddon): MappedFile {
   // Every open and re-open: the path must still lead where only root and this user can change it.
   checkDirectoryChain(dirname(path));
@@ -76,7 +80,7 @@ export function buildStoreFile(file: string, settings: OpenSettings, addon: Nati
   try {
     fchmodSync(fd, settings.mode);
     addon.allocate(fd, layout.fileSize);
-    writeSync(fd, encodeHeader(layout, Date.now()), 0, HEADER_SIZE, 0);
+    writeSync(fd, encodeHeader(layout, Date.now(), randomInt(1, 2 ** 32)), 0, HEADER_SIZE, 0);
     fdatasyncSync(fd);
   } catch (error) {
     throw ioError(error, 'create the store', file);

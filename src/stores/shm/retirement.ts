@@ -19,7 +19,7 @@ import { findOrCreate, withCreationLock } from './key-creation';
 import type { KeyIdentity, MappedFile } from './mapped-file';
 import type { NativeAddon } from './native';
 import { buildStoreFile, openStoreFile, removeQuietly, type OpenSettings } from './open-file';
-import { ABSENT, H_RECORD_COUNT, VALUE_MASK, WATCHED } from './shm-format';
+import { ABSENT, H_RECORD_COUNT, RELAYED, VALUE_MASK, WATCHED } from './shm-format';
 
 /** Upper bound on compare-and-swap retries; each failure means another process made progress. */
 export const MAX_CAS_ATTEMPTS = 100_000;
@@ -36,12 +36,16 @@ export interface CapturedKey {
 /**
  * Open, check and map the live store file at `path`: create it if there
  * is none, and replace it (carrying its keys over) if it is a retired file
- * that came back (moved away and back, restored from a backup).
+ * that came back (moved away and back, restored from a backup), or a file
+ * of format 1 (generation-sync 0.1): its keys come over as floors, so every
+ * holder reloads once and no generation repeats. Processes of 0.1 on the
+ * same file then find it retired and cannot open the new one (it is of a
+ * newer format): upgrade every process of a host together.
  */
 export function openLive(path: string, settings: OpenSettings, addon: NativeAddon): MappedFile {
   for (let replaced = 0; replaced <= RETIRED_REPLACEMENTS; replaced++) {
     const file = openStoreFile(path, settings, addon);
-    if (!file.retired) return file;
+    if (!file.retired && !file.legacy) return file;
     try {
       replaceWhileRetired(file, settings);
     } finally {
@@ -110,7 +114,11 @@ export function carryOver(file: MappedFile, identity: KeyIdentity, word: bigint)
     } else {
       next = (oldValue + 1n) | (current & (ABSENT | WATCHED));
     }
-    if (Atomics.compareExchange(file.gens, index, current, next) === current) return (current & WATCHED) !== 0n;
+    if (Atomics.compareExchange(file.gens, index, current, next) === current) {
+      // A relay already here waits for this key: a change it must hear of (its flag is used once).
+      if ((current & RELAYED) !== 0n) file.relayChanged(record);
+      return (current & WATCHED) !== 0n;
+    }
   }
   return false;
 }
@@ -133,7 +141,8 @@ function replaceWhileRetired(file: MappedFile, settings: OpenSettings): void {
     const captured = retire(file);
     const temporary = temporaryName(file.path);
     try {
-      buildStoreFile(temporary, settings, file.addon);
+      // A file of format 1 keeps its capacity in the new format.
+      buildStoreFile(temporary, file.legacy ? { ...settings, capacity: Math.max(settings.capacity, file.header.capacity) } : settings, file.addon);
       const fresh = openStoreFile(temporary, settings, file.addon);
       try {
         for (const { identity, word } of captured) carryOver(fresh, identity, word | ABSENT);

@@ -15,14 +15,17 @@ import { findOrCreate } from './key-creation';
 import type { LiveFile } from './live-file';
 import type { KeyIdentity, MappedFile } from './mapped-file';
 import { carryOver, MAX_CAS_ATTEMPTS, type CapturedKey } from './retirement';
-import { ABSENT, R_FIRST_VALUE, VALUE_MASK, WATCHED } from './shm-format';
+import { ABSENT, R_FIRST_VALUE, RELAYED, VALUE_MASK, WATCHED } from './shm-format';
 
 /** How many times one operation follows the store to a new file before it reports the store unavailable. */
 const MOVES_PER_OPERATION = 3;
 
 /** Generation words at or above this are flagged (absent, watched) or corrupt; below it they are exact as numbers. */
 const SAFE_WORD_LIMIT = BigInt(Number.MAX_SAFE_INTEGER);
-const NOT_WATCHED = ~WATCHED;
+/** The flags that ask a changer to tell someone (watchers, the relay): not part of what a holder compares. */
+const NOTIFYING = WATCHED | RELAYED;
+const NOT_NOTIFYING = ~NOTIFYING;
+const NOT_RELAYED = ~RELAYED;
 /** First values at or above this are not recorded (R_FIRST_VALUE is 32 bits). */
 const FIRST_VALUE_LIMIT = 1n << 32n;
 
@@ -135,7 +138,19 @@ export class SharedMemoryBinding implements KeyBinding {
     if (!this.attachIfPublished(file)) return;
     const previous = Atomics.or(file.gens, this.#index, ABSENT);
     file.stamp(this.#record);
-    if ((previous & (ABSENT | WATCHED)) === WATCHED) this.context.notify(file, this);
+    if ((previous & ABSENT) === 0n) this.#told(file, previous);
+  }
+
+  /**
+   * A change just made to the key in `file`, from a word that had `previous`: wake the key's watchers if it is
+   * watched, and tell the host's relay if it waits for this key (its flag is used once: cleared here).
+   */
+  #told(file: MappedFile, previous: bigint): void {
+    if ((previous & RELAYED) !== 0n) {
+      Atomics.and(file.gens, this.#index, NOT_RELAYED);
+      file.relayChanged(this.#record);
+    }
+    if ((previous & WATCHED) !== 0n) this.context.notify(file, this);
   }
 
   /**
@@ -147,7 +162,7 @@ export class SharedMemoryBinding implements KeyBinding {
   snapshot(): { generation: number | null; highest: number; untouched: boolean } {
     const file = this.context.live.current();
     if (!this.attachIfPublished(file)) return { generation: null, highest: 0, untouched: false };
-    const bare = Atomics.load(file.gens, this.#index) & NOT_WATCHED;
+    const bare = Atomics.load(file.gens, this.#index) & NOT_NOTIFYING;
     const highest = checkedGeneration(file, bare & VALUE_MASK);
     const generation = (bare & ABSENT) !== 0n ? null : highest;
     // Read after the word: a creation writes the word first, so a first value not written yet reads as "not known".
@@ -172,8 +187,8 @@ export class SharedMemoryBinding implements KeyBinding {
     }
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const word = Atomics.load(file.gens, this.#index);
-      const watched = word & WATCHED;
-      const bare = word & NOT_WATCHED;
+      const flags = word & NOTIFYING;
+      const bare = word & NOT_NOTIFYING;
       const highest = bare & VALUE_MASK;
       const current = (bare & ABSENT) !== 0n ? null : checkedGeneration(file, highest);
       if (current !== expected) return false;
@@ -185,9 +200,10 @@ export class SharedMemoryBinding implements KeyBinding {
         if (wanted < highest || (current === null && wanted === highest)) return false;
       }
       if (wanted === bare) return false;
-      if (Atomics.compareExchange(file.gens, this.#index, word, wanted | watched) !== word) continue;
+      // The relay's own write: its flag stays as it is (it is the one waiting).
+      if (Atomics.compareExchange(file.gens, this.#index, word, wanted | flags) !== word) continue;
       file.stamp(this.#record);
-      if (watched !== 0n) this.context.notify(file, this);
+      if ((flags & WATCHED) !== 0n) this.context.notify(file, this);
       if (file.retired) this.#handOver(file);
       return true;
     }
@@ -224,10 +240,10 @@ export class SharedMemoryBinding implements KeyBinding {
     return this.#expectedWord >= 0n ? { identity: this.identity, word: ABSENT | this.#expectedWord } : undefined;
   }
 
-  /** A differing word: stale unless a pending increment or the WATCHED flag explains the difference. */
+  /** A differing word: stale unless a pending increment or a notifying flag explains the difference. */
   #staleAfterSettling(word: bigint): boolean {
     this.#settle();
-    return word !== this.#expectedWord && (word & NOT_WATCHED) !== this.#expectedWord;
+    return word !== this.#expectedWord && (word & NOT_NOTIFYING) !== this.#expectedWord;
   }
 
   /** Fold a pending increment into the synced value. */
@@ -244,6 +260,15 @@ export class SharedMemoryBinding implements KeyBinding {
    * is absent.
    */
   #incrementOutOfRange(previous: bigint): boolean {
+    // A present key of this binding's file that someone asked to hear of: the add was the increment. Tell them
+    // (a relay that sleeps, watchers), with nothing else in the way: on a relayed host, this is the first bump
+    // of a key after the relay last forwarded it.
+    const mine = this.#file;
+    if (mine !== undefined && previous >= 0n && (previous & ABSENT) === 0n && (previous & NOTIFYING) !== 0n) {
+      this.#incrementedFrom = BigInt(checkedGeneration(mine, previous & VALUE_MASK));
+      this.#told(mine, previous);
+      return true;
+    }
     const file = this.context.live.current(); // moves to the live file first if the binding's was retired or shrunk
     if (this.#file !== file) {
       // Unbound, or bound to a file this process has left: the add reached nobody. Make the increment here.
@@ -253,7 +278,7 @@ export class SharedMemoryBinding implements KeyBinding {
     // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
     if ((previous & ABSENT) !== 0n) return false;
     this.#incrementedFrom = BigInt(checkedGeneration(file, previous & VALUE_MASK));
-    if ((previous & WATCHED) !== 0n) this.context.notify(file, this);
+    this.#told(file, previous);
     return true;
   }
 
@@ -264,12 +289,11 @@ export class SharedMemoryBinding implements KeyBinding {
       if ((word & ABSENT) === 0n) return checkedGeneration(file, word & VALUE_MASK);
       const highest = word & VALUE_MASK;
       const value = BigInt(seed) > highest ? BigInt(seed) : highest + 1n;
-      const watched = word & WATCHED;
-      if (Atomics.compareExchange(file.gens, this.#index, word, value | watched) === word) {
+      if (Atomics.compareExchange(file.gens, this.#index, word, value | (word & WATCHED)) === word) {
         file.stamp(this.#record);
         // First made present here (a record created absent, for a watch): remember the value it started at.
         if (highest === 0n && value < FIRST_VALUE_LIMIT) file.setRecordWord(this.#record, R_FIRST_VALUE, Number(value));
-        if (watched !== 0n) this.context.notify(file, this);
+        this.#told(file, word);
         return checkedGeneration(file, value);
       }
     }

@@ -1,10 +1,11 @@
 /**
- * The on-disk layout of a shared-memory store file (format version 1).
+ * The on-disk layout of a shared-memory store file (format version 2).
  *
  * ```
- * [0, 4096)             header: identity, layout, then mutable counters
- * [4096, index end)     index: tableSize entries of { u32 ref, u32 tag }
- * [records, file end)   records: capacity records of RECORD_SIZE bytes
+ * [0, 4096)              header: identity, layout, then mutable counters
+ * [4096, index end)      index: tableSize entries of { u32 ref, u32 tag }
+ * [dirty, dirty end)     dirty map: one bit per record, set when a relayed key changes (see RELAYED)
+ * [records, file end)    records: capacity records of RECORD_SIZE bytes
  * ```
  *
  * The index is an open-addressing hash table with linear probing, kept at
@@ -15,10 +16,15 @@
  * creation lock, and are never freed: a cleared key keeps its record with
  * the ABSENT bit set on its generation, which is how a re-created key
  * continues above every value it had before. A watched key has the WATCHED
- * bit set as well.
+ * bit set as well, and a key whose next change a host's relay waits for the
+ * RELAYED bit.
  *
  * All multi-byte fields are in the machine's byte order, which the header
  * records; every 64-bit field is 8-byte aligned.
+ *
+ * Format 1 (generation-sync 0.1) had no dirty map and 32-byte digests; a
+ * file of format 1 is read only to carry its keys into a file of format 2
+ * (see `retirement.ts`).
  *
  * Not part of the public API: the package exports only what index.ts names.
  *
@@ -32,7 +38,9 @@ import { corruptFileError, foreignFileError, StoreFormatError } from '../../stor
 /** First eight bytes of every store file. */
 export const MAGIC = Buffer.from('GSYNCSHM', 'latin1');
 /** The format this code writes and the newest it reads. */
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+/** The format of generation-sync 0.1: read only to carry its keys over into a file of the current format. */
+export const LEGACY_FORMAT_VERSION = 1;
 /** Written as a native u32; reads back differently on a machine of the other byte order. */
 export const BYTE_ORDER_MARK = 0x01020304;
 const SWAPPED_BYTE_ORDER_MARK = 0x04030201;
@@ -40,6 +48,8 @@ const SWAPPED_BYTE_ORDER_MARK = 0x04030201;
 export const HEADER_SIZE = 4096;
 export const RECORD_SIZE = 320;
 export const INDEX_ENTRY_SIZE = 8;
+/** Records per 32-bit word of the dirty map. */
+export const DIRTY_BITS_PER_WORD = 32;
 /** Key bytes kept inline in a record; longer keys are identified by their SHA-256 and length. */
 export const INLINE_KEY_BYTES = 256;
 const PAGE_SIZE = 4096;
@@ -83,6 +93,34 @@ export const H_FLAGS = 76;
  * file now at the path. Whoever sees the flag moves there too.
  */
 export const FLAG_RETIRED = 1;
+/** Notifier threads sleeping on H_NOTIFY_SEQ (u32, atomic): a change wakes them only when there are any. */
+export const H_NOTIFY_SLEEPERS = 80;
+/** The relay's wake-up sequence (u32, atomic; a futex word): added to when a relayed key changes. */
+export const H_RELAY_SEQ = 84;
+/** Relay threads sleeping on H_RELAY_SEQ (u32, atomic): a change wakes the relay only when it sleeps. */
+export const H_RELAY_SLEEPERS = 88;
+/**
+ * The term of the host's relay (u32, atomic): 0 while no relay ever ran on
+ * this file; each relay that takes over adds one, and writes only while the
+ * term is still its own, so that a relay that lost its place stops at once.
+ */
+export const H_RELAY_TERM = 92;
+/** The relay's heartbeat (u32, atomic): added to by the relay while it makes progress. */
+export const H_RELAY_BEAT = 96;
+/** A random number written when the file is made: which file this is, whatever its path and inode. */
+export const H_NONCE = 100;
+/**
+ * Liveness (u32, atomic): each process using the file adds to it at each
+ * background check, and remembers what it saw. Restoring an older copy of the
+ * file in place brings it back: a process that finds it below what it saw
+ * knows the file went back in time.
+ */
+export const H_LIVENESS = 104;
+/**
+ * The floor of every key created from now on (u64, atomic): above every
+ * generation a key whose record was given back ever had.
+ */
+export const H_RECLAIM_FLOOR = 112;
 
 /** Byte 0 of the file carries the key-creation lock (exclusive, OFD). */
 export const CREATION_LOCK_BYTE = 0;
@@ -107,15 +145,20 @@ export const R_KEY_LENGTH = 24;
  * The value the key first held in this file, when it was created present
  * with a value below 2^32 (a seed in seconds); 0 otherwise (u32). A key
  * still at this value was never bumped, cleared or raised here: the relay
- * (src/stores/relay) takes that as "nothing changed on this host". Files
- * made before this field held 0 here, which only means "not known".
+ * (src/stores/relay) takes that as "nothing changed on this host".
  */
 export const R_FIRST_VALUE = 28;
-/** SHA-256 of the key's UTF-8 bytes (32 bytes). */
-export const R_DIGEST = 32;
-export const DIGEST_BYTES = 32;
+/** When the key expires, ms since the epoch (f64); 0: never. */
+export const R_EXPIRES_AT = 32;
+/** The first DIGEST_BYTES bytes of the SHA-256 of the key's UTF-8 bytes. */
+export const R_DIGEST = 40;
+export const DIGEST_BYTES = 24;
 /** First INLINE_KEY_BYTES bytes of the key. */
 export const R_KEY = 64;
+
+/** Format 1's record: a whole SHA-256 at byte 32, the key at 64, the other fields where format 2 has them. */
+export const LEGACY_R_DIGEST = 32;
+export const LEGACY_DIGEST_BYTES = 32;
 
 /** Bit 62 of a generation word: the key is absent; the low bits keep the highest value it had. */
 export const ABSENT = 1n << 62n;
@@ -126,14 +169,27 @@ export const ABSENT = 1n << 62n;
  * its fast path.
  */
 export const WATCHED = 1n << 61n;
+/**
+ * Bit 60 of a generation word: the host's relay waits to hear of the key's
+ * next change. Unlike WATCHED it is used once: the first process to change
+ * the key clears it, sets the record's bit in the dirty map and wakes the
+ * relay (if it sleeps); later changes take the fast path until the relay has
+ * forwarded the key and set the bit again.
+ */
+export const RELAYED = 1n << 60n;
+/** Every flag of a generation word. */
+export const FLAGS = ABSENT | WATCHED | RELAYED;
 /** The value bits of a generation word. */
-export const VALUE_MASK = WATCHED - 1n;
+export const VALUE_MASK = RELAYED - 1n;
 
 /** Where everything is in a store file of a given capacity. */
 export interface Layout {
+  readonly version: number;
   readonly capacity: number;
   readonly tableSize: number;
   readonly indexOffset: number;
+  /** Where the dirty map starts (format 2; 0 in format 1, which has none). */
+  readonly dirtyOffset: number;
   readonly recordsOffset: number;
   readonly fileSize: number;
 }
@@ -142,21 +198,23 @@ function alignUp(value: number, alignment: number): number {
   return Math.ceil(value / alignment) * alignment;
 }
 
-export function layoutFor(capacity: number): Layout {
+export function layoutFor(capacity: number, version = FORMAT_VERSION): Layout {
   let tableSize = MIN_TABLE_SIZE;
   while (tableSize < capacity * 2) tableSize *= 2;
   const indexOffset = HEADER_SIZE;
-  const recordsOffset = alignUp(indexOffset + tableSize * INDEX_ENTRY_SIZE, CACHE_LINE);
+  const indexEnd = alignUp(indexOffset + tableSize * INDEX_ENTRY_SIZE, CACHE_LINE);
+  const dirtyOffset = version === LEGACY_FORMAT_VERSION ? 0 : indexEnd;
+  const recordsOffset = version === LEGACY_FORMAT_VERSION ? indexEnd : alignUp(dirtyOffset + Math.ceil(capacity / DIRTY_BITS_PER_WORD) * 4, CACHE_LINE);
   const fileSize = alignUp(recordsOffset + capacity * RECORD_SIZE, PAGE_SIZE);
-  return { capacity, tableSize, indexOffset, recordsOffset, fileSize };
+  return { version, capacity, tableSize, indexOffset, dirtyOffset, recordsOffset, fileSize };
 }
 
 function checksum(header: Buffer): Buffer {
   return createHash('sha256').update(header.subarray(0, IMMUTABLE_HEADER_END)).digest().subarray(0, CHECKSUM_BYTES);
 }
 
-/** A fresh header for a new store file. */
-export function encodeHeader(layout: Layout, createdAt: number): Buffer {
+/** A fresh header for a new store file (of the current format). */
+export function encodeHeader(layout: Layout, createdAt: number, nonce: number): Buffer {
   const header = Buffer.alloc(HEADER_SIZE);
   MAGIC.copy(header, H_MAGIC);
   const view = new DataView(header.buffer, header.byteOffset, header.byteLength);
@@ -172,12 +230,12 @@ export function encodeHeader(layout: Layout, createdAt: number): Buffer {
   view.setFloat64(H_FILE_SIZE, layout.fileSize, native);
   view.setFloat64(H_CREATED_AT, createdAt, native);
   checksum(header).copy(header, H_CHECKSUM);
+  view.setUint32(H_NONCE, nonce >>> 0, native);
   return header;
 }
 
 /** What a valid header says. */
 export interface HeaderInfo extends Layout {
-  readonly version: number;
   readonly createdAt: number;
 }
 
@@ -213,7 +271,7 @@ export function decodeHeader(header: Buffer, actualFileSize: number, path: strin
       { path },
     );
   }
-  if (version !== FORMAT_VERSION) throw corrupt(`format version ${version}`);
+  if (version !== FORMAT_VERSION && version !== LEGACY_FORMAT_VERSION) throw corrupt(`format version ${version}`);
   if (byteOrder !== BYTE_ORDER_MARK) throw corrupt('bad byte-order mark');
   if (!checksum(header).equals(header.subarray(H_CHECKSUM, H_CHECKSUM + CHECKSUM_BYTES))) {
     throw corrupt('header checksum mismatch');
@@ -221,7 +279,7 @@ export function decodeHeader(header: Buffer, actualFileSize: number, path: strin
 
   const capacity = view.getUint32(H_CAPACITY, native);
   if (capacity < 1 || capacity > MAX_CAPACITY) throw corrupt(`capacity ${capacity}`);
-  const expected = layoutFor(capacity);
+  const expected = layoutFor(capacity, version);
   const fields: Array<[string, number, number]> = [
     ['header size', view.getUint32(H_HEADER_SIZE, native), HEADER_SIZE],
     ['record size', view.getUint32(H_RECORD_SIZE, native), RECORD_SIZE],
@@ -239,7 +297,7 @@ export function decodeHeader(header: Buffer, actualFileSize: number, path: strin
   if (recordCount > capacity) throw corrupt(`record count ${recordCount} exceeds capacity ${capacity}`);
   if (pending > capacity) throw corrupt(`pending record ${pending} exceeds capacity ${capacity}`);
 
-  return { ...expected, version, createdAt: view.getFloat64(H_CREATED_AT, native) };
+  return { ...expected, createdAt: view.getFloat64(H_CREATED_AT, native) };
 }
 
 function isLittleEndian(): boolean {

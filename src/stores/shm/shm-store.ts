@@ -40,6 +40,7 @@ import { identityOf, type MappedFile } from './mapped-file';
 import { nativeAddon, type NativeAddon } from './native';
 import type { OpenSettings } from './open-file';
 import { openLive } from './retirement';
+import { Replica } from './replica';
 import { Bindings, generationOf, SharedMemoryBinding, type BindingContext } from './shm-binding';
 import { DEFAULT_CAPACITY, INLINE_KEY_BYTES, MAX_CAPACITY } from './shm-format';
 import { Watching } from './shm-watch';
@@ -125,6 +126,8 @@ export class SharedMemoryStore implements Store {
   readonly #watching: Watching;
   /** What every binding of this instance works through. */
   readonly #context: BindingContext;
+  /** The relay's view of the store, when a RelayStore opened it (see {@link SharedMemoryStore.openForRelay}). */
+  #replica: Replica | undefined;
 
   private constructor(path: string, settings: OpenSettings, addon: NativeAddon, checkIntervalMs: number) {
     this.path = path;
@@ -134,7 +137,10 @@ export class SharedMemoryStore implements Store {
         this.#watching.leave();
         this.#bindings.detachAll();
       },
-      arrive: (file: MappedFile) => this.#watching.arrive(file),
+      arrive: (file: MappedFile) => {
+        this.#watching.arrive(file);
+        this.#replica?.arrived(file);
+      },
       recheck: (file: MappedFile) => this.#watching.recheck(file),
     };
     this.#live = new LiveFile(path, openLive(path, settings, addon), settings, addon, tenants, checkIntervalMs);
@@ -168,6 +174,17 @@ export class SharedMemoryStore implements Store {
     const store = new SharedMemoryStore(file, settings, addon, checkIntervalMs);
     otherStoreBeside(file, 'shm');
     return store;
+  }
+
+  /**
+   * @internal Open the store for a RelayStore: the store, and its port for the host's relay. Throws as
+   * {@link SharedMemoryStore.open} does.
+   */
+  static openForRelay(path: string, options?: SharedMemoryStoreOptions): { store: SharedMemoryStore; replica: Replica } {
+    const store = SharedMemoryStore.open(path, options);
+    const replica = new Replica(store.#live, nativeAddon(), (key) => store.#bind(key));
+    store.#replica = replica;
+    return { store, replica };
   }
 
   /** How many keys the store can hold. */

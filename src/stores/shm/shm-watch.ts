@@ -21,7 +21,7 @@ import type { LiveFile } from './live-file';
 import type { MappedFile } from './mapped-file';
 import type { NativeAddon, NativeWatcher } from './native';
 import type { SharedMemoryBinding } from './shm-binding';
-import { H_NOTIFY_SEQ, WATCH_LOCK_BASE, WATCHED } from './shm-format';
+import { H_NOTIFY_SEQ, H_NOTIFY_SLEEPERS, WATCH_LOCK_BASE, WATCHED } from './shm-format';
 
 /** How often watchers check their keys where futexes or range locks are not available (macOS, BSD). */
 export const WATCH_POLL_INTERVAL_MS = 25;
@@ -169,7 +169,7 @@ export class Watching {
     if (this.#notifier !== undefined || file === undefined) return;
     const deliver = (): void => this.#deliver();
     if (this.mechanism === 'futex') {
-      this.#notifier = new this.addon.Watcher(file.fd, H_NOTIFY_SEQ, deliver);
+      this.#notifier = new this.addon.Watcher(file.fd, H_NOTIFY_SEQ, deliver, H_NOTIFY_SLEEPERS);
     } else {
       const timer = setInterval(deliver, WATCH_POLL_INTERVAL_MS);
       timer.unref();
