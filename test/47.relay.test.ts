@@ -1,34 +1,25 @@
 // RelayStore: hosts simulated on this machine as separate store directories,
 // several real processes each, one real redis-server. Each host elects one
 // relay; the relays keep the hosts' shared memory in step through Redis.
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { GenerationSynchronizer, InvalidArgumentError, OutOfRangeError, RelayStore } from 'generation-sync';
 
-import { ask, eventually, ROOT, startWorker, stopAll, tempDir, type Worker } from './helpers';
+import { ask, eventually, ROOT, tempDir } from './helpers';
 import { RedisServer } from './redis-server';
-import { scaled } from './support/time-scale';
 import { effort } from './support/effort';
-
-interface Status {
-  relaying: boolean;
-  connected: boolean;
-  counters: { forwarded: number; takenIn: number; outages: number };
-  pid: number;
-  log: string[];
-}
-interface Read {
-  generation: number | null;
-  expired: boolean;
-  syncGen: number | null;
-}
+import { everyProcess, logged, read, refreshAll, SimulatedHosts, type Host, type Status } from './support/relay-hosts';
+import { scaled } from './support/time-scale';
 
 let server: RedisServer;
-let namespaceCounter = 0;
-const workers: Worker[] = [];
+const simulated = new SimulatedHosts(() => server);
+const startHosts = (count: number, processes: number): ReturnType<SimulatedHosts['start']> => simulated.start(count, processes);
+const startProcess = (host: Host, namespace: string) => simulated.process(host, namespace);
+const relayOf = (host: Host, timeoutMs?: number) => simulated.relayOf(host, timeoutMs);
+const converged = (hosts: Host[], namespace: string, key: string, timeoutMs?: number) => simulated.converged(hosts, namespace, key, timeoutMs);
 
 beforeAll(async () => {
   // The server's clock stands still: every change in Redis is then exactly one more (a change moves a key to the
@@ -39,76 +30,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await server?.stop();
 });
-afterEach(() => {
-  stopAll(workers);
-  workers.length = 0;
-});
-
-/** A simulated host: its own store directory, `processes` processes on it. */
-interface Host {
-  readonly dir: string;
-  readonly path: string;
-  readonly processes: Worker[];
-}
-
-async function startHosts(count: number, processes: number, namespace = `relay-${process.pid}-${namespaceCounter++}`): Promise<{ hosts: Host[]; namespace: string }> {
-  const hosts: Host[] = [];
-  for (let h = 0; h < count; h++) {
-    const dir = tempDir(`gensync-host${h}-`);
-    const host: Host = { dir, path: join(dir, 'generations.shm'), processes: [] };
-    for (let p = 0; p < processes; p++) host.processes.push(startProcess(host, namespace));
-    hosts.push(host);
-  }
-  for (const host of hosts) for (const worker of host.processes) await worker.next();
-  for (const host of hosts) await relayOf(host);
-  return { hosts, namespace };
-}
-
-function startProcess(host: Host, namespace: string): Worker {
-  const worker = startWorker('relay-worker.mjs', [host.path, server.url, namespace]);
-  workers.push(worker);
-  return worker;
-}
-
-/** The host's relay, once exactly one live process of it is relaying and connected. */
-async function relayOf(host: Host, timeoutMs = scaled(10_000)): Promise<Worker> {
-  return eventually(
-    `one connected relay on ${host.dir}`,
-    async () => {
-      const live = host.processes.filter((worker) => worker.child.exitCode === null && worker.child.signalCode === null);
-      const statuses = await Promise.all(live.map((worker) => ask<Status>(worker, { op: 'status' })));
-      const relays = live.filter((_, i) => statuses[i]?.relaying === true);
-      expect(relays.length).toBeLessThanOrEqual(1);
-      const index = statuses.findIndex((status) => status.relaying && status.connected);
-      return index >= 0 ? live[index] : undefined;
-    },
-    timeoutMs,
-  );
-}
-
-async function read(worker: Worker, key: string): Promise<Read> {
-  return ask<Read>(worker, { op: 'read', key });
-}
-
-/** Wait until every live process of every host reads the same generation for `key`, equal to Redis'; return it. */
-async function converged(hosts: Host[], namespace: string, key: string, timeoutMs = scaled(10_000)): Promise<number> {
-  return eventually(
-    `every host converges on ${key}`,
-    async () => {
-      const values = new Set<number | null>();
-      for (const host of hosts) {
-        for (const worker of host.processes) {
-          if (worker.child.exitCode !== null || worker.child.signalCode !== null) continue;
-          values.add((await read(worker, key)).generation);
-        }
-      }
-      const stored = server.cli('GET', `${namespace}:${key}`);
-      if (values.size !== 1 || String([...values][0]) !== stored) return undefined;
-      return [...values][0] as number;
-    },
-    timeoutMs,
-  );
-}
 
 describe('RelayStore across simulated hosts', () => {
   it('concurrent bumps on three hosts converge exactly: every host ends at Redis, which counts every bump once', async () => {
@@ -147,7 +68,7 @@ describe('RelayStore across simulated hosts', () => {
       expect(final - base).toBeGreaterThanOrEqual(hosts.length * 2 * perProcess);
     } finally {
       server = saved;
-      stopAll(workers);
+      simulated.stopAll();
       await own.stop();
     }
   });
@@ -182,23 +103,8 @@ describe('RelayStore across simulated hosts', () => {
   });
 });
 
-/** Every live process of the hosts, with its host. */
-function everyProcess(hosts: Host[]): Worker[] {
-  return hosts.flatMap((host) => host.processes.filter((worker) => worker.child.exitCode === null && worker.child.signalCode === null));
-}
 
-async function refreshAll(hosts: Host[], key: string): Promise<void> {
-  for (const worker of everyProcess(hosts)) await ask(worker, { op: 'refresh', key });
-}
 
-/** How many acknowledged bumps a log file records. */
-function logged(log: string): number {
-  try {
-    return readFileSync(log, 'utf8').split('\n').filter(Boolean).length;
-  } catch {
-    return 0;
-  }
-}
 
 describe('RelayStore failures', () => {
   it(`a relay SIGKILLed mid-stream is replaced within a second, and every acknowledged bump reaches the other host (${effort.relayKills} rounds)`, async () => {
@@ -282,7 +188,7 @@ describe('RelayStore when Redis or a host fails', () => {
       }
     } finally {
       server = saved;
-      stopAll(workers);
+      simulated.stopAll();
       await own.stop();
     }
   });

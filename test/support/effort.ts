@@ -34,4 +34,11 @@ export const effort = {
   creationRaceRounds: full ? 3 : 1,
   /** Relay SIGKILLs mid-stream (47.relay). */
   relayKills: full ? 10 : 3,
+  /** Rounds of each way a relay is replaced while another host changes a key (49.relay-recovery). */
+  takeoverRounds: full ? 5 : 2,
+  /** Keys a host creates and bumps at once, which the other host holds (49.relay-recovery). */
+  relayBurstKeys: full ? 10_000 : 2_000,
+  /** The relay soak: keys per host, keys of each burst of new ones (49.relay-recovery; its length is soakMs). */
+  relaySoakKeys: full ? 5_000 : 500,
+  relaySoakBurst: full ? 1_000 : 100,
 } as const;
