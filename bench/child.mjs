@@ -32,6 +32,9 @@ switch (role) {
   case 'scaling-worker':
     await (await import('./scaling.mjs')).scalingWorker(args);
     break;
+  case 'relay-cost-host':
+    await (await import('./relay-cost.mjs')).relayCostHost(args[0], args[1], args[2]);
+    break;
   case 'relay-host-process':
     await (await import('./relay.mjs')).relayHostProcess(args[0], args[1]);
     break;

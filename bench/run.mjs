@@ -22,6 +22,7 @@ import { runMicro } from './micro.mjs';
 import { chart, checkBars, markdown } from './report.mjs';
 import { runCreation } from './creation.mjs';
 import { runRelay } from './relay.mjs';
+import { runRelayCost } from './relay-cost.mjs';
 import { runScaling } from './scaling.mjs';
 import { duration, machine, printTable } from './support.mjs';
 
@@ -51,6 +52,8 @@ const settings = {
   scalingProcesses: smoke ? [1, 2] : [1, 2, 4, 8],
   scalingMs: smoke ? 100 : 1000,
   relayProcesses: smoke ? [1, 3] : [1, 4, 8],
+  relayKeys: smoke ? [10, 100] : [10, 1000, 10_000, 100_000],
+  relayIdleMs: smoke ? 300 : 5000,
   creation: smoke ? { shm: [100], file: [20], redis: [20] } : { shm: [1000, 10_000, 100_000], file: [1000], redis: [1000, 10_000, 100_000] },
 };
 
@@ -140,6 +143,19 @@ if (sections.has('relay')) {
   run.relay = await runRelay({ processes: settings.relayProcesses });
   console.log('Redis connections of one relayed host (each process watches a key)\n');
   printTable([['processes', 'connections', 'subscribed'], ...run.relay.map((row) => [row.processes, row.connections, row.subscribers])]);
+  console.log('');
+  run.relayCost = await runRelayCost({ keys: settings.relayKeys, idleMs: settings.relayIdleMs });
+  console.log('what a relay costs as keys grow (two hosts; CPU of each relay process, medians)\n');
+  printTable([
+    ['keys', 'idle CPU', 'forward / change', 'take in / change', 'all taken in on the other host'],
+    ...run.relayCost.map((row) => [
+      row.keys.toLocaleString('en-US'),
+      `${row.idlePercent.toFixed(2)} %`,
+      `${row.forwardUsPerChange.toFixed(1)} µs`,
+      `${row.takeInUsPerChange.toFixed(1)} µs`,
+      `${row.convergeMs.toFixed(0)} ms`,
+    ]),
+  ]);
   console.log('');
 }
 

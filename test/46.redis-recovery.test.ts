@@ -3,7 +3,7 @@
 // checks, a user without every permission, and foreign data. Real
 // redis-server processes on loopback, both client packages.
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -151,6 +151,39 @@ describe('a change message anyone can publish', () => {
     }
   });
 
+  it.each(DRIVERS)('a flood of one forged message, thousands a second, blinds nobody: every real change meanwhile is told (%s)', async (driver) => {
+    const ns = namespace();
+    const store = await RedisStore.connect({ url: server.url, namespace: ns, driver, watchPollMs: 1000, logger: recordingLogger() });
+    const writer = await RedisStore.connect({ url: server.url, namespace: ns, driver, logger: recordingLogger() });
+    try {
+      const bumper = await AsyncGenerationSynchronizer.create('k', { store: writer });
+      const watcher = await AsyncGenerationSynchronizer.create('k', { store });
+      const told: Array<number | null> = [];
+      watcher.watch((change) => told.push(change.generation));
+      await pause(200);
+      const forger = spawn(process.execPath, [join(FIXTURES, 'redis-forger.mjs'), server.url, `${store.namespace}changes`, changeMessage(store.namespace, 'k', 2 ** 52), String(scaled(6000))], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let report = '';
+      forger.stdout.on('data', (chunk: Buffer) => (report += chunk.toString()));
+      const ended = new Promise((resolve) => forger.once('exit', resolve));
+      await pause(500);
+      const missed: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        await bumper.markUpdated();
+        const real = bumper.syncGen as number;
+        // Within two polls, though the flood never stops.
+        await eventually(`real change ${i + 1} to be told`, () => (told.includes(real) ? true : undefined), scaled(2500)).catch(() => missed.push(real));
+      }
+      await ended;
+      console.log(`forged flood (${driver}): ${JSON.parse(report).sent} messages; real changes not told: ${missed.length} of 4`);
+      expect(missed).toEqual([]);
+    } finally {
+      await store.close();
+      await writer.close();
+    }
+  });
+
   it.each(DRIVERS)('a forged value with no real change after it is corrected by the next poll (%s)', async (driver) => {
     const ns = namespace();
     const store = await RedisStore.connect({ url: server.url, namespace: ns, driver, watchPollMs: 200, logger: recordingLogger() });
@@ -281,6 +314,20 @@ describe('connections that fail in production', () => {
     }
   });
 
+  it.each(DRIVERS)('connect() aborted while the server refuses connections leaves no timer behind (%s)', async (driver) => {
+    const refused = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as { port: number };
+        probe.close(() => resolve(port));
+      });
+    });
+    const run = spawnSync(process.execPath, [join(FIXTURES, 'redis-abort-connect.mjs'), `redis://127.0.0.1:${refused}`, driver, '500'], { cwd: ROOT, encoding: 'utf8', timeout: 25_000 });
+    expect(run.stdout).toMatch(/^rejected \d+/);
+    // What still keeps the event loop alive 20 ms after connect() rejected: nothing of the store's.
+    expect(run.stdout).toMatch(/\n20 ms later: \[\]/);
+    expect(run.status).toBe(0);
+  });
+
   it.each(DRIVERS)('connect() aborted while a silent server keeps it waiting leaves nothing running: the process exits at once (%s)', async (driver) => {
     const silent = await new Promise<Server>((resolve) => {
       const sockets: Socket[] = [];
@@ -307,6 +354,21 @@ describe('connections that fail in production', () => {
 });
 
 describe('foreign data under the namespace', () => {
+  it.each(DRIVERS)('a numeral a double cannot hold exactly is refused by every change and left as it is (%s)', async (driver) => {
+    const store = await RedisStore.connect({ url: server.url, namespace: namespace(), driver, logger: recordingLogger() });
+    try {
+      const sync = await AsyncGenerationSynchronizer.create('unsafe', { store, logger: recordingLogger() });
+      for (const foreign of ['9007199254740993', '1'.repeat(40), `-${'9'.repeat(30)}`]) {
+        server.cli('SET', `${store.namespace}unsafe`, foreign);
+        expect(await sync.markUpdated(), foreign).toBe(false);
+        expect(await sync.refresh(), foreign).toBe(false);
+        expect(server.cli('GET', `${store.namespace}unsafe`), foreign).toBe(foreign);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
   it.each(DRIVERS)('entries() refuses anything the store did not write, a list as much as "1e3", naming the key (%s)', async (driver) => {
     const store = await RedisStore.connect({ url: server.url, namespace: namespace(), driver, logger: recordingLogger() });
     try {

@@ -88,10 +88,12 @@ export function createOwnClient(url: string, socket: Readonly<Record<string, unk
 }
 
 /**
- * Reconnect `client` (made with `selfReconnect`) whenever it closes, until `closed()`: after the same
- * randomised backoff as the drivers are given, on timers that never keep the process alive.
+ * Reconnect `client` (made with `selfReconnect`) whenever it closes, until `closed()` or the returned
+ * function is called: after a randomised backoff, on a timer of ours that the store clears when it closes
+ * (a driver's own waits on timers nothing can cancel) and that, when `unreferenced`, never keeps the
+ * process alive.
  */
-export function keepReconnecting(client: RedisClientLike, closed: () => boolean): void {
+export function keepReconnecting(client: RedisClientLike, closed: () => boolean, unreferenced: boolean): () => void {
   let retries = 0;
   let timer: NodeJS.Timeout | undefined;
   const later = (): void => {
@@ -104,13 +106,17 @@ export function keepReconnecting(client: RedisClientLike, closed: () => boolean)
         () => later(), // the attempt failed (and was reported as an error): try again later
       );
     }, reconnectDelayMs(retries++));
-    timer.unref();
+    if (unreferenced) timer.unref();
   };
   client.on('terminated', later); // node-redis: its strategy gave up at once, as it was told to
   client.on('end', () => queueMicrotask(later)); // ioredis (and node-redis once closed)
   client.on('ready', () => {
     retries = 0;
   });
+  return () => {
+    clearTimeout(timer);
+    timer = undefined;
+  };
 }
 
 /**

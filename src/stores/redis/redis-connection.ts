@@ -12,7 +12,7 @@
 
 import { corruptValueError, StoreClosedError, StoreError, StoreFormatError, StoreUnavailableError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
-import { destroyForGood, RECONNECT_MAX_MS, redactUrl, type RedisClientLike } from './redis-client';
+import { destroyForGood, redactUrl, type RedisClientLike } from './redis-client';
 import type { Script } from './redis-scripts';
 
 /**
@@ -86,6 +86,8 @@ export class RedisConnection {
   readonly #readyHooks: Array<() => void> = [];
   /** Called when an outage starts. */
   readonly #lostHooks: Array<() => void> = [];
+  /** Called when the store closes. */
+  readonly #closeHooks: Array<() => void> = [];
   readonly #onError = (error: Error): void => this.connectionLost(error);
   // ioredis reports a connection the server closed (CLIENT KILL, a restart) only by reconnecting; node-redis
   // reports an error first. Either way, reconnecting means the connection was lost.
@@ -133,6 +135,11 @@ export class RedisConnection {
   /** Call `hook` each time an outage starts (once per outage, as it is logged). */
   onLost(hook: () => void): void {
     this.#lostHooks.push(hook);
+  }
+
+  /** Call `hook` when the store closes. */
+  onClose(hook: () => void): void {
+    this.#closeHooks.push(hook);
   }
 
   /** Whether the connection is up: connected, and no outage since. */
@@ -190,6 +197,7 @@ export class RedisConnection {
     this.#closed = true;
     // connect() waiting for the first connection stops waiting: no timer of ours outlives the store.
     this.#endOpenWait?.();
+    for (const hook of this.#closeHooks) hook();
     this.#failWaiting(new StoreClosedError(`The Redis store${this.where} was closed.`));
     this.#client.off('ready', this.#onReady);
     this.#client.off('reconnecting', this.#onReconnecting);
@@ -357,16 +365,9 @@ export class RedisConnection {
     }
     this.connectionLost(why);
     this.#stalled = undefined;
-    const client = this.#client;
-    client.destroy();
-    const pause = setTimeout(() => {
-      if (this.#closed || client.isOpen) return;
-      client.connect().then(
-        () => undefined,
-        (error: unknown) => this.connectionLost(error as Error),
-      );
-    }, Math.random() * RECONNECT_MAX_MS);
-    pause.unref();
+    // Our own client: it reconnects after a random pause (see keepReconnecting), so that the processes of a
+    // fleet do not all reconnect at once.
+    this.#client.destroy();
   }
 
   /** A failure of a command as a typed error; `redisKey` is the key it was about, if any, for the message. */

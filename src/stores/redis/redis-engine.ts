@@ -124,7 +124,9 @@ export function createEngine(settings: RedisSettings, unreferenced = false): Red
   const { url, driver, socket } = settings;
   const own = (failWhileOffline: boolean): RedisClientLike => {
     if (url === undefined) throw new InvalidArgumentError('No Redis URL to connect to.');
-    const made = driver === 'ioredis' ? createOwnIORedisClient(url, socket, { failWhileOffline, selfReconnect: unreferenced }) : createOwnClient(url, socket, { failWhileOffline, selfReconnect: unreferenced });
+    // Our clients reconnect on timers of ours (keepReconnecting, the subscription's own), which closing the
+    // store clears: a driver's reconnection waits on timers nothing can cancel.
+    const made = driver === 'ioredis' ? createOwnIORedisClient(url, socket, { failWhileOffline, selfReconnect: true }) : createOwnClient(url, socket, { failWhileOffline, selfReconnect: true });
     if (unreferenced) made.unref?.();
     return made;
   };
@@ -139,8 +141,7 @@ export function createEngine(settings: RedisSettings, unreferenced = false): Red
     watchPollMs: settings.watchPollMs,
     logger: settings.logger,
   });
-  // Clients of ours that do not keep the process alive reconnect on timers of ours, which do not either.
-  if (unreferenced && settings.client === undefined) keepReconnecting(client, () => connection.closed);
+  if (settings.client === undefined) connection.onClose(keepReconnecting(client, () => connection.closed, unreferenced));
   const keys = new RedisKeys(connection, settings.namespace, channel);
   const makeSubscriber = (): RedisClientLike => {
     if (url !== undefined) return own(false); // subscribing may wait for the connection: queueing is safe here

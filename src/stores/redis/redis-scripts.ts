@@ -32,8 +32,10 @@ import { describe } from '../../store/validate';
 //
 // Every script starts with this reader: absent is false; a generation or a
 // tombstone is an integer written plainly ("0", "17", "-18"; never "-0",
-// "007" or "1e3"); anything else, a value of another type included, is
-// foreign data under our namespace.
+// "007" or "1e3") within the integers a double holds exactly (below 2^53,
+// as the client checks: "9007199254740993" would be rewritten rounded);
+// anything else, a value of another type included, is foreign data under
+// our namespace, refused and never rewritten.
 const READ_STORED = `
 local function stored(key)
   local raw = redis.pcall('GET', key)
@@ -41,7 +43,7 @@ local function stored(key)
     return nil, redis.error_reply('GENSYNC_CORRUPT ' .. key .. ' holds a value that is not a string')
   end
   if not raw then return false end
-  if raw ~= '0' and not string.find(raw, '^%-?[1-9]%d*$') then
+  if (raw ~= '0' and not string.find(raw, '^%-?[1-9]%d*$')) or #raw > 17 or math.abs(tonumber(raw)) > 9007199254740991 then
     return nil, redis.error_reply('GENSYNC_CORRUPT ' .. key .. ' holds ' .. string.sub(raw, 1, 40))
   end
   return tonumber(raw)

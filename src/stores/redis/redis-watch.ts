@@ -12,11 +12,15 @@
  * - A message is told to each listener whose last value it is newer than
  *   (a change message can only make a watcher look sooner). One that is
  *   older for some listener is not told, and has the key read again.
- * - A read is the truth when no message for the key arrived while it was
- *   on its way: it is told to every listener whose last value differs, even
- *   a lower one (Redis came back from an older snapshot; a forged message
- *   told a value Redis never held). A read that crossed a message is told
- *   only where it is newer.
+ * - A read is the truth when no message with a value not seen before
+ *   arrived while it was on its way: it is told to every listener whose last
+ *   value differs, even a lower one (Redis came back from an older snapshot;
+ *   a forged message told a value Redis never held). A read that crossed
+ *   such a message is told only where it is newer.
+ * - A message value that a read made after it arrived did not find (Redis
+ *   held less) is refuted: it never was, or is no longer, Redis' value, and
+ *   the same value heard again is ignored. So repeating one forged message
+ *   (a flood of it) costs the watchers one reload, not their sight.
  * - "Newer" is per listener (each starts from the generation it knows), in
  *   the order of a key's history: a generation g, then its tombstone after a
  *   clear, then the next generation, which is always above g.
@@ -44,13 +48,23 @@ import { Subscription } from './redis-subscription';
  */
 export const SUBSCRIBER_LINGER_MS = 1000;
 
-/** A watched key's reads. */
+/** A watched key's reads, and what its messages said. */
 interface KeyState {
   running: boolean;
   again: boolean;
-  /** Messages and registrations for the key so far: a read during which this moved is not the whole truth. */
+  /**
+   * Registrations, and messages carrying a value not heard before, for the key so far: a read during which
+   * this moved is not the whole truth.
+   */
   events: number;
+  /** Values messages carried that no read has confirmed or refuted yet, and the event of their first arrival. */
+  readonly unconfirmed: Map<number, number>;
+  /** Values messages carried that a later read refuted: heard again, they are ignored. */
+  readonly refuted: Set<number>;
 }
+
+/** How many unconfirmed and refuted values a key remembers (the oldest are forgotten first). */
+const REMEMBERED_VALUES = 64;
 
 /** Where an absent key falls in the order: before every value (the next one is created above all earlier ones). */
 const ABSENT_ORDER = -1;
@@ -110,7 +124,7 @@ export class RedisWatching {
 
   #startWatching(key: string): WatchedKey<KeyState> {
     this.#subscriberLinger.cancel();
-    const watched = this.#watched.open(key, { running: false, again: false, events: 0 });
+    const watched = this.#watched.open(key, { running: false, again: false, events: 0, unconfirmed: new Map(), refuted: new Set() });
     this.#watchedDigests.set(this.#keys.digestOf(key), key);
     if (this.#subscription !== undefined) return watched;
     this.#subscription = new Subscription(this.#engine, (message) => this.#heard(message), () => this.#refreshAll());
@@ -130,10 +144,20 @@ export class RedisWatching {
     const key = byDigest ?? (message.startsWith(this.#keys.namespace) ? message.slice(this.#keys.namespace.length) : undefined);
     const entry = key === undefined ? undefined : this.#watched.get(key);
     if (entry === undefined) return;
-    entry.target.events++;
     // Only a digest is followed by a value (a whole key may itself hold spaces).
     const stored = byDigest === undefined || space < 0 ? Number.NaN : Number(message.slice(space + 1));
-    if (!Number.isSafeInteger(stored) || this.#tell(entry, stored, false)) void this.#refreshWatched(entry);
+    if (!Number.isSafeInteger(stored)) {
+      entry.target.events++;
+      void this.#refreshWatched(entry);
+      return;
+    }
+    const state = entry.target;
+    if (state.refuted.has(stored)) return;
+    if (!state.unconfirmed.has(stored)) {
+      state.events++;
+      remember(state.unconfirmed, stored, state.events);
+    }
+    if (this.#tell(entry, stored, false)) void this.#refreshWatched(entry);
   }
 
   #stopWatchingSoon(): void {
@@ -188,6 +212,22 @@ export class RedisWatching {
     return behind;
   }
 
+  /**
+   * A read issued at event `issuedAt` found `stored`: every value heard before it was issued is now confirmed
+   * (Redis had it, or more) or refuted (Redis held less: it never was Redis' value, or no longer is).
+   */
+  #weigh(state: KeyState, stored: number | null, issuedAt: number): void {
+    const order = orderOf(stored);
+    for (const [value, heardAt] of state.unconfirmed) {
+      if (heardAt > issuedAt) continue; // heard while the read was on its way: not known yet
+      state.unconfirmed.delete(value);
+      if (orderOf(value) > order) {
+        state.refuted.add(value);
+        if (state.refuted.size > REMEMBERED_VALUES) state.refuted.delete(state.refuted.values().next().value as number);
+      }
+    }
+  }
+
   /** Read a watched key and tell its listeners; one read at a time per key, repeated if asked again meanwhile. */
   async #refreshWatched(entry: WatchedKey<KeyState>): Promise<void> {
     const state = entry.target;
@@ -208,10 +248,17 @@ export class RedisWatching {
           return; // an outage: the next message, reconnection or poll tries again
         }
         if (this.#watched.get(entry.key) !== entry) return; // no longer watched
+        this.#weigh(state, stored, issuedAt);
         this.#tell(entry, stored, state.events === issuedAt);
       } while (state.again);
     } finally {
       state.running = false;
     }
   }
+}
+
+/** Remember `value` (first heard at event `at`), forgetting the oldest beyond REMEMBERED_VALUES. */
+function remember(values: Map<number, number>, value: number, at: number): void {
+  values.set(value, at);
+  if (values.size > REMEMBERED_VALUES) values.delete(values.keys().next().value as number);
 }

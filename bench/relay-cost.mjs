@@ -1,0 +1,136 @@
+// What a relay costs as the number of keys grows: two simulated hosts (store
+// directories) on one redis-server. Host A has its relay and a second process
+// that bumps; host B has its relay. For N keys held on both hosts:
+//
+//   idle      CPU of host A's relay while nothing changes, in % of one core
+//   change    CPU per change: host A's relay forwarding, host B's taking in
+//   converge  from the moment the last of N bumps returned on host A to
+//             host B's relay having taken in all N
+//
+// CPU is each process's own (process.cpuUsage()), so the other processes on
+// the machine do not count; times are wall clock.
+import { fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { GenerationSynchronizer, RelayStore } from 'generation-sync';
+
+import { CHILD, median, withRedis } from './support.mjs';
+
+const NAMESPACE = 'bench-relay-cost';
+
+/** A process of a host: hold `keys` keys; answer cpu, status, bump and wait commands. */
+export async function relayCostHost(path, url, keys) {
+  const store = RelayStore.open(path, { redis: { url, namespace: NAMESPACE }, electionIntervalMs: 50, logger: { error() {}, warn() {}, info() {} } });
+  const syncs = [];
+  for (let i = 0; i < Number(keys); i++) syncs.push(new GenerationSynchronizer(`cost-${i}`, { store, normalizeCacheKey: false }));
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  const answer = (value) => process.send(value);
+  process.on('message', async (message) => {
+    switch (message.op) {
+      case 'relaying':
+        for (let i = 0; i < 2000 && !store.relayStatus().connected; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+        answer({ relaying: store.relayStatus().connected, settled: store.relayStatus().connected ? await store.flush(60_000) : false });
+        break;
+      case 'cpu': {
+        const { user, system } = process.cpuUsage();
+        answer({ cpuUs: user + system, takenIn: store.relayStatus().counters.takenIn, at: performance.now() });
+        break;
+      }
+      case 'bump': {
+        for (const sync of syncs) sync.markUpdated();
+        answer({ at: performance.timeOrigin + performance.now() });
+        break;
+      }
+      case 'until': {
+        // Wait until this relay has taken in `takenIn` changes; answer when (wall clock), and its CPU then.
+        while (store.relayStatus().counters.takenIn < message.takenIn) await new Promise((resolve) => setTimeout(resolve, 2));
+        const { user, system } = process.cpuUsage();
+        answer({ at: performance.timeOrigin + performance.now(), cpuUs: user + system });
+        break;
+      }
+      case 'settle':
+        answer({ settled: await store.flush(120_000), cpuUs: Object.values(process.cpuUsage()).reduce((a, b) => a + b, 0) });
+        break;
+      case 'stop':
+        clearInterval(keepAlive);
+        store.close();
+        await store.whenClosed();
+        process.exit(0);
+    }
+  });
+  answer({ ready: true });
+}
+
+function host(path, url, keys) {
+  const child = fork(CHILD, ['relay-cost-host', path, url, String(keys)], { stdio: 'inherit' });
+  const waiting = [];
+  child.on('message', (message) => waiting.shift()?.(message));
+  const next = () => new Promise((resolve) => waiting.push(resolve));
+  return {
+    child,
+    ready: next(),
+    ask: (message) => {
+      const reply = next();
+      child.send(message);
+      return reply;
+    },
+  };
+}
+
+async function measure(url, keys, rounds, idleMs) {
+  const dir = mkdtempSync(join(tmpdir(), 'gensync-relay-cost-'));
+  const processes = [];
+  try {
+    // Each host's relay first, alone, so that it is the one elected; then host A's bumper.
+    const relayA = host(join(dir, 'a.shm'), url, keys);
+    processes.push(relayA);
+    await relayA.ready;
+    if (!(await relayA.ask({ op: 'relaying' })).relaying) throw new Error('host A did not get a relay');
+    const relayB = host(join(dir, 'b.shm'), url, keys);
+    processes.push(relayB);
+    await relayB.ready;
+    if (!(await relayB.ask({ op: 'relaying' })).relaying) throw new Error('host B did not get a relay');
+    const bumper = host(join(dir, 'a.shm'), url, keys);
+    processes.push(bumper);
+    await bumper.ready;
+    await relayA.ask({ op: 'settle' });
+    await relayB.ask({ op: 'settle' });
+
+    const idleStart = await relayA.ask({ op: 'cpu' });
+    await new Promise((resolve) => setTimeout(resolve, idleMs));
+    const idleEnd = await relayA.ask({ op: 'cpu' });
+    const idlePercent = ((idleEnd.cpuUs - idleStart.cpuUs) / 1000 / (idleEnd.at - idleStart.at)) * 100;
+
+    const forwardUs = [];
+    const takeInUs = [];
+    const convergeMs = [];
+    for (let round = 0; round < rounds; round++) {
+      const a0 = await relayA.ask({ op: 'cpu' });
+      const b0 = await relayB.ask({ op: 'cpu' });
+      const { at: bumpedAt } = await bumper.ask({ op: 'bump' });
+      const b1 = await relayB.ask({ op: 'until', takenIn: b0.takenIn + keys });
+      convergeMs.push(b1.at - bumpedAt);
+      const a1 = await relayA.ask({ op: 'settle' });
+      forwardUs.push((a1.cpuUs - a0.cpuUs) / keys);
+      takeInUs.push((b1.cpuUs - b0.cpuUs) / keys);
+    }
+    return { keys, rounds, idlePercent, forwardUsPerChange: median(forwardUs), takeInUsPerChange: median(takeInUs), convergeMs: median(convergeMs) };
+  } finally {
+    for (const process of processes) process.child.send({ op: 'stop' });
+    await Promise.all(processes.map((process) => (process.child.exitCode === null ? new Promise((resolve) => process.child.once('exit', resolve)) : undefined)));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** @param {{ keys: number[], idleMs: number }} options */
+export async function runRelayCost({ keys, idleMs }) {
+  return (
+    (await withRedis(async (url) => {
+      const rows = [];
+      for (const n of keys) rows.push(await measure(url, n, n <= 100 ? 20 : n <= 10_000 ? 3 : 1, idleMs));
+      return rows;
+    })) ?? []
+  );
+}
