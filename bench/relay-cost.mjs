@@ -6,6 +6,11 @@
 //   change    CPU per change: host A's relay forwarding, host B's taking in
 //   converge  from the moment the last of N bumps returned on host A to
 //             host B's relay having taken in all N
+//   stall     the longest time either relay's event loop did not turn
+//             meanwhile (a 2 ms timer that notices its own lateness): what
+//             an application sharing the relay's process waits at most
+//   takeover  host A's relay SIGKILLed: until the other process of host A
+//             reports itself the connected relay, every key in step
 //
 // CPU is each process's own (process.cpuUsage()), so the other processes on
 // the machine do not count; times are wall clock.
@@ -22,7 +27,15 @@ const NAMESPACE = 'bench-relay-cost';
 
 /** A process of a host: hold `keys` keys; answer cpu, status, bump and wait commands. */
 export async function relayCostHost(path, url, keys) {
-  const store = RelayStore.open(path, { redis: { url, namespace: NAMESPACE }, electionIntervalMs: 50, logger: { error() {}, warn() {}, info() {} } });
+  const capacity = Math.max(4096, 2 ** Math.ceil(Math.log2(Number(keys) * 2)));
+  const store = RelayStore.open(path, { capacity, redis: { url, namespace: NAMESPACE }, electionIntervalMs: 50, logger: { error() {}, warn() {}, info() {} } });
+  let longestStallMs = 0;
+  let lastTick = performance.now();
+  setInterval(() => {
+    const now = performance.now();
+    longestStallMs = Math.max(longestStallMs, now - lastTick - 2);
+    lastTick = now;
+  }, 2).unref();
   const syncs = [];
   for (let i = 0; i < Number(keys); i++) syncs.push(new GenerationSynchronizer(`cost-${i}`, { store, normalizeCacheKey: false }));
   const keepAlive = setInterval(() => undefined, 1 << 30);
@@ -50,6 +63,10 @@ export async function relayCostHost(path, url, keys) {
         answer({ at: performance.timeOrigin + performance.now(), cpuUs: user + system });
         break;
       }
+      case 'stalls':
+        answer({ longestStallMs });
+        longestStallMs = 0;
+        break;
       case 'settle':
         answer({ settled: await store.flush(120_000), cpuUs: Object.values(process.cpuUsage()).reduce((a, b) => a + b, 0) });
         break;
@@ -106,20 +123,39 @@ async function measure(url, keys, rounds, idleMs) {
     const forwardUs = [];
     const takeInUs = [];
     const convergeMs = [];
+    const stallMs = [];
     for (let round = 0; round < rounds; round++) {
       const a0 = await relayA.ask({ op: 'cpu' });
       const b0 = await relayB.ask({ op: 'cpu' });
+      await relayA.ask({ op: 'stalls' });
+      await relayB.ask({ op: 'stalls' });
       const { at: bumpedAt } = await bumper.ask({ op: 'bump' });
       const b1 = await relayB.ask({ op: 'until', takenIn: b0.takenIn + keys });
       convergeMs.push(b1.at - bumpedAt);
       const a1 = await relayA.ask({ op: 'settle' });
       forwardUs.push((a1.cpuUs - a0.cpuUs) / keys);
       takeInUs.push((b1.cpuUs - b0.cpuUs) / keys);
+      stallMs.push(Math.max((await relayA.ask({ op: 'stalls' })).longestStallMs, (await relayB.ask({ op: 'stalls' })).longestStallMs));
     }
-    return { keys, rounds, idlePercent, forwardUsPerChange: median(forwardUs), takeInUsPerChange: median(takeInUs), convergeMs: median(convergeMs) };
+    // The takeover: host A's relay killed; its bumper becomes the relay, reads every key again, reports itself connected.
+    const killedAt = performance.now();
+    relayA.child.kill('SIGKILL');
+    if (!(await bumper.ask({ op: 'relaying' })).relaying) throw new Error('host A did not get a new relay');
+    const takeoverMs = performance.now() - killedAt;
+    return {
+      keys,
+      rounds,
+      idlePercent,
+      forwardUsPerChange: median(forwardUs),
+      takeInUsPerChange: median(takeInUs),
+      convergeMs: median(convergeMs),
+      stallMs: median(stallMs),
+      takeoverMs,
+    };
   } finally {
-    for (const process of processes) process.child.send({ op: 'stop' });
-    await Promise.all(processes.map((process) => (process.child.exitCode === null ? new Promise((resolve) => process.child.once('exit', resolve)) : undefined)));
+    const running = processes.filter((process) => process.child.exitCode === null && process.child.signalCode === null);
+    for (const process of running) process.child.send({ op: 'stop' });
+    await Promise.all(running.map((process) => new Promise((resolve) => process.child.once('exit', resolve))));
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -147,13 +147,15 @@ if (sections.has('relay')) {
   run.relayCost = await runRelayCost({ keys: settings.relayKeys, idleMs: settings.relayIdleMs });
   console.log('what a relay costs as keys grow (two hosts; CPU of each relay process, medians)\n');
   printTable([
-    ['keys', 'idle CPU', 'forward / change', 'take in / change', 'all taken in on the other host'],
+    ['keys', 'idle CPU', 'forward / change', 'take in / change', 'all taken in on the other host', 'longest event-loop stall', 'takeover (relay killed)'],
     ...run.relayCost.map((row) => [
       row.keys.toLocaleString('en-US'),
       `${row.idlePercent.toFixed(2)} %`,
       `${row.forwardUsPerChange.toFixed(1)} µs`,
       `${row.takeInUsPerChange.toFixed(1)} µs`,
       `${row.convergeMs.toFixed(0)} ms`,
+      `${row.stallMs.toFixed(1)} ms`,
+      `${row.takeoverMs.toFixed(0)} ms`,
     ]),
   ]);
   console.log('');

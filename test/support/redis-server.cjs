@@ -89,12 +89,19 @@ class RedisServer {
         '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', '--loglevel', 'warning',
         ...persistence, ...args,
       ],
-      { stdio: 'ignore', env },
+      { stdio: ['ignore', 'pipe', 'pipe'], env },
     );
+    // What it says when it cannot start (a port taken, a damaged append-only file), for the error below.
+    let said = '';
+    const listen = (chunk) => {
+      said = (said + chunk).slice(-2000);
+    };
+    child.stdout?.on('data', listen);
+    child.stderr?.on('data', listen);
     this.#child = child;
     const deadline = Date.now() + 10_000;
     while (!(await answersPing(this.port))) {
-      if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
+      if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}: ${said.trim() || '(it printed nothing)'}`);
       if (Date.now() > deadline) throw new Error('redis-server did not start within 10 s');
       await new Promise((resolve) => setTimeout(resolve, 20));
     }

@@ -197,7 +197,9 @@ export class RelayStore implements Store {
   relayStatus(): RelayStatus {
     const relay = this.#relay;
     return {
-      relaying: this.#election.leading && relay !== undefined,
+      // The term in the host's file says who relays: a relay whose place another took (its lock file removed,
+      // or it was frozen) is not the relay any more, even before it notices.
+      relaying: this.#election.leading && relay !== undefined && relay.holdsPlace,
       connected: relay?.connected ?? false,
       counters: { ...(relay?.counters ?? { forwarded: 0, takenIn: 0, outages: 0, failed: 0, implausible: 0 }) },
     };

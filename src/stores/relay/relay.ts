@@ -115,6 +115,11 @@ interface KeyState {
   delayed: boolean;
   /** Part of the read-everything pass under way (see #pass). */
   inPass: boolean;
+  /**
+   * Made absent here by an outage (see #outage), and perhaps still so: once Redis is back, its value is put
+   * back unless the host changed or cleared the key meanwhile (SharedMemoryBinding.restore).
+   */
+  poisoned: boolean;
 }
 
 export interface RelaySettings {
@@ -195,6 +200,16 @@ export class Relay {
     return this.#inStep && this.engine.connection.up && !this.#stopped;
   }
 
+  /** Whether this relay still holds its place: not stopped, and its term is the host file's. */
+  get holdsPlace(): boolean {
+    if (this.#stopped) return false;
+    try {
+      return this.replica.ownsTerm(this.settings.term);
+    } catch {
+      return false;
+    }
+  }
+
   /**
    * Take over: read the bases the last relay left, listen to the host's changes and to Redis, and connect.
    * Resolves once the first connection attempt settled (connected or not: it keeps trying).
@@ -204,7 +219,7 @@ export class Relay {
     const connection = this.engine.connection;
     connection.onLost(() => this.#outage());
     connection.onReady(() => this.#readEverything());
-    this.replica.onMove(() => this.#readEverything());
+    this.replica.onMove(() => this.#moved());
     this.replica.watch(() => this.#takeChanged());
     this.#beatTimer = setInterval(() => this.#beat(), BEAT_MS);
     this.#beatTimer.unref();
@@ -261,11 +276,12 @@ export class Relay {
     return state.base !== undefined && this.#local(state).generation === state.base;
   }
 
-  #local(state: KeyState): Local {
+  /** The host's value of the key, and whether the relay waits to hear of its next change (its RELAYED flag). */
+  #local(state: KeyState): Local & { readonly armed: boolean } {
     try {
       return state.binding.snapshot();
     } catch {
-      return { generation: null, untouched: false };
+      return { generation: null, untouched: false, armed: false };
     }
   }
 
@@ -277,7 +293,7 @@ export class Relay {
     if (state === undefined) {
       const binding = this.replica.bind(key);
       const digest = this.engine.keys.digestOf(key);
-      state = { key, binding, digest, base: this.#bases.get(key), busy: false, queued: false, again: false, reread: false, failures: 0, delayed: false, inPass: false };
+      state = { key, binding, digest, base: this.#bases.get(key), busy: false, queued: false, again: false, reread: false, failures: 0, delayed: false, inPass: false, poisoned: false };
       this.#keys.set(key, state);
       this.#byDigest.set(digest, state);
     }
@@ -470,6 +486,10 @@ export class Relay {
 
   /** Ask to hear of the key's next change, then look once more: a change made before the flag was set is not missed. */
   #armAndCheck(state: KeyState): void {
+    if (this.#deposed) {
+      this.#handBack(state); // not armed again by this relay: the one in its place takes the key
+      return;
+    }
     if (this.#stopped) return;
     try {
       this.replica.arm(state.binding);
@@ -482,6 +502,13 @@ export class Relay {
   async #syncOnce(state: KeyState): Promise<void> {
     const epoch = this.#epoch;
     const sent = this.#local(state);
+    // Made absent by an outage: if nothing on the host touched it since, only read Redis (and put its value
+    // back); otherwise what the host did is forwarded against the base, as any change.
+    if (state.poisoned && (sent.generation !== null || !sent.armed)) state.poisoned = false;
+    if (state.poisoned) {
+      await this.#restore(state, epoch);
+      return;
+    }
     const step = decide(state.base, sent, state.reread);
     state.reread = false;
     if (step.kind === 'none') return;
@@ -504,6 +531,43 @@ export class Relay {
     ]);
     if (this.#outdated(state, epoch)) return;
     this.#apply(state, sent.generation, reply === null || reply === false ? null : checkReply(reply, redisKey));
+  }
+
+  /** A key an outage made absent, untouched here since: read Redis' value and put it back. */
+  async #restore(state: KeyState, epoch: number): Promise<void> {
+    state.reread = false;
+    const redisKey = this.engine.keys.redisKey(state.key);
+    this.counters.forwarded++;
+    const reply = await this.engine.connection.script(RELAY_SCRIPT, redisKey, ['read', '0', '0', String(this.settings.expirationSecs), this.engine.keys.channel]);
+    if (this.#outdated(state, epoch)) return;
+    const result = reply === null || reply === false ? null : checkReply(reply, redisKey);
+    state.poisoned = false;
+    if (result === null) {
+      state.base = null; // Redis has no live value either (cleared, expired, flushed meanwhile)
+    } else if (this.#restored(state, result)) {
+      state.base = result;
+      this.counters.takenIn++;
+    } else {
+      const now = this.#local(state);
+      // Redis holds less than the host had (it lost data): the key stays absent here, and is made again
+      // above that when a process of the host needs it. Otherwise the host changed it meanwhile: sync again.
+      if (now.generation === null && now.armed) state.base = null;
+      else state.again = true;
+    }
+    this.#stateChanged();
+  }
+
+  /** SharedMemoryBinding.restore, only while this relay's term is the file's. */
+  #restored(state: KeyState, value: number): boolean {
+    try {
+      if (!this.replica.ownsTerm(this.settings.term)) {
+        this.#lostPlace();
+        return false;
+      }
+      return state.binding.restore(value);
+    } catch {
+      return false;
+    }
   }
 
   /** An answer sent before an outage is not taken in after it: the key is read again instead. */
@@ -558,13 +622,45 @@ export class Relay {
     }
   }
 
-  /** Another relay took over (a higher term in the file): stop writing at once, and let the owner stop this one. */
+  /**
+   * Another relay took over (a higher term in the file): stop writing at once, hand what this one took from
+   * the host and did not finish back to it, and let the owner stop this one.
+   */
   #lostPlace(): void {
     if (this.#deposed) return;
     this.#deposed = true;
     this.#stopped = true;
     this.#logOnce('deposed', 'warn', 'another process took over as the relay of this host; this one stops');
+    // Changes taken from the dirty map (and keys a script is on its way for, which are not armed again here)
+    // would otherwise wait for the new relay's next pass: the processes that made them told this relay only.
+    const taken = new Set<KeyState>([...this.#queue, ...this.#delayed]);
+    for (const state of this.#keys.values()) if (state.busy) taken.add(state);
+    for (const record of this.#changed) {
+      const state = this.#byRecord[record];
+      if (state !== undefined) taken.add(state);
+      else this.#handBackRecord(record);
+    }
+    this.#changed = [];
+    for (const state of taken) this.#handBack(state);
     queueMicrotask(() => this.settings.onDeposed());
+  }
+
+  /** Mark a key changed for the relay in this one's place (see #lostPlace). */
+  #handBack(state: KeyState): void {
+    try {
+      this.replica.handBack(state.binding);
+    } catch {
+      // the file is being replaced: the new relay reads everything on the new one
+    }
+  }
+
+  #handBackRecord(record: number): void {
+    try {
+      const { key } = this.replica.recordAt(record);
+      if (key !== undefined) this.replica.handBack(this.replica.bind(key));
+    } catch {
+      // as above
+    }
   }
 
   /** A script failed. An outage is the connection's to report (and the reconnect reads everything); anything else is retried after a backoff. */
@@ -660,7 +756,12 @@ export class Relay {
 
   // Outages and liveness.
 
-  /** Redis is unreachable: what other hosts change is unknown, so every key here reads as expired, once. */
+  /**
+   * Redis is unreachable: what other hosts change is unknown, so every key here reads as expired, once. The
+   * bases stay: when Redis is back, a key nobody here touched meanwhile takes Redis' value again (holders of
+   * the value from before are then in step, with nothing to reload), and what the host changed meanwhile is
+   * forwarded as any change.
+   */
   #outage(): void {
     if (this.#stopped) return;
     this.#epoch++;
@@ -671,15 +772,35 @@ export class Relay {
     for (const state of states) state.inPass = false;
     const poison = (from: number): void => {
       if (this.#stopped || this.engine.connection.up) return; // back already: the pass reads everything
+      if (!this.replica.ownsTerm(this.settings.term)) {
+        this.#lostPlace();
+        return;
+      }
       for (const state of states.slice(from, from + SLICE)) {
-        const { generation } = this.#local(state);
-        state.base = undefined;
-        if (generation !== null) this.#write(state, generation, null);
+        try {
+          if (state.binding.poison() !== null) state.poisoned = true;
+        } catch {
+          // the file is being replaced: the move reads everything again
+        }
       }
       if (from + SLICE < states.length) setImmediate(() => poison(from + SLICE));
       else this.#stateChanged();
     };
     poison(0);
+  }
+
+  /**
+   * The store moved to another file: a key an outage made absent is carried over as absent, and whether the
+   * host changed it since can no longer be told. Its base is forgotten (it is read, or forwarded as changed
+   * once: one more change for the other hosts, never one less), and every key is read again.
+   */
+  #moved(): void {
+    for (const state of this.#keys.values()) {
+      if (!state.poisoned) continue;
+      state.poisoned = false;
+      state.base = undefined;
+    }
+    this.#readEverything();
   }
 
   #beat(): void {
@@ -739,7 +860,8 @@ export class Relay {
 
   #writeState(): void {
     const bases: Record<string, number | null> = {};
-    for (const [key, state] of this.#keys) if (state.base !== undefined) bases[key] = state.base;
+    // A key an outage made absent is written as not known: the next relay cannot tell that it was not cleared here.
+    for (const [key, state] of this.#keys) if (state.base !== undefined && !state.poisoned) bases[key] = state.base;
     const text = JSON.stringify({ version: STATE_VERSION, namespace: this.engine.keys.namespace, bases });
     const temporary = `${this.settings.statePath}.${process.pid}.tmp`;
     try {

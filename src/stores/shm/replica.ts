@@ -124,6 +124,15 @@ export class Replica {
     return true;
   }
 
+  /**
+   * Mark `binding`'s key changed, as a process changing it would: for a relay that lost its place, to hand
+   * over a change it took and did not forward (and a key it did not arm again) to the relay in its place.
+   */
+  handBack(binding: SharedMemoryBinding): void {
+    const file = this.#file;
+    if (binding.attachIfPublished(file)) file.relayChanged(binding.record);
+  }
+
   /** Call `onChange` soon after a changed key marks itself dirty (a futex wake-up, or a poll where there is none). */
   watch(onChange: () => void): void {
     this.#onChange = onChange;

@@ -136,9 +136,23 @@ export class SharedMemoryBinding implements KeyBinding {
   delete(): void {
     const file = this.context.live.current();
     if (!this.attachIfPublished(file)) return;
-    const previous = Atomics.or(file.gens, this.#index, ABSENT);
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const previous = Atomics.or(file.gens, this.#index, ABSENT);
+      if ((previous & ABSENT) === 0n) {
+        file.stamp(this.#record);
+        this.#told(file, previous);
+        return;
+      }
+      if ((previous & RELAYED) === 0n) break;
+      // Absent already, and the host's relay asked to hear of the key's next change: the relay made it absent
+      // in an outage (see poison()) and may make it present again. Tell it of this clear, taking the flag in
+      // one step, so that either its restore() comes first (and this clears the key restored) or it sees this.
+      if (Atomics.compareExchange(file.gens, this.#index, previous, previous & NOT_RELAYED) === previous) {
+        file.relayChanged(this.#record);
+        break;
+      }
+    }
     file.stamp(this.#record);
-    if ((previous & ABSENT) === 0n) this.#told(file, previous);
   }
 
   /**
@@ -159,15 +173,59 @@ export class SharedMemoryBinding implements KeyBinding {
    * holds the value it was first created with here (never bumped, cleared or
    * raised since; false when not known).
    */
-  snapshot(): { generation: number | null; highest: number; untouched: boolean } {
+  snapshot(): { generation: number | null; highest: number; untouched: boolean; armed: boolean } {
     const file = this.context.live.current();
-    if (!this.attachIfPublished(file)) return { generation: null, highest: 0, untouched: false };
-    const bare = Atomics.load(file.gens, this.#index) & NOT_NOTIFYING;
+    if (!this.attachIfPublished(file)) return { generation: null, highest: 0, untouched: false, armed: false };
+    const word = Atomics.load(file.gens, this.#index);
+    const bare = word & NOT_NOTIFYING;
     const highest = checkedGeneration(file, bare & VALUE_MASK);
     const generation = (bare & ABSENT) !== 0n ? null : highest;
     // Read after the word: a creation writes the word first, so a first value not written yet reads as "not known".
     const first = file.recordWord(this.#record, R_FIRST_VALUE);
-    return { generation, highest, untouched: generation !== null && first !== 0 && generation === first };
+    return { generation, highest, untouched: generation !== null && first !== 0 && generation === first, armed: (word & RELAYED) !== 0n };
+  }
+
+  /**
+   * For the relay, when Redis is lost: make the key absent (every holder
+   * reloads: what other hosts change is unknown) and ask to hear of the
+   * host's next change of it, in one step. Returns the value it held, or
+   * null when it was absent already. See {@link restore}.
+   */
+  poison(): number | null {
+    const file = this.context.live.current();
+    if (!this.attachIfPublished(file)) return null;
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const word = Atomics.load(file.gens, this.#index);
+      if ((word & ABSENT) !== 0n) return null;
+      const value = checkedGeneration(file, word & VALUE_MASK);
+      if (Atomics.compareExchange(file.gens, this.#index, word, word | ABSENT | RELAYED) !== word) continue;
+      if ((word & WATCHED) !== 0n) this.context.notify(file, this);
+      if (file.retired) this.#handOver(file);
+      return value;
+    }
+    return null;
+  }
+
+  /**
+   * For the relay, when Redis is back: make the key present at `value`
+   * (Redis' value; at or above what it held) if it is still as
+   * {@link poison} left it, nothing on the host having changed or cleared it
+   * since (which takes the RELAYED flag). Holders of `value` from before the
+   * outage are then in step again. False, changing nothing, otherwise.
+   */
+  restore(value: number): boolean {
+    const file = this.context.live.current();
+    if (this.#file !== file) return false; // moved since: the relay reads everything again
+    const wanted = BigInt(value);
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const word = Atomics.load(file.gens, this.#index);
+      if ((word & ABSENT) === 0n || (word & RELAYED) === 0n || wanted < (word & VALUE_MASK)) return false;
+      if (Atomics.compareExchange(file.gens, this.#index, word, wanted | (word & NOTIFYING)) !== word) continue;
+      if ((word & WATCHED) !== 0n) this.context.notify(file, this);
+      if (file.retired) this.#handOver(file);
+      return true;
+    }
+    return false;
   }
 
   /**
