@@ -27,7 +27,7 @@ export {
 export { FileStore, type FileStoreOptions } from './stores/file/file-store';
 export { RedisStore, type RedisClientLike, type RedisStoreOptions } from './stores/redis/redis-store';
 export { RelayStore, type RelayStatus, type RelayStoreOptions } from './stores/relay/relay-store';
-export type { RelayCounters } from './stores/relay/relay';
+export type { RelayBacklog, RelayCounters } from './stores/relay/relay';
 export { SharedMemoryStore, type SharedMemoryStoreOptions } from './stores/shm/shm-store';
 export type { AsyncKeyBinding, AsyncStore, BindOptions, GenerationListener, KeyBinding, Store, StoreEntry } from './store/store';
 export { AsyncSynchronizedValue, SynchronizedValue } from './synchronizers/synchronized-value';

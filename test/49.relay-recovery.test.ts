@@ -103,6 +103,37 @@ describe('a burst of new keys', () => {
   });
 });
 
+describe('keys created while the relay reads every key again', () => {
+  it(`are read too, and the relay reports itself connected once they are: a takeover on a host of 40,000 keys while another process creates 2,000 more, ${effort.takeoverRounds} rounds`, async () => {
+    const { hosts, namespace } = await simulated.start(1, 3);
+    const [host] = hosts as [Host];
+    await ask(host.processes[0]!, { op: 'many', prefix: 'held-', count: 40_000 }, scaled(120_000));
+    await ask(await simulated.relayOf(host), { op: 'flush', timeoutMs: scaled(60_000) }, scaled(70_000));
+    for (let round = 0; round < effort.takeoverRounds; round++) {
+      const relay = await simulated.relayOf(host);
+      const creator = alive(host.processes).find((worker) => worker !== relay) as Worker;
+      relay.child.kill('SIGKILL');
+      host.processes.splice(host.processes.indexOf(relay), 1);
+      // The next relay starts by reading all the keys. Redis is made slow meanwhile (0.2 s asleep, again and
+      // again: its answers wait, none past the relay's command timeout), so that the relay has looked at every
+      // record of the file and waits for answers when new keys appear in the file.
+      await eventually('the next relay to be reading', async () => {
+        const statuses = await Promise.all(alive(host.processes).map(status));
+        return statuses.some((seen) => seen.relaying && !seen.connected) ? true : undefined;
+      }, scaled(10_000));
+      const slow = slowRedis(3000);
+      await pause(1500);
+      await ask(creator, { op: 'many', prefix: `created-${round}-`, count: 2000, bump: true }, scaled(60_000));
+      await slow;
+      const next = await simulated.relayOf(host, scaled(30_000));
+      expect((await ask<{ settled: boolean }>(next, { op: 'flush', timeoutMs: scaled(30_000) }, scaled(40_000))).settled).toBe(true);
+      expect(server.cli('EXISTS', `${namespace}:created-${round}-1999`)).toBe('1');
+      host.processes.push(simulated.process(host, namespace));
+      await host.processes.at(-1)!.next();
+    }
+  });
+});
+
 describe('flush()', () => {
   it('covers every change made before it, even of a key the relay has not met yet: a one-process host bumps a new key, flushes, exits, and the other host has it', async () => {
     const { hosts, namespace } = await simulated.start(1, 1);
@@ -385,6 +416,16 @@ describe('a frozen relay', () => {
     }
   }, 60_000);
 });
+
+/** Make the server answer slowly for `ms`: asleep 0.2 s at a time, awake 50 ms between. */
+async function slowRedis(ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    const sleeper = spawn('redis-cli', ['-p', String(server.port), 'DEBUG', 'SLEEP', '0.2'], { stdio: 'ignore' });
+    await new Promise((resolve) => sleeper.once('exit', resolve));
+    await pause(50);
+  }
+}
 
 /** Connections the server has, but redis-cli's own. */
 function clientCount(): number {

@@ -16,6 +16,7 @@ export interface Status {
   counters: { forwarded: number; takenIn: number; outages: number; failed: number; implausible: number };
   pid: number;
   log: string[];
+  backlog: { queued: number; inFlight: number; retrying: number; reading: number | null };
 }
 
 export interface Read {
@@ -83,18 +84,26 @@ export class SimulatedHosts {
 
   /** The host's relay, once exactly one live process of it is relaying and connected. */
   async relayOf(host: Host, timeoutMs = scaled(10_000)): Promise<Worker> {
-    return eventually(
-      `one connected relay on ${host.dir}`,
-      async () => {
-        const live = alive(host.processes);
-        const statuses = await Promise.all(live.map((worker) => ask<Status>(worker, { op: 'status' })));
-        const relays = live.filter((_, i) => statuses[i]?.relaying === true);
-        expect(relays.length).toBeLessThanOrEqual(1);
-        const index = statuses.findIndex((status) => status.relaying && status.connected);
-        return index >= 0 ? live[index] : undefined;
-      },
-      timeoutMs,
-    );
+    let last: Status[] = [];
+    try {
+      return await eventually(
+        `one connected relay on ${host.dir}`,
+        async () => {
+          const live = alive(host.processes);
+          const statuses = await Promise.all(live.map((worker) => ask<Status>(worker, { op: 'status' })));
+          last = statuses;
+          const relays = live.filter((_, i) => statuses[i]?.relaying === true);
+          expect(relays.length).toBeLessThanOrEqual(1);
+          const index = statuses.findIndex((status) => status.relaying && status.connected);
+          return index >= 0 ? live[index] : undefined;
+        },
+        timeoutMs,
+      );
+    } catch (error) {
+      // What each process said last, for whoever reads the failure.
+      const said = last.map((status) => `pid ${status.pid}: relaying ${status.relaying}, connected ${status.connected}, ${JSON.stringify(status.counters)}${status.relaying ? `, backlog ${JSON.stringify(status.backlog)}` : ''}, log ${JSON.stringify(status.log.slice(-5))}`);
+      throw new Error(`${(error as Error).message}\n${said.join('\n')}`);
+    }
   }
 
   /** Wait until every live process of every host reads the same generation for `key`, equal to Redis'; return it. */

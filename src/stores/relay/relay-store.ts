@@ -26,7 +26,7 @@ import type { Replica } from '../shm/replica';
 import { INLINE_KEY_BYTES } from '../shm/shm-format';
 import { SharedMemoryStore, type SharedMemoryStoreOptions } from '../shm/shm-store';
 import { Election } from './election';
-import { Relay, type RelayCounters } from './relay';
+import { Relay, type RelayBacklog, type RelayCounters } from './relay';
 
 /** File name of a relayed store in the default directory. */
 export const RELAY_FILE_NAME = 'relayed.shm';
@@ -78,6 +78,8 @@ export interface RelayStatus {
   readonly connected: boolean;
   /** What this process did as the relay, over its life. */
   readonly counters: Readonly<RelayCounters>;
+  /** The relay's work waiting now (all zero, `reading` null, when this process is not the relay). */
+  readonly backlog: RelayBacklog;
 }
 
 /**
@@ -202,6 +204,7 @@ export class RelayStore implements Store {
       relaying: this.#election.leading && relay !== undefined && relay.holdsPlace,
       connected: relay?.connected ?? false,
       counters: { ...(relay?.counters ?? { forwarded: 0, takenIn: 0, outages: 0, failed: 0, implausible: 0 }) },
+      backlog: relay?.backlog ?? { queued: 0, inFlight: 0, retrying: 0, reading: null },
     };
   }
 

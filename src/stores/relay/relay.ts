@@ -134,6 +134,18 @@ export interface RelaySettings {
   readonly onDeposed: () => void;
 }
 
+/** The relay's work waiting, now. */
+export interface RelayBacklog {
+  /** Keys changed on the host (or heard changed in Redis) and not sent yet. */
+  readonly queued: number;
+  /** Scripts sent and not answered yet. */
+  readonly inFlight: number;
+  /** Keys whose script failed, waiting for their next attempt. */
+  readonly retrying: number;
+  /** While the relay reads every key again (after a start, a reconnect, a move): keys left to read; null otherwise. */
+  readonly reading: number | null;
+}
+
 /** What a relay counts, for tests, benchmarks and `doctor`. */
 export interface RelayCounters {
   /** Scripts sent to Redis. */
@@ -198,6 +210,24 @@ export class Relay {
   /** Connected to Redis, and every key of the host brought in step with it since the connection last came back. */
   get connected(): boolean {
     return this.#inStep && this.engine.connection.up && !this.#stopped;
+  }
+
+  /** The work waiting (see RelayStatus.backlog). */
+  get backlog(): RelayBacklog {
+    return {
+      queued: this.#queue.length + this.#changed.length,
+      inFlight: this.#inFlight,
+      retrying: this.#delayed.size,
+      reading: this.#pass === undefined ? null : this.#pass.remaining + Math.max(0, this.#passRecordsLeft()),
+    };
+  }
+
+  #passRecordsLeft(): number {
+    try {
+      return this.#pass === undefined ? 0 : this.replica.recordCount() - this.#pass.next;
+    } catch {
+      return 0;
+    }
   }
 
   /** Whether this relay still holds its place: not stopped, and its term is the host file's. */
@@ -410,7 +440,11 @@ export class Relay {
     const pass = this.#pass;
     if (pass === undefined || pass.remaining > 0) return;
     try {
-      if (pass.next < this.replica.recordCount() || pass.epoch !== this.replica.epoch) return; // still looking
+      if (pass.next < this.replica.recordCount() || pass.epoch !== this.replica.epoch) {
+        // Keys were created (or the store moved) since the last slice: read them too before the pass ends.
+        this.#schedulePassSlice();
+        return;
+      }
     } catch {
       return;
     }
