@@ -169,7 +169,8 @@ export const contenders = {
     needs: 'redis',
     baseline: 'floor: Atomics.add',
     async run(options) {
-      // On a relayed host every key is watched by the relay, so each bump also wakes it (a futex system call).
+      // On a relayed host the first bump after the relay forwarded the key marks it changed and wakes the relay;
+      // the bumps after it, until the relay has forwarded the key again, are plain atomic adds.
       return onRelayedHost((sync) =>
         measure((ops) => {
           let failures = 0;

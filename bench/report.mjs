@@ -14,6 +14,12 @@ export function checkBars({ micro, latency, relay }) {
     ['isExpired() ≥ 10× faster than an lmdb read', faster('shm isExpired()', 'lmdb: get'), (x) => x >= 10, (x) => `${Math.round(x)}× faster`],
     ['isExpired() ≥ 1,000× faster than a Redis GET over loopback', faster('shm isExpired()', 'redis: GET'), (x) => x >= 1000, (x) => `${Math.round(x).toLocaleString('en-US')}× faster`],
     ['markUpdated() within 2× of a bare Atomics.add', r['shm markUpdated()']?.ratio, (x) => x <= 2, (x) => `${x.toFixed(2)}×`],
+    [
+      'relay store: markUpdated() within 2× of the shared-memory store\'s',
+      r['relay markUpdated()'] && r['shm markUpdated()'] ? r['relay markUpdated()'].median / r['shm markUpdated()'].median : undefined,
+      (x) => x <= 2,
+      (x) => `${x.toFixed(2)}×`,
+    ],
     ['file store markUpdated() within 2× of a bare proper-lockfile write', r['file markUpdated()']?.ratio, (x) => x <= 2, (x) => `${x.toFixed(2)}×`],
     ['markUpdated() ≥ 10× faster than an lmdb write transaction (noSync)', faster('shm markUpdated()', 'lmdb: increment (write txn, noSync)'), (x) => x >= 10, (x) => `${Math.round(x).toLocaleString('en-US')}× faster`],
     [

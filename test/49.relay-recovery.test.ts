@@ -505,6 +505,53 @@ describe('Redis back after an outage that lost nothing', () => {
     expect((await read(hostB.processes[0]!, key)).expired).toBe(true);
   });
 
+  it('bumps the relay had not forwarded when the outage began reach the other host once Redis is back (Redis stopped, 3 bumps, Redis killed)', async () => {
+    const key = 'pending-at-outage';
+    const { hosts, namespace } = await hostsOnOwn.start(2, 2);
+    const [hostA, hostB] = hosts as [Host, Host];
+    await ask(hostA.processes[0]!, { op: 'bump', key });
+    const before = await hostsOnOwn.converged(hosts, namespace, key);
+    await refreshAll(hosts, key);
+    const relay = await hostsOnOwn.relayOf(hostA);
+    const bumper = hostA.processes.find((worker) => worker !== relay)!;
+    process.kill(own.pid!, 'SIGSTOP');
+    try {
+      expect((await ask<{ acknowledged: number }>(bumper, { op: 'bump', key, count: 3 })).acknowledged).toBe(3);
+      await pause(150);
+    } finally {
+      await own.kill('SIGKILL');
+    }
+    await own.restart();
+    const after = await hostsOnOwn.converged(hosts, namespace, key, scaled(15_000));
+    expect(after).toBe(before + 3);
+    expect((await read(hostB.processes[0]!, key)).expired).toBe(true);
+  });
+
+  it.each([
+    ['as the outage begins', 0],
+    ['a moment into the outage', 300],
+  ])('a relay killed %s: the next one clears nothing, counts nothing, and puts the value back', async (_, delayMs) => {
+    const key = `relay-killed-${delayMs}`;
+    const { hosts, namespace } = await hostsOnOwn.start(2, 2);
+    const [hostA, hostB] = hosts as [Host, Host];
+    await ask(hostA.processes[0]!, { op: 'bump', key });
+    const before = await hostsOnOwn.converged(hosts, namespace, key);
+    await refreshAll(hosts, key);
+    const relay = await hostsOnOwn.relayOf(hostA);
+    const other = hostA.processes.find((worker) => worker !== relay)!;
+    await own.kill('SIGKILL');
+    await eventually('host A to read the key as expired', async () => ((await read(other, key)).expired ? true : undefined));
+    await pause(delayMs);
+    relay.child.kill('SIGKILL');
+    hostA.processes.splice(hostA.processes.indexOf(relay), 1);
+    await own.restart();
+    await hostsOnOwn.relayOf(hostA, scaled(15_000));
+    await hostsOnOwn.relayOf(hostB, scaled(15_000));
+    const after = await hostsOnOwn.converged(hosts, namespace, key, scaled(15_000));
+    expect(after).toBe(before);
+    for (const worker of everyProcess(hosts)) expect((await read(worker, key)).expired).toBe(false);
+  });
+
   it('a relay killed in the outage: the next one clears nothing and counts nothing it cannot tell happened', async () => {
     const key = 'relay-died-in-outage';
     const { hosts, namespace, before } = await outage(2, key);

@@ -85,7 +85,10 @@ const APPLY_ATTEMPTS = 1000;
 /**
  * A change message carrying a value further ahead of the server's clock than this (in microseconds) was not
  * made by a script of ours: every value a script writes is at most the clock plus the changes made faster
- * than the clock runs. It is ignored (and counted); a nearer one is taken in, and read again.
+ * than the clock runs. It is ignored (and counted). A value ahead of the clock, but nearer, is taken in and
+ * read again; a value at or below the clock is taken in as it is (one someone else published costs the
+ * hosts one reload: the next change lands above it, on the clock). Before the relay has read the server's
+ * clock, a message only has the key read.
  */
 export const PLAUSIBLE_AHEAD_US = 60_000_000;
 
@@ -265,6 +268,7 @@ export class Relay {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
     this.#stopped = true;
+    this.#handBackTaken();
     clearInterval(this.#beatTimer);
     clearInterval(this.#clockTimer);
     clearTimeout(this.#stateTimer);
@@ -307,11 +311,11 @@ export class Relay {
   }
 
   /** The host's value of the key, and whether the relay waits to hear of its next change (its RELAYED flag). */
-  #local(state: KeyState): Local & { readonly armed: boolean } {
+  #local(state: KeyState): Local & { readonly armed: boolean; readonly highest: number } {
     try {
       return state.binding.snapshot();
     } catch {
-      return { generation: null, untouched: false, armed: false };
+      return { generation: null, untouched: false, armed: false, highest: 0 };
     }
   }
 
@@ -520,11 +524,10 @@ export class Relay {
 
   /** Ask to hear of the key's next change, then look once more: a change made before the flag was set is not missed. */
   #armAndCheck(state: KeyState): void {
-    if (this.#deposed) {
+    if (this.#stopped) {
       this.#handBack(state); // not armed again by this relay: the one in its place takes the key
       return;
     }
-    if (this.#stopped) return;
     try {
       this.replica.arm(state.binding);
     } catch {
@@ -536,11 +539,13 @@ export class Relay {
   async #syncOnce(state: KeyState): Promise<void> {
     const epoch = this.#epoch;
     const sent = this.#local(state);
-    // Made absent by an outage: if nothing on the host touched it since, only read Redis (and put its value
-    // back); otherwise what the host did is forwarded against the base, as any change.
-    if (state.poisoned && (sent.generation !== null || !sent.armed)) state.poisoned = false;
-    if (state.poisoned) {
-      await this.#restore(state, epoch);
+    if (sent.generation !== null || !sent.armed) state.poisoned = false;
+    // Absent with the RELAYED flag still set, and either made so by this relay's outage or with a known base:
+    // a relay's outage mark (this one's, or a relay's that died since: a process clearing the key takes the
+    // flag). Nothing on the host changed the key since: it is synced as holding the value it had, and that
+    // is put back (SharedMemoryBinding.restore).
+    if (sent.generation === null && sent.armed && (state.poisoned || typeof state.base === 'number')) {
+      await this.#syncMarked(state, sent.highest, epoch);
       return;
     }
     const step = decide(state.base, sent, state.reread);
@@ -567,26 +572,37 @@ export class Relay {
     this.#apply(state, sent.generation, reply === null || reply === false ? null : checkReply(reply, redisKey));
   }
 
-  /** A key an outage made absent, untouched here since: read Redis' value and put it back. */
-  async #restore(state: KeyState, epoch: number): Promise<void> {
+  /**
+   * A key an outage made absent, untouched here since, that held `held`: forward what was pending when the
+   * outage began (held above the base), read Redis' value, and put that back.
+   */
+  async #syncMarked(state: KeyState, held: number, epoch: number): Promise<void> {
     state.reread = false;
+    const step = decide(state.base, { generation: held, untouched: false }, true);
+    if (step.kind !== 'script') return; // (never: a present value with a reread always takes a script)
     const redisKey = this.engine.keys.redisKey(state.key);
     this.counters.forwarded++;
-    const reply = await this.engine.connection.script(RELAY_SCRIPT, redisKey, ['read', '0', '0', String(this.settings.expirationSecs), this.engine.keys.channel]);
+    const reply = await this.engine.connection.script(RELAY_SCRIPT, redisKey, [
+      step.mode,
+      String(step.delta),
+      String(held),
+      String(this.settings.expirationSecs),
+      this.engine.keys.channel,
+    ]);
     if (this.#outdated(state, epoch)) return;
     const result = reply === null || reply === false ? null : checkReply(reply, redisKey);
-    state.poisoned = false;
     if (result === null) {
-      state.base = null; // Redis has no live value either (cleared, expired, flushed meanwhile)
+      // Redis has no live value (cleared, expired or flushed meanwhile): the key stays absent here too.
+      state.poisoned = false;
+      state.base = null;
     } else if (this.#restored(state, result)) {
+      state.poisoned = false;
       state.base = result;
       this.counters.takenIn++;
     } else {
-      const now = this.#local(state);
-      // Redis holds less than the host had (it lost data): the key stays absent here, and is made again
-      // above that when a process of the host needs it. Otherwise the host changed it meanwhile: sync again.
-      if (now.generation === null && now.armed) state.base = null;
-      else state.again = true;
+      // The host changed the key meanwhile, or a process that died mid-bump raised what it may be made again
+      // above: look again.
+      state.again = true;
     }
     this.#stateChanged();
   }
@@ -665,8 +681,16 @@ export class Relay {
     this.#deposed = true;
     this.#stopped = true;
     this.#logOnce('deposed', 'warn', 'another process took over as the relay of this host; this one stops');
-    // Changes taken from the dirty map (and keys a script is on its way for, which are not armed again here)
-    // would otherwise wait for the new relay's next pass: the processes that made them told this relay only.
+    this.#handBackTaken();
+    queueMicrotask(() => this.settings.onDeposed());
+  }
+
+  /**
+   * This relay stops (deposed, or its process closes the store or lost the election): changes it took from
+   * the dirty map and did not forward (and keys a script is on its way for, which it will not arm again)
+   * are marked changed again, for the relay in its place. The processes that made them told this one only.
+   */
+  #handBackTaken(): void {
     const taken = new Set<KeyState>([...this.#queue, ...this.#delayed]);
     for (const state of this.#keys.values()) if (state.busy) taken.add(state);
     for (const record of this.#changed) {
@@ -676,7 +700,6 @@ export class Relay {
     }
     this.#changed = [];
     for (const state of taken) this.#handBack(state);
-    queueMicrotask(() => this.settings.onDeposed());
   }
 
   /** Mark a key changed for the relay in this one's place (see #lostPlace). */
@@ -754,7 +777,11 @@ export class Relay {
     }
     if (typeof base === 'number' && stored <= base) return; // our own, or older
     const serverNow = this.#serverNowUs();
-    if (serverNow !== undefined && stored > serverNow + PLAUSIBLE_AHEAD_US) {
+    if (serverNow === undefined) {
+      this.#enqueue(state, true); // nothing to judge the value by yet: read the key
+      return;
+    }
+    if (stored > serverNow + PLAUSIBLE_AHEAD_US) {
       this.counters.implausible++;
       this.#logOnce('implausible', 'warn', `ignored a change message for "${state.key}" carrying ${stored}, beyond any value Redis can have written now; someone else publishes on the channel`);
       return;
@@ -766,7 +793,7 @@ export class Relay {
       this.#stateChanged();
       // Ahead of the server's clock: a value a script may have written, or one someone published. Read it
       // again (raising Redis to it if need be, so that every host agrees).
-      if (serverNow === undefined || stored > serverNow) this.#enqueue(state, true);
+      if (stored > serverNow) this.#enqueue(state, true);
       return;
     }
     this.#enqueue(state, true);
@@ -894,8 +921,9 @@ export class Relay {
 
   #writeState(): void {
     const bases: Record<string, number | null> = {};
-    // A key an outage made absent is written as not known: the next relay cannot tell that it was not cleared here.
-    for (const [key, state] of this.#keys) if (state.base !== undefined && !state.poisoned) bases[key] = state.base;
+    // A key an outage made absent keeps its base: the next relay tells the outage's mark from a clear by the
+    // key's RELAYED flag (see #syncOnce).
+    for (const [key, state] of this.#keys) if (state.base !== undefined) bases[key] = state.base;
     const text = JSON.stringify({ version: STATE_VERSION, namespace: this.engine.keys.namespace, bases });
     const temporary = `${this.settings.statePath}.${process.pid}.tmp`;
     try {
