@@ -240,13 +240,12 @@ export async function runLatency({ rounds, only }) {
     [PUBSUB_BASELINE, () => withRedis((url) => measureBarePubSub(url, rounds))],
     ['redis watch (pub/sub)', () => withRedis((url) => measureStore('redis', url, rounds))],
     [RELAY_LATENCY, () => withRedis((url) => measureStore('relay', JSON.stringify({ dir, url }), rounds))],
-  ].filter(
-    ([name]) =>
-      !only ||
-      name.includes(only) ||
-      name === CLUSTER_BASELINE ||
-      (name === PUBSUB_BASELINE && ('redis watch (pub/sub)'.includes(only) || RELAY_LATENCY.includes(only))),
-  );
+  ].filter(([name]) => {
+    // `only`: contenders whose names contain any of its comma-separated parts, and the baselines they need.
+    const parts = only?.split(',').filter(Boolean) ?? [];
+    const wanted = (contender) => parts.length === 0 || parts.some((part) => contender.includes(part));
+    return wanted(name) || name === CLUSTER_BASELINE || (name === PUBSUB_BASELINE && (wanted('redis watch (pub/sub)') || wanted(RELAY_LATENCY)));
+  });
 
   const results = {};
   const skipped = [];

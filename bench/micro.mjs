@@ -12,7 +12,9 @@ import { median, runChild, withRedis } from './support.mjs';
  * @returns {Promise<{ results: Record<string, object>, comparisons: object[], skipped: string[] }>}
  */
 export async function runMicro({ rounds, reps, scale, only }) {
-  const selected = Object.keys(contenders).filter((name) => !only || name.includes(only));
+  // `only`: contenders whose names contain any of its comma-separated parts.
+  const parts = only?.split(',').filter(Boolean) ?? [];
+  const selected = Object.keys(contenders).filter((name) => parts.length === 0 || parts.some((part) => name.includes(part)));
   // A baseline runs whenever a selected contender needs it.
   let names = [...new Set(selected.flatMap((name) => [contenders[name].baseline, name].filter(Boolean)))];
   const needsRedis = names.some((name) => contenders[name].needs === 'redis');

@@ -9,7 +9,7 @@
 //   node bench/run.mjs                      # the full run (several minutes)
 //   node bench/run.mjs --write              # the same, and the report replaces the tracked docs/benchmarks.*
 //   node bench/run.mjs --sections micro     # micro, latency, scaling, creation, relay
-//   node bench/run.mjs --only shm           # micro contenders whose name contains "shm"
+//   node bench/run.mjs --only shm,relay     # micro contenders whose name contains "shm" or "relay"
 //   node bench/run.mjs --smoke --out DIR    # a few seconds, to check nothing rotted; bars shown, not judged
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -34,12 +34,9 @@ describe('a relay replaced while another host changes a key', () => {
   it.each(['SIGKILLed', 'closed (pm2 reload)'])(
     `the new relay brings every key of its host up to Redis before it reports itself connected: relay %s, ${effort.takeoverRounds} rounds`,
     async (how) => {
-      const { hosts, namespace } = await simulated.start(2, 2);
-      const [hostA, hostB] = hosts as [Host, Host];
       const key = 'takeover';
-      await ask(hostA.processes[0]!, { op: 'bump', key });
-      await simulated.converged(hosts, namespace, key);
-      await refreshAll(hosts, key);
+      const { hosts, namespace } = await simulated.holding(2, 2, key);
+      const [hostA, hostB] = hosts as [Host, Host];
       for (let round = 0; round < effort.takeoverRounds; round++) {
         const relay = await simulated.relayOf(hostA);
         const [next] = alive(hostA.processes).filter((worker) => worker !== relay) as [Worker];
@@ -385,12 +382,9 @@ describe('one relay per host, and per process', () => {
 
 describe('a frozen relay', () => {
   it('stopped (SIGSTOP) for 10 s while another host bumps: its host gets a new relay and reads the change meanwhile; resumed, it stops without counting anything twice', async () => {
-    const { hosts, namespace } = await simulated.start(2, 2);
-    const [hostA, hostB] = hosts as [Host, Host];
     const key = 'frozen';
-    await ask(hostA.processes[0]!, { op: 'bump', key });
-    await simulated.converged(hosts, namespace, key);
-    await refreshAll(hosts, key);
+    const { hosts, namespace } = await simulated.holding(2, 2, key);
+    const [hostA, hostB] = hosts as [Host, Host];
     const relay = await simulated.relayOf(hostA);
     const [other] = hostA.processes.filter((worker) => worker !== relay) as [Worker];
     relay.child.kill('SIGSTOP');
@@ -449,10 +443,7 @@ describe('Redis back after an outage that lost nothing', () => {
 
   /** Two hosts holding `key` at Redis' value; Redis then killed until every process reads the key as expired. */
   async function outage(processes: number, key: string): Promise<{ hosts: Host[]; namespace: string; before: number }> {
-    const { hosts, namespace } = await hostsOnOwn.start(2, processes);
-    await ask(hosts[0]!.processes[0]!, { op: 'bump', key });
-    const before = await hostsOnOwn.converged(hosts, namespace, key);
-    await refreshAll(hosts, key);
+    const { hosts, namespace, before } = await hostsOnOwn.holding(2, processes, key);
     await own.kill('SIGKILL');
     await eventually('every process to read the key as expired in the outage', async () => {
       for (const worker of everyProcess(hosts)) if (!(await read(worker, key)).expired) return undefined;
@@ -507,11 +498,8 @@ describe('Redis back after an outage that lost nothing', () => {
 
   it('bumps the relay had not forwarded when the outage began reach the other host once Redis is back (Redis stopped, 3 bumps, Redis killed)', async () => {
     const key = 'pending-at-outage';
-    const { hosts, namespace } = await hostsOnOwn.start(2, 2);
+    const { hosts, namespace, before } = await hostsOnOwn.holding(2, 2, key);
     const [hostA, hostB] = hosts as [Host, Host];
-    await ask(hostA.processes[0]!, { op: 'bump', key });
-    const before = await hostsOnOwn.converged(hosts, namespace, key);
-    await refreshAll(hosts, key);
     const relay = await hostsOnOwn.relayOf(hostA);
     const bumper = hostA.processes.find((worker) => worker !== relay)!;
     process.kill(own.pid!, 'SIGSTOP');
@@ -532,11 +520,8 @@ describe('Redis back after an outage that lost nothing', () => {
     ['a moment into the outage', 300],
   ])('a relay killed %s: the next one clears nothing, counts nothing, and puts the value back', async (_, delayMs) => {
     const key = `relay-killed-${delayMs}`;
-    const { hosts, namespace } = await hostsOnOwn.start(2, 2);
+    const { hosts, namespace, before } = await hostsOnOwn.holding(2, 2, key);
     const [hostA, hostB] = hosts as [Host, Host];
-    await ask(hostA.processes[0]!, { op: 'bump', key });
-    const before = await hostsOnOwn.converged(hosts, namespace, key);
-    await refreshAll(hosts, key);
     const relay = await hostsOnOwn.relayOf(hostA);
     const other = hostA.processes.find((worker) => worker !== relay)!;
     await own.kill('SIGKILL');

@@ -69,6 +69,15 @@ export class SimulatedHosts {
     return { hosts, namespace };
   }
 
+  /** `count` hosts of `processes` processes each, every process holding `key` at Redis' value (one bump made it). */
+  async holding(count: number, processes: number, key: string): Promise<{ hosts: Host[]; namespace: string; before: number }> {
+    const { hosts, namespace } = await this.start(count, processes);
+    await ask(hosts[0]!.processes[0]!, { op: 'bump', key });
+    const before = await this.converged(hosts, namespace, key);
+    await refreshAll(hosts, key);
+    return { hosts, namespace, before };
+  }
+
   /** A host with no process yet. */
   host(prefix = 'gensync-host-'): Host {
     const dir = tempDir(prefix);
