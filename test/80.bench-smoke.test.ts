@@ -21,6 +21,7 @@ describe('npm run bench, smoke version', () => {
       creation: Array<{ kind: string; keys: number; ms: number }>;
       bars: Array<{ bar: string; value: number }>;
       relay: Array<{ processes: number; connections: number; subscribers: number }>;
+      relayCost: Array<Record<string, number>>;
     };
     expect(run.machine.node).toBe(process.version);
     expect(Object.keys(run.micro.results).sort()).toEqual(
@@ -52,8 +53,13 @@ describe('npm run bench, smoke version', () => {
     );
     expect(run.scaling).toHaveLength(8);
     expect(run.creation.map((row) => row.kind)).toEqual(['shm', 'file', 'redis']);
-    // With the Redis watch against a bare pub/sub one-way (issue 16), and the relay's check and host-to-host bars (issue 17).
-    expect(run.bars).toHaveLength(11);
+    // With the Redis watch against a bare pub/sub one-way (issue 16), the relay's check and host-to-host bars (issue 17),
+    // and the relayed bump against the shared-memory one (issue 26).
+    expect(run.bars).toHaveLength(12);
+    expect(run.bars.map((bar) => bar.bar)).toContain("relay store: markUpdated() within 2× of the shared-memory store's");
+    // The relay's cost as keys grow, with its event-loop stall and takeover time.
+    expect(run.relayCost.map((row) => row.keys)).toEqual([10, 100]);
+    for (const row of run.relayCost) for (const field of ['idlePercent', 'convergeMs', 'stallMs', 'takeoverMs']) expect(Number.isFinite(row[field]), field).toBe(true);
     expect(run.relay.map((row) => [row.processes, row.subscribers])).toEqual([
       [1, 1],
       [3, 1],

@@ -286,16 +286,29 @@ export class Relay {
    */
   async flush(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    const keys: string[] = [];
-    this.replica.follow();
-    const count = this.replica.recordCount();
-    for (let record = 0; record < count; record++) {
-      const { key } = this.replica.recordAt(record);
-      if (key !== undefined) keys.push(key);
+    let keys: string[] = [];
+    for (let collected = false; !collected; ) {
+      keys = [];
+      this.replica.follow();
+      const epoch = this.replica.epoch;
+      const count = this.replica.recordCount();
+      for (let record = 0; record < count && epoch === this.replica.epoch; record++) {
+        const { key } = this.replica.recordAt(record);
+        if (key !== undefined) keys.push(key);
+        // A slice at a time: the relay's own work goes on meanwhile.
+        if ((record + 1) % (SLICE * 10) === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      collected = epoch === this.replica.epoch; // moved meanwhile: the records are the new file's, collect again
+      if (Date.now() >= deadline) return false;
     }
+    // A key found settled has every change made before this call in Redis: only the rest are looked at again.
+    let next = 0;
     for (;;) {
       if (this.#stopped) return false;
-      if (this.connected && keys.every((key) => this.#settled(this.#keys.get(key)))) return true;
+      if (this.connected) {
+        while (next < keys.length && this.#settled(this.#keys.get(keys[next] as string))) next++;
+        if (next === keys.length) return true;
+      }
       if (Date.now() >= deadline) return false;
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
@@ -355,7 +368,7 @@ export class Relay {
     if (this.#stopped) return;
     try {
       this.replica.follow();
-      this.#changed.push(...this.replica.changed());
+      for (const record of this.replica.changed()) this.#changed.push(record); // (a spread of 100,000 arguments would not do)
     } catch {
       return; // the file is unusable just now: the move that follows reads everything again
     }
@@ -538,6 +551,9 @@ export class Relay {
 
   async #syncOnce(state: KeyState): Promise<void> {
     const epoch = this.#epoch;
+    // Only while this relay holds its place: a relay that was frozen and replaced, resuming, must not forward
+    // again what the relay in its place has forwarded (one header word; see Replica.ownsTerm).
+    if (!this.#holdsTerm()) return;
     const sent = this.#local(state);
     if (sent.generation !== null || !sent.armed) state.poisoned = false;
     // Absent with the RELAYED flag still set, and either made so by this relay's outage or with a known base:
@@ -605,6 +621,17 @@ export class Relay {
       state.again = true;
     }
     this.#stateChanged();
+  }
+
+  /** Whether this relay's term is still the file's; if not, it stops (see #lostPlace). */
+  #holdsTerm(): boolean {
+    try {
+      if (this.replica.ownsTerm(this.settings.term)) return true;
+    } catch {
+      return true; // the file is being replaced: the write that follows is refused if need be
+    }
+    this.#lostPlace();
+    return false;
   }
 
   /** SharedMemoryBinding.restore, only while this relay's term is the file's. */
@@ -888,10 +915,7 @@ export class Relay {
   #stateChanged(): void {
     if (this.#stateTimer !== undefined || this.#stopped) return;
     this.#stateTimer = setTimeout(
-      () => {
-        this.#stateTimer = undefined;
-        this.#writeState();
-      },
+      () => void this.#writeStateInSlices(),
       Math.max(STATE_WRITE_MS, Math.ceil(this.#keys.size / 10)),
     );
     this.#stateTimer.unref();
@@ -919,12 +943,38 @@ export class Relay {
     return bases;
   }
 
+  /**
+   * The periodic write: the text is made a slice of keys per turn of the event loop (100,000 keys would hold
+   * it for a tenth of a second at once), then written. A base read earlier than another is only older, which
+   * a relay taking over forwards again (see the module's text). #stateTimer stays set meanwhile, so that one
+   * write is under way at a time.
+   */
+  async #writeStateInSlices(): Promise<void> {
+    const parts: string[] = [];
+    let count = 0;
+    for (const [key, state] of this.#keys) {
+      if (this.#stopped) break;
+      if (state.base !== undefined) parts.push(`${JSON.stringify(key)}:${state.base}`);
+      if (++count % (SLICE * 10) === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+    this.#stateTimer = undefined;
+    // stop() writes the whole state itself, and a deposed relay writes nothing more.
+    if (!this.#stopped) this.#writeText(this.#stateText(parts));
+  }
+
+  #stateText(parts: string[]): string {
+    return `{"version":${STATE_VERSION},"namespace":${JSON.stringify(this.engine.keys.namespace)},"bases":{${parts.join(',')}}}`;
+  }
+
   #writeState(): void {
-    const bases: Record<string, number | null> = {};
+    const parts: string[] = [];
     // A key an outage made absent keeps its base: the next relay tells the outage's mark from a clear by the
     // key's RELAYED flag (see #syncOnce).
-    for (const [key, state] of this.#keys) if (state.base !== undefined) bases[key] = state.base;
-    const text = JSON.stringify({ version: STATE_VERSION, namespace: this.engine.keys.namespace, bases });
+    for (const [key, state] of this.#keys) if (state.base !== undefined) parts.push(`${JSON.stringify(key)}:${state.base}`);
+    this.#writeText(this.#stateText(parts));
+  }
+
+  #writeText(text: string): void {
     const temporary = `${this.settings.statePath}.${process.pid}.tmp`;
     try {
       writeFileSync(temporary, text, { mode: this.settings.mode });
