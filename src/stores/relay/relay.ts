@@ -186,6 +186,8 @@ export class Relay {
   #beatTimer: NodeJS.Timeout | undefined;
   #clockTimer: NodeJS.Timeout | undefined;
   #stateTimer: NodeJS.Timeout | undefined;
+  /** Bases changed since the write under way (or scheduled) began. */
+  #stateDirty = false;
   /** The server's clock minus this process's, in microseconds, when last read. */
   #clockOffsetUs: number | undefined;
   /** No more work: stopped, or deposed by another relay's term. */
@@ -913,7 +915,9 @@ export class Relay {
   // The bases, on disk.
 
   #stateChanged(): void {
+    this.#stateDirty = true;
     if (this.#stateTimer !== undefined || this.#stopped) return;
+    this.#stateDirty = false;
     this.#stateTimer = setTimeout(
       () => void this.#writeStateInSlices(),
       Math.max(STATE_WRITE_MS, Math.ceil(this.#keys.size / 10)),
@@ -959,7 +963,10 @@ export class Relay {
     }
     this.#stateTimer = undefined;
     // stop() writes the whole state itself, and a deposed relay writes nothing more.
-    if (!this.#stopped) this.#writeText(this.#stateText(parts));
+    if (this.#stopped) return;
+    this.#writeText(this.#stateText(parts));
+    // Bases that changed while this write was made: another write.
+    if (this.#stateDirty) this.#stateChanged();
   }
 
   #stateText(parts: string[]): string {
