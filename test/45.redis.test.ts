@@ -521,23 +521,16 @@ describe('foreign data, deployments and URLs the Redis store must refuse clearly
   });
 
   it('refuses a Redis Cluster node at connect, and Cluster and Sentinel clients, with errors that say what to use', async () => {
+    // A node in cluster mode, on a port found free (a random one could be taken by another test's server).
     const dir = tempDir();
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const node = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--dir', dir], { stdio: 'ignore' });
+    const node = await RedisServer.start({ dir, args: ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf')] });
     try {
-      await eventually('the cluster node to start', () => {
-        try {
-          return execFileSync('redis-cli', ['-p', String(port), 'PING'], { encoding: 'utf8' }).trim() === 'PONG' ? true : undefined;
-        } catch {
-          return undefined;
-        }
-      });
-      await expect(RedisStore.connect({ url: `redis://127.0.0.1:${port}`, namespace: namespace() })).rejects.toMatchObject({
+      await expect(RedisStore.connect({ url: node.url, namespace: namespace() })).rejects.toMatchObject({
         code: 'ERR_GENSYNC_UNSUPPORTED_SERVER',
         message: expect.stringMatching(/Redis Cluster[\s\S]*standalone Redis/),
       });
     } finally {
-      node.kill('SIGKILL');
+      await node.stop();
     }
     const cluster = createCluster({ rootNodes: [{ url: server.url }] });
     await expect(RedisStore.connect({ client: cluster as never })).rejects.toThrow(/Redis Cluster client/);

@@ -585,7 +585,9 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
       const stream = (host: Host, worker: Worker): void => {
         const log = join(host.dir, `acks-${logs.length}.log`);
         logs.push(log);
-        streams.push(ask(worker, { op: 'soak', prefix: 'soak-', keys: KEYS, ms: SOAK_MS, log }, SOAK_MS + scaled(60_000)).catch(() => undefined));
+        // Two bumps every 10 ms per process: the chaos is what the soak is for, and six processes bumping flat out
+        // would leave the other test file of the run (two at a time) too little of a 2-core machine.
+        streams.push(ask(worker, { op: 'soak', prefix: 'soak-', keys: KEYS, ms: SOAK_MS, perTick: 2, pauseMs: 10, log }, SOAK_MS + scaled(60_000)).catch(() => undefined));
       };
       for (const host of hosts) for (const worker of host.processes) stream(host, worker);
       const actions = { killed: 0, closed: 0, frozen: 0, lockRemoved: 0, redisRestarted: 0, bursts: 0 };
@@ -691,6 +693,11 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         },
         scaled(60_000),
       );
+      // Every change made on a host is in Redis once its relay says so (flush() covers every key of the host's file).
+      for (const host of hosts) {
+        const { settled } = await ask<{ settled: boolean }>(await soaked.relayOf(host, scaled(30_000)), { op: 'flush', timeoutMs: scaled(60_000) }, scaled(70_000));
+        expect(settled, `host ${host.dir}'s relay settles`).toBe(true);
+      }
       const burstsInRedis = burstKeys.filter((key) => own.cli('EXISTS', `${namespace}:${key}`) === '1').length;
       const total = [...acknowledged.entries()].filter(([key]) => key.startsWith('soak-')).reduce((sum, [, n]) => sum + n, 0);
       console.log(
