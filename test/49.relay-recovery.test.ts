@@ -111,14 +111,14 @@ describe('keys created while the relay reads every key again', () => {
       const creator = alive(host.processes).find((worker) => worker !== relay) as Worker;
       relay.child.kill('SIGKILL');
       host.processes.splice(host.processes.indexOf(relay), 1);
-      // The next relay starts by reading all the keys. Redis is made slow meanwhile (0.2 s asleep, again and
+      // The next relay starts by reading all the keys. Redis is made slow from now on (0.2 s asleep, again and
       // again: its answers wait, none past the relay's command timeout), so that the relay has looked at every
-      // record of the file and waits for answers when new keys appear in the file.
+      // record of the file, and still waits for answers, when new keys appear in the file.
+      const slow = slowRedis(4000);
       await eventually('the next relay to be reading', async () => {
         const statuses = await Promise.all(alive(host.processes).map(status));
         return statuses.some((seen) => seen.relaying && !seen.connected) ? true : undefined;
       }, scaled(10_000));
-      const slow = slowRedis(3000);
       await pause(1500);
       await ask(creator, { op: 'many', prefix: `created-${round}-`, count: 2000, bump: true }, scaled(60_000));
       await slow;
