@@ -105,9 +105,11 @@ describe('keys created while the relay reads every key again', () => {
     const { hosts, namespace } = await simulated.start(1, 3);
     const [host] = hosts as [Host];
     await ask(host.processes[0]!, { op: 'many', prefix: 'held-', count: 40_000 }, scaled(120_000));
-    await ask(await simulated.relayOf(host), { op: 'flush', timeoutMs: scaled(60_000) }, scaled(70_000));
+    // Creating 40,000 keys holds that process's event loop for seconds: if it was the relay, another took over
+    // (a frozen relay) and reads every key again first. Waits here are bounds for a broken run, not speed claims.
+    await ask(await simulated.relayOf(host, scaled(60_000)), { op: 'flush', timeoutMs: scaled(60_000) }, scaled(70_000));
     for (let round = 0; round < effort.takeoverRounds; round++) {
-      const relay = await simulated.relayOf(host);
+      const relay = await simulated.relayOf(host, scaled(60_000));
       const creator = alive(host.processes).find((worker) => worker !== relay) as Worker;
       relay.child.kill('SIGKILL');
       host.processes.splice(host.processes.indexOf(relay), 1);
