@@ -150,12 +150,20 @@ function parse(argv: readonly string[]): { command: string | undefined; args: st
  * belongs to the application, not to root.
  */
 function becomeUser(user: string): void {
+  // A name as POSIX allows it, or a uid: nothing that id(1) could take for an option (issue 27 item 6).
+  if (!/^(?:[0-9]+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$/.test(user)) {
+    throw new UsageError(`--user: "${user}" is not a user name or uid (a name starts with a letter or "_"; a uid is digits).`);
+  }
   const idOf = (flag: '-u' | '-g'): number => {
+    let id: number;
     try {
-      return Number(execFileSync('id', [flag, user], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+      // "--" ends id's options: whatever the value, it is taken as a user.
+      id = Number(execFileSync('id', [flag, '--', user], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
     } catch {
       throw new UsageError(`--user: there is no user "${user}" on this system.`);
     }
+    if (!Number.isSafeInteger(id) || id < 0) throw new UsageError(`--user: the user "${user}" did not resolve to a numeric id.`);
+    return id;
   };
   const uid = idOf('-u');
   const gid = idOf('-g');

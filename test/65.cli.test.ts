@@ -305,6 +305,20 @@ describe('the CLI as an operator meets it: it never reports success after changi
   });
 });
 
+describe('--user never passes its value to id(1) as an option (issue 27 item 6; failed at 684a0db)', () => {
+  it('refuses a value that looks like an option or does not resolve, with exit 2 and nothing done', () => {
+    const dir = tempDir();
+    const env = { GENERATION_SYNC_DIR: dir, GENERATION_SYNC_STORE: 'file' };
+    for (const value of ['-a', '--help', '-u', '--', 'a b', '']) {
+      const result = cli(['bump', 'settings', '--create', `--user=${value}`], env);
+      expect(result.status, `--user=${value}: ${result.stderr}`).toBe(2);
+      expect(result.stderr, value).toMatch(/--user: .*(not a user name or uid|no user)/);
+      expect(result.stderr, value).not.toMatch(/ERR_OUT_OF_RANGE|at .*\.js:\d+/);
+    }
+    expect(readdirSync(dir)).toEqual([]); // the command never ran
+  });
+});
+
 describe('the CLI run by root on an application user\'s store (issue 12 item 9; failed at 1545de2)', () => {
   // Needs root (CI runs as root) and the system user "nobody", as which the application runs here.
   it.skipIf(process.getuid?.() !== 0)('is refused with the way out, and with --user acts as the owner: files stay the owner\'s', () => {
