@@ -68,17 +68,27 @@ bool AbsorbFault(uintptr_t address) {
 
 void OnSigbus(int signal, siginfo_t* info, void* context) {
   int saved_errno = errno;
-  bool absorbed = AbsorbFault(reinterpret_cast<uintptr_t>(info->si_addr));
+  // Only a fault the kernel raised has a faulting address (si_code > 0). A
+  // SIGBUS sent by kill(2), tgkill or sigqueue (si_code <= 0) carries a
+  // sender's pid where the address would be, and is never absorbed.
+  bool from_kernel = info != nullptr && info->si_code > 0;
+  bool absorbed = from_kernel && AbsorbFault(reinterpret_cast<uintptr_t>(info->si_addr));
   errno = saved_errno;
   if (absorbed) return;
   if ((g_previous.sa_flags & SA_SIGINFO) != 0 && g_previous.sa_sigaction != nullptr) {
     g_previous.sa_sigaction(signal, info, context);
   } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
     g_previous.sa_handler(signal);
+  } else if (g_previous.sa_handler == SIG_IGN && !from_kernel) {
+    // Ignored before us: a sent SIGBUS stays ignored.
   } else {
-    // Not ours and nobody else's: restore the default so that the faulting
-    // instruction, run again on return, ends the process as it would have.
+    // Not ours and nobody else's: restore what was there so that the
+    // faulting instruction, run again on return, ends the process as it
+    // would have; a sent signal has no instruction to run again, so send
+    // it once more (it is blocked in this handler and arrives on return).
     sigaction(SIGBUS, &g_previous, nullptr);
+    if (!from_kernel) raise(SIGBUS);
+    errno = saved_errno;
   }
 }
 

@@ -754,3 +754,17 @@ describe('a file-store lock holder in another PID namespace (containers of one p
     }
   });
 });
+
+describe('the shared-memory store\'s last relocation gaps (issue 27; each failed at 684a0db)', () => {
+  it('item 5: a SIGBUS sent with kill(2) to a process with a store mapped ends it, as it would without the store', async () => {
+    const path = join(tempDir(), 'g.shm');
+    const worker = startWorker('worker.mjs', ['shm', path]);
+    workers.push(worker);
+    await worker.next();
+    expect((await ask(worker, { cmd: 'bump', key: 'k' })).ok).toBe(true); // the file is mapped and in use
+    const ended = new Promise<NodeJS.Signals | null>((resolve) => worker.child.once('exit', (_code, signal) => resolve(signal)));
+    worker.child.kill('SIGBUS');
+    const signal = await Promise.race([ended, new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), scaled(5000)))]);
+    expect(signal).toBe('SIGBUS');
+  });
+});
