@@ -756,6 +756,87 @@ describe('a file-store lock holder in another PID namespace (containers of one p
 });
 
 describe('the shared-memory store\'s last relocation gaps (issue 27; each failed at 684a0db)', () => {
+  /** A fresh store file at `path` whose creation lock a process holds (as one stopped inside a key creation would). */
+  async function freshFileWithLockHeld(path: string): Promise<Worker> {
+    const fresh = `${path}.fresh`;
+    SharedMemoryStore.open(fresh).close();
+    const holder = startWorker('hold-lock.mjs', [fresh]);
+    workers.push(holder);
+    await holder.next();
+    renameSync(fresh, path);
+    return holder;
+  }
+
+  async function release(holder: Worker): Promise<void> {
+    holder.send('release');
+    await holder.next();
+  }
+
+  it('item 4: a background move never waits for a creation lock another process holds, and completes once it is free', async () => {
+    const path = join(tempDir(), 'g.shm');
+    const lockTimeoutMs = scaled(2000);
+    const worker = startWorker('worker.mjs', ['shm', path], { ...FAST_CHECKS, GENSYNC_LOCK_TIMEOUT_MS: String(lockTimeoutMs) });
+    workers.push(worker);
+    await worker.next();
+    const keys = Array.from({ length: 10 }, (_, i) => `k${i}`);
+    const before = new Map<string, number>();
+    for (const key of keys) before.set(key, (await ask(worker, { cmd: 'bump', key })).syncGen as number);
+    await ask(worker, { cmd: 'stallStart' });
+
+    const holder = await freshFileWithLockHeld(path);
+    await new Promise((resolve) => setTimeout(resolve, 2.5 * lockTimeoutMs));
+    // At 684a0db the timer carried each key over waiting for the lock: 10 keys x the lock timeout, in one tick.
+    const heldMs = (await ask(worker, { cmd: 'stallMax' })).maxMs as number;
+    expect(heldMs).toBeLessThan(lockTimeoutMs);
+    // Meanwhile the worker keeps its file, and its keys: nothing moved, nothing was retired.
+    expect((await ask(worker, { cmd: 'expired', key: 'k0' })).expired).toBe(false);
+
+    await release(holder);
+    await eventually('the worker to move to the new file', async () => ((await ask(worker, { cmd: 'expired', key: 'k0' })).expired ? true : undefined));
+    const store = SharedMemoryStore.open(path);
+    for (const key of keys) {
+      const refreshed = (await ask(worker, { cmd: 'refresh', key })).syncGen as number;
+      expect(refreshed, key).toBeGreaterThan(before.get(key) as number);
+      expect(new GenerationSynchronizer(key, { store, normalizeCacheKey: false }).syncGen, key).toBe(refreshed);
+    }
+    store.close();
+  });
+
+  it('item 3: a watcher moved while the new file\'s creation lock is held hears what changed there meanwhile, and later', async () => {
+    const path = join(tempDir(), 'g.shm');
+    const lockTimeoutMs = scaled(300);
+    const watcher = startWorker('worker.mjs', ['shm', path], { ...FAST_CHECKS, GENSYNC_LOCK_TIMEOUT_MS: String(lockTimeoutMs) });
+    workers.push(watcher);
+    await watcher.next();
+    await ask(watcher, { cmd: 'bump', key: 'w' });
+    await ask(watcher, { cmd: 'watchKey', key: 'w' });
+
+    // The new file has the key already (a copy restored from elsewhere, say), and its creation lock is held.
+    const fresh = `${path}.fresh`;
+    const made = SharedMemoryStore.open(fresh);
+    new GenerationSynchronizer('w', { store: made, normalizeCacheKey: false });
+    made.close();
+    const holder = startWorker('hold-lock.mjs', [fresh]);
+    workers.push(holder);
+    await holder.next();
+    renameSync(fresh, path);
+    // Long enough for the watcher to try moving (at 684a0db it moved, told its listener the value it carried
+    // over, and could not mark the key watched there).
+    await new Promise((resolve) => setTimeout(resolve, 4 * lockTimeoutMs));
+    // A process on the new file bumps the key while the lock is held (the key exists: no lock needed).
+    const other = startWorker('worker.mjs', ['shm', path], FAST_CHECKS);
+    workers.push(other);
+    await other.next();
+    await ask(other, { cmd: 'bump', key: 'w' });
+    const during = (await ask(other, { cmd: 'bump', key: 'w' })).syncGen as number;
+    await new Promise((resolve) => setTimeout(resolve, 3 * lockTimeoutMs));
+    await release(holder);
+    // At 684a0db the watcher had been told the value carried over before those bumps, and nothing after.
+    await eventually(`the watcher to hear generation ${during} or above`, async () => (((await ask(watcher, { cmd: 'watched', key: 'w' })).last as number) >= during ? true : undefined), scaled(5000));
+    const after = (await ask(other, { cmd: 'bump', key: 'w' })).syncGen as number;
+    await eventually(`the watcher to hear generation ${after}`, async () => ((await ask(watcher, { cmd: 'watched', key: 'w' })).last === after ? true : undefined), scaled(5000));
+  });
+
   it('item 5: a SIGBUS sent with kill(2) to a process with a store mapped ends it, as it would without the store', async () => {
     const path = join(tempDir(), 'g.shm');
     const worker = startWorker('worker.mjs', ['shm', path]);

@@ -28,6 +28,24 @@ export function findOrCreate(file: MappedFile, identity: KeyIdentity, seed: numb
   return found >= 0 ? found : withCreationLock(file, () => (file.retired ? -1 : findOrCreateLocked(file, identity, seed)));
 }
 
+/**
+ * Holding the creation lock of `file`: make sure it has a record (absent
+ * when new) for each of `identities`, so that a move carries many keys over
+ * under one hold of the lock rather than one per key. Keys that do not fit
+ * are left out (the carry-over skips them). Does nothing in a retired file.
+ */
+export function createMissingLocked(file: MappedFile, identities: Iterable<KeyIdentity>): void {
+  if (file.retired) return;
+  for (const identity of identities) {
+    try {
+      findOrCreateLocked(file, identity, null);
+    } catch (error) {
+      if (error instanceof StoreFullError) return;
+      throw error;
+    }
+  }
+}
+
 /** Run `action` holding the key-creation lock of `file`, after repairing what a process that died holding it left. */
 export function withCreationLock<T>(file: MappedFile, action: () => T): T {
   if (!file.lock(CREATION_LOCK_BYTE, true)) throw file.lockTimeout();

@@ -15,10 +15,13 @@ import { statSync, type Stats } from 'node:fs';
 
 import { StoreClosedError, StoreError, StoreUnavailableError } from '../../store/errors';
 import { ioError } from '../../system/filesystem';
+import { withLockDeadline } from '../../system/lock-wait';
+import { createMissingLocked, withCreationLock } from './key-creation';
 import type { MappedFile } from './mapped-file';
 import type { NativeAddon } from './native';
 import type { OpenSettings } from './open-file';
 import { carryOver, openLive, retire, type CapturedKey } from './retirement';
+import { ABSENT, VALUE_MASK } from './shm-format';
 import { trace } from '../../store/trace';
 
 /** What lives in the file in use and must follow the store from one file to the next. */
@@ -42,10 +45,12 @@ export class LiveFile {
   #faultsSeen: number;
   /**
    * What this process knew of its keys when it had to give up a file that
-   * lost its contents (truncated) and found no usable file: carried over,
-   * as floors, into the next file it uses, so no generation repeats.
+   * lost its contents (truncated) and found no usable file, and what it
+   * captured from a file it retired but could not yet carry over (the new
+   * file's creation lock was held): carried over, as floors, into the next
+   * file it uses, so no generation repeats. One entry per key.
    */
-  #floors: CapturedKey[] = [];
+  readonly #floors = new Floors();
   /** Background failures already reported, by message, so that each is reported once. */
   readonly #reported = new Set<string>();
   readonly #timer: NodeJS.Timeout;
@@ -82,14 +87,24 @@ export class LiveFile {
   current(): MappedFile {
     if (this.#closed) throw this.closedError();
     const faults = this.addon.faults();
+    if (faults !== this.#faultsSeen || this.#file === undefined || this.#file.retired) {
+      // The caller's own call: whatever moving takes waits for locks up to the lock timeout once in all.
+      const failure = withLockDeadline(performance.now() + this.settings.lockTimeoutMs, () => this.#followInForeground(faults));
+      if (failure !== undefined && (this.#file === undefined || this.#file.retired)) throw failure;
+    }
+    if (this.#file === undefined) throw this.#unusable ?? new StoreUnavailableError('ERR_GENSYNC_STORE_UNAVAILABLE', `No usable store file at ${this.path}.`, { path: this.path });
+    return this.#file;
+  }
+
+  /** The slow part of {@link current}; returns why a move could not be made now, if it could not. */
+  #followInForeground(faults: number): StoreError | undefined {
     if (faults !== this.#faultsSeen) {
       // Some mapped store file shrank under this process (perhaps this one): check now, not at the next tick.
       this.#faultsSeen = faults;
-      this.#check();
+      const failure = this.#check();
+      if (failure !== undefined) return failure;
     }
-    if (this.#file === undefined || this.#file.retired) this.#move();
-    if (this.#file === undefined) throw this.#unusable ?? new StoreUnavailableError('ERR_GENSYNC_STORE_UNAVAILABLE', `No usable store file at ${this.path}.`, { path: this.path });
-    return this.#file;
+    return this.#file === undefined || this.#file.retired ? this.#move() : undefined;
   }
 
   /** Whether some mapped store file shrank under this process since the last {@link current} looked. */
@@ -119,8 +134,12 @@ export class LiveFile {
    */
   #checkInBackground(): void {
     try {
-      this.#check();
-      if (!this.#closed && this.#file !== undefined) this.tenants.recheck(this.#file);
+      // Nobody waits for this: a lock another process holds is tried once, and again at the next check, so
+      // that a process stopped inside a key creation never holds up this event loop (issue 27 item 4).
+      withLockDeadline(performance.now(), () => {
+        this.#check();
+        if (!this.#closed && this.#file !== undefined) this.tenants.recheck(this.#file);
+      });
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       if (this.#reported.has(message)) return;
@@ -133,21 +152,18 @@ export class LiveFile {
    * Does the path still name the file we mapped, is the file still whole,
    * has another process retired it? Two system calls, never on the hot path.
    */
-  #check(): void {
-    if (this.#closed) return;
+  #check(): StoreError | undefined {
+    if (this.#closed) return undefined;
     const file = this.#file;
-    if (file === undefined) {
-      this.#move();
-      return;
-    }
+    if (file === undefined) return this.#move();
     let pathStats: Stats | undefined;
     try {
       pathStats = statSync(this.path, { throwIfNoEntry: false });
     } catch {
-      return; // try again at the next check
+      return undefined; // try again at the next check
     }
     const pulled = pathStats === undefined || pathStats.ino !== file.ino || pathStats.dev !== file.dev;
-    if (pulled || file.retired || !file.intact) this.#move();
+    return pulled || file.retired || !file.intact ? this.#move() : undefined;
   }
 
   /**
@@ -160,35 +176,52 @@ export class LiveFile {
    * and no update is lost; from a shrunk file, carry over what this
    * process knows. Then hand the new file to the tenants.
    */
-  #move(): void {
+  #move(): StoreError | undefined {
     const old = this.#file;
     let next: MappedFile;
     try {
       next = openLive(this.path, this.settings, this.addon);
     } catch (error) {
       const reason = error instanceof StoreError ? error : ioError(error, 'reopen the store', this.path);
-      if (old !== undefined && !old.retired && old.intact) return;
-      if (old !== undefined) this.#floors.push(...this.tenants.knownFloors());
+      // A lock another process holds (replacing a retired file needs its creation lock): try again later.
+      if (old !== undefined && ((!old.retired && old.intact) || reason.code === 'ERR_GENSYNC_LOCK_TIMEOUT')) return reason;
+      if (old !== undefined) this.#floors.add(this.tenants.knownFloors());
       this.#abandon(reason);
-      return;
+      return reason;
     }
     if (old !== undefined && next.ino === old.ino && next.dev === old.dev) {
       next.close(); // the same file after all
-      return;
+      return undefined;
     }
-    // What the old file held (unless it lost its contents), and in any case what this process knows.
-    const captured = old !== undefined && old.intact ? retire(old) : [];
+    // Under the new file's creation lock: retire the old file, capturing what it held (unless it lost its
+    // contents), and make a record for every key to carry over. The lock may be held by a process stopped
+    // inside a creation: then nothing changed (the old file was not retired), and the next check tries again.
+    let carried: CapturedKey[];
+    try {
+      carried = withCreationLock(next, () => {
+        if (old !== undefined && old.intact) this.#floors.add(retire(old));
+        const keys = [...this.#floors.values(), ...this.tenants.knownFloors()];
+        createMissingLocked(next, keys.map((key) => key.identity));
+        return keys;
+      });
+    } catch (error) {
+      next.close();
+      if (error instanceof StoreError) return error;
+      throw error;
+    }
+    this.#floors.clear();
     let watched = false;
-    for (const { identity, word } of [...this.#floors.splice(0), ...captured, ...this.tenants.knownFloors()]) {
-      watched = carryOver(next, identity, word) || watched;
-    }
+    for (const { identity, word } of carried) watched = carryOver(next, identity, word) || watched;
     if (watched) next.wakeWatchers();
+    // Retired by another process while this one carried keys over: some may not have made it; keep them all.
+    if (next.retired) this.#floors.add(carried);
     if (trace.enabled) {
-      trace('store file %s was replaced, removed or damaged: now using the file at the path (inode %d), %d keys carried over', this.path, next.ino, captured.length);
+      trace('store file %s was replaced, removed or damaged: now using the file at the path (inode %d), %d keys carried over', this.path, next.ino, carried.length);
     }
     this.#abandon(undefined);
     this.#file = next;
     this.tenants.arrive(next);
+    return undefined;
   }
 
   /** Stop using the current file: the tenants let go of it (keys read as expired), then it is unmapped and closed. */
@@ -197,5 +230,36 @@ export class LiveFile {
     this.#file?.close();
     this.#file = undefined;
     this.#unusable = reason;
+  }
+}
+
+/**
+ * Keys to carry over as floors, one entry per key: the highest value seen,
+ * present if any capture of it was present (carried over, a present word
+ * raises the key above it; an absent one only sets a floor).
+ */
+class Floors {
+  readonly #byKey = new Map<string, CapturedKey>();
+
+  add(keys: Iterable<CapturedKey>): void {
+    for (const key of keys) {
+      const name = `${key.identity.length}:${key.identity.digest.toString('hex')}`;
+      const known = this.#byKey.get(name);
+      if (known === undefined) {
+        this.#byKey.set(name, key);
+        continue;
+      }
+      const value = (key.word & VALUE_MASK) > (known.word & VALUE_MASK) ? key.word & VALUE_MASK : known.word & VALUE_MASK;
+      const present = (key.word & ABSENT) === 0n || (known.word & ABSENT) === 0n;
+      this.#byKey.set(name, { identity: known.identity, word: present ? value : value | ABSENT });
+    }
+  }
+
+  values(): IterableIterator<CapturedKey> {
+    return this.#byKey.values();
+  }
+
+  clear(): void {
+    this.#byKey.clear();
   }
 }

@@ -88,9 +88,16 @@ export class Watching {
     queueMicrotask(() => this.#deliver());
   }
 
-  /** Retry marking the keys whose flag could not be set in `file`. */
+  /**
+   * Retry marking the keys whose flag could not be set in `file`, and tell
+   * the listeners what changed meanwhile: a change of a key without the
+   * flag woke nobody (issue 27 item 3). Until every key is marked, this
+   * polls them at each background check.
+   */
   recheck(file: MappedFile): void {
-    if (this.#unmarked) this.#markAll(file);
+    if (!this.#unmarked) return;
+    this.#markAll(file);
+    queueMicrotask(() => this.#deliver());
   }
 
   /** The file in use is going away: stop listening to it. */
