@@ -3,7 +3,7 @@
 // races, and a soak with random kills. Real processes throughout; every
 // loop is bounded in count and time.
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -20,6 +20,21 @@ const checksRun = (): Promise<void> => new Promise((resolve) => setTimeout(resol
 
 const workers: Worker[] = [];
 afterEach(() => stopAll(workers.splice(0)));
+
+/** Start `count` workers on the shared-memory store at `path` (checking their file every 20 ms), ready. */
+async function group(path: string, count: number, fixture = 'worker.mjs', extra: string[] = []): Promise<Worker[]> {
+  const started = Array.from({ length: count }, () => startWorker(fixture, ['shm', path, ...extra], FAST_CHECKS));
+  workers.push(...started);
+  await Promise.all(started.map((worker) => worker.next()));
+  return started;
+}
+
+/** Cut the file at `path` back to its header page and extend it to its size again, as a restore in place would. */
+function cutToHeaderAndExtend(path: string): void {
+  const size = statSync(path).size;
+  truncateSync(path, 4096);
+  truncateSync(path, size);
+}
 
 /** Run the step-victim fixture with the kill hook set; resolves with how it ended. */
 function victim(args: string[], killAt: string): { status: number | null; signal: NodeJS.Signals | null } {
@@ -323,14 +338,6 @@ describe('a soak with random kills', () => {
 });
 
 describe('the outside review of the shared-memory store (each of these failed at 1545de2)', () => {
-  /** Start `count` workers on the store at `path`, ready. */
-  async function group(path: string, count: number, fixture = 'worker.mjs', extra: string[] = []): Promise<Worker[]> {
-    const started = Array.from({ length: count }, () => startWorker(fixture, ['shm', path, ...extra], FAST_CHECKS));
-    workers.push(...started);
-    await Promise.all(started.map((worker) => worker.next()));
-    return started;
-  }
-
   /** Put a fresh, empty store file (of `capacity` keys) at `path`, replacing what is there. */
   function replaceWithFreshStore(path: string, capacity?: number, keys: string[] = []): void {
     const fresh = `${path}.fresh`;
@@ -490,7 +497,7 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
   /** A few seconds in npm test, the full two minutes in npm run test:full (test/support/effort.ts). */
   const STRESS_MS = effort.soakMs;
 
-  it(`replace, rename back, unlink and truncate, over and over for ${STRESS_MS / 1000} s: nothing lost, nothing backwards, no crash, all converge`, async () => {
+  it(`replace, rename back, unlink, truncate, restore in place, cut and extend, SIGSTOP, over and over for ${STRESS_MS / 1000} s: nothing lost, nothing backwards, no generation 0, one record per key, no crash, all converge`, async () => {
     const dir = tempDir();
     const path = join(dir, 'g.shm');
     const keyCount = 4;
@@ -499,19 +506,38 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
     workers.push(...group);
     await Promise.all(group.map((worker) => worker.next()));
 
-    const actions = { replaced: 0, renamedBack: 0, unlinked: 0, truncated: 0 };
+    const actions = { replaced: 0, renamedBack: 0, unlinked: 0, truncated: 0, restoredInPlace: 0, cutAndExtended: 0, stopped: 0 };
     const pauseFor = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+    const backup = join(dir, 'backup.shm');
     const until = Date.now() + STRESS_MS;
     while (Date.now() < until) {
       await pauseFor(150 + Math.random() * 350);
       if (!existsSync(path)) continue;
       const roll = Math.random();
-      if (roll < 0.3) {
+      if (roll < 0.1) {
+        // A process stopped for 20-300 ms (a debugger, a CPU-starved container), perhaps mid-bump.
+        const victim = group[Math.floor(Math.random() * group.length)] as Worker;
+        victim.child.kill('SIGSTOP');
+        await pauseFor(20 + Math.random() * 280);
+        victim.child.kill('SIGCONT');
+        actions.stopped++;
+      } else if (roll < 0.2) {
+        // A backup written back over the file in place (same inode), or taken for later.
+        if (existsSync(backup) && Math.random() < 0.7) {
+          copyFileSync(backup, path);
+          actions.restoredInPlace++;
+        } else {
+          copyFileSync(path, backup);
+        }
+      } else if (roll < 0.3) {
+        cutToHeaderAndExtend(path);
+        actions.cutAndExtended++;
+      } else if (roll < 0.45) {
         const fresh = join(dir, 'fresh.shm');
         SharedMemoryStore.open(fresh).close();
         renameSync(fresh, path);
         actions.replaced++;
-      } else if (roll < 0.6) {
+      } else if (roll < 0.65) {
         const aside = join(dir, 'aside.shm');
         renameSync(path, aside);
         await pauseFor(300 + Math.random() * 300);
@@ -530,7 +556,7 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
     await pauseFor(1000); // let every process settle on the last file
     expect(group.every((worker) => worker.child.exitCode === null && worker.child.signalCode === null)).toBe(true);
     interface Report {
-      stats: { acknowledged: number; backwards: number; watchEvents: number; clears: number };
+      stats: { acknowledged: number; backwards: number; watchEvents: number; clears: number; zeros: number };
       final: Record<string, number | null>;
     }
     await Promise.all(
@@ -554,6 +580,8 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
       }
     }
     const store = SharedMemoryStore.open(path);
+    // One record per key: no key split in two, no record that lost its name.
+    expect(store.entries().map((entry) => entry.key).sort()).toEqual(Array.from({ length: keyCount }, (_, i) => `stress-${i}`).sort());
     let lost = 0;
     for (let i = 0; i < keyCount; i++) {
       const key = `stress-${i}`;
@@ -563,14 +591,15 @@ describe('a stress run: three processes bump, clear and watch while a fourth kee
       if (finalGen < (acked.get(key) ?? 0)) lost++;
     }
     store.close();
-    const total = (field: 'acknowledged' | 'backwards' | 'watchEvents' | 'clears'): number => reports.reduce((sum, report) => sum + report.stats[field], 0);
+    const total = (field: 'acknowledged' | 'backwards' | 'watchEvents' | 'clears' | 'zeros'): number => reports.reduce((sum, report) => sum + report.stats[field], 0);
     expect(lost).toBe(0);
     expect(total('backwards')).toBe(0);
+    expect(total('zeros')).toBe(0);
     expect(total('acknowledged')).toBeGreaterThan(1000);
     expect(actions.replaced + actions.renamedBack + actions.unlinked + actions.truncated).toBeGreaterThan(STRESS_MS / 1000);
     console.log(
       `shm stress ${STRESS_MS / 1000} s: ${JSON.stringify(actions)}; ${total('acknowledged')} acknowledged bumps, ${total('clears')} clears, ` +
-        `${total('watchEvents')} watch events, 0 lost, 0 backwards, 0 crashes`,
+        `${total('watchEvents')} watch events, 0 lost, 0 backwards, 0 generations of 0, one record per key, 0 crashes`,
     );
   }, 300_000);
 });
@@ -835,6 +864,140 @@ describe('the shared-memory store\'s last relocation gaps (issue 27; each failed
     await eventually(`the watcher to hear generation ${during} or above`, async () => (((await ask(watcher, { cmd: 'watched', key: 'w' })).last as number) >= during ? true : undefined), scaled(5000));
     const after = (await ask(other, { cmd: 'bump', key: 'w' })).syncGen as number;
     await eventually(`the watcher to hear generation ${after}`, async () => ((await ask(watcher, { cmd: 'watched', key: 'w' })).last === after ? true : undefined), scaled(5000));
+  });
+
+  it.each([
+    ['close()s the store and exits', 'exit'],
+    ['calls process.exit() with the store open', 'exitNow'],
+  ])('item 2: a process that bumps a key of a pulled file and then %s hands the bump over to the file at the path', async (_how, command) => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    // The leaver checks its file once a minute: it bumps and leaves long before it would notice.
+    const leaver = startWorker('worker.mjs', ['shm', path], { GENSYNC_CHECK_INTERVAL_MS: '60000' });
+    workers.push(leaver);
+    await leaver.next();
+    await ask(leaver, { cmd: 'bump', key: 'k' });
+    unlinkSync(path); // a temp cleaner
+    const newcomer = startWorker('worker.mjs', ['shm', path], FAST_CHECKS);
+    workers.push(newcomer);
+    await newcomer.next();
+    const before = (await ask(newcomer, { cmd: 'sync', key: 'k' })).syncGen as number; // a new file, a new key
+    const bumped = await ask(leaver, { cmd: 'bump', key: 'k' });
+    expect(bumped.ok).toBe(true);
+    const exited = new Promise((resolve) => leaver.child.once('exit', resolve));
+    await ask(leaver, { cmd: command });
+    await exited;
+    // At 684a0db the newcomer never saw that acknowledged bump.
+    expect((await ask(newcomer, { cmd: 'expired', key: 'k' })).expired).toBe(true);
+    const after = (await ask(newcomer, { cmd: 'refresh', key: 'k' })).syncGen as number;
+    expect(after).toBeGreaterThan(before);
+    expect(after).toBeGreaterThan(bumped.syncGen as number);
+  });
+
+  /** Every key of the store at `path` once, and no record that lost its name. */
+  function expectOneRecordPerKey(path: string, keys: string[]): void {
+    const store = SharedMemoryStore.open(path);
+    const names = store.entries().map((entry) => entry.key);
+    store.close();
+    expect(names.sort()).toEqual([...keys].sort());
+  }
+
+  it('item 1: a file cut back to its header and extended again is noticed: no generation 0, one record per key, every process on one file', async () => {
+    const path = join(tempDir(), 'g.shm');
+    const [a, b] = await group(path, 2);
+    const bumped = (await ask(a as Worker, { cmd: 'bump', key: 'k' })).syncGen as number;
+    expect((await ask(b as Worker, { cmd: 'sync', key: 'k' })).syncGen).toBe(bumped);
+    await ask(b as Worker, { cmd: 'sync', key: 'quiet' });
+
+    cutToHeaderAndExtend(path);
+    await checksRun();
+    // Both read the key as changed; refreshed, they agree on a value above what they held (at 684a0db: 0).
+    expect((await ask(b as Worker, { cmd: 'expired', key: 'quiet' })).expired).toBe(true);
+    const refreshed = await Promise.all([a, b].map(async (worker) => (await ask(worker as Worker, { cmd: 'refresh', key: 'k' })).syncGen as number));
+    expect(refreshed[0]).toBeGreaterThan(bumped);
+    expect(refreshed[1]).toBe(refreshed[0]);
+    // A bump by one reaches the other and a process that opens the path now; the key has one record.
+    const late = startWorker('worker.mjs', ['shm', path], FAST_CHECKS);
+    workers.push(late);
+    await late.next();
+    expect((await ask(late, { cmd: 'sync', key: 'k' })).syncGen).toBe(refreshed[0]);
+    const next = (await ask(a as Worker, { cmd: 'bump', key: 'k' })).syncGen as number;
+    for (const worker of [b, late]) {
+      expect((await ask(worker as Worker, { cmd: 'expired', key: 'k' })).expired).toBe(true);
+      expect((await ask(worker as Worker, { cmd: 'refresh', key: 'k' })).syncGen).toBe(next);
+    }
+    expectOneRecordPerKey(path, ['k', 'quiet']);
+  });
+
+  it('item 1: a process that touched the file while it was short, and bumps after it grew back, never bumps into a page of its own', async () => {
+    const path = join(tempDir(), 'g.shm');
+    // Checks once a minute: only its own calls can notice.
+    const toucher = startWorker('worker.mjs', ['shm', path], { GENSYNC_CHECK_INTERVAL_MS: '60000' });
+    workers.push(toucher);
+    await toucher.next();
+    const before = (await ask(toucher, { cmd: 'bump', key: 'k' })).syncGen as number;
+    const size = statSync(path).size;
+    truncateSync(path, 4096);
+    expect((await ask(toucher, { cmd: 'expired', key: 'k' })).expired).toBe(true); // touched while short
+    truncateSync(path, size);
+    const acknowledged: number[] = [];
+    const mine = await ask(toucher, { cmd: 'refresh', key: 'k' });
+    expect(mine.syncGen as number).toBeGreaterThan(before);
+    const bump = await ask(toucher, { cmd: 'bump', key: 'k' });
+    if (bump.ok === true) acknowledged.push(bump.syncGen as number);
+    // A process that opens the path now shares the key with it: each sees the other's bumps, no value twice.
+    const newcomer = startWorker('worker.mjs', ['shm', path], FAST_CHECKS);
+    workers.push(newcomer);
+    await newcomer.next();
+    await ask(newcomer, { cmd: 'sync', key: 'k' });
+    for (let round = 0; round < 3; round++) {
+      const theirs = await ask(newcomer, { cmd: 'bump', key: 'k' });
+      expect(theirs.ok).toBe(true);
+      acknowledged.push(theirs.syncGen as number);
+      expect((await ask(toucher, { cmd: 'expired', key: 'k' })).expired).toBe(true);
+      expect((await ask(toucher, { cmd: 'refresh', key: 'k' })).syncGen).toBe(theirs.syncGen);
+      const ours = await ask(toucher, { cmd: 'bump', key: 'k' });
+      expect(ours.ok).toBe(true);
+      acknowledged.push(ours.syncGen as number);
+      expect((await ask(newcomer, { cmd: 'expired', key: 'k' })).expired).toBe(true);
+      expect((await ask(newcomer, { cmd: 'refresh', key: 'k' })).syncGen).toBe(ours.syncGen);
+    }
+    expect(new Set(acknowledged).size).toBe(acknowledged.length);
+    expectOneRecordPerKey(path, ['k']);
+  });
+
+  it.each([
+    ['an older copy of itself', 'older'],
+    ['a copy of another store file', 'other'],
+  ])('item 1: a file written over in place with %s is noticed: no generation goes back, one record per key', async (_what, kind) => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const copy = join(dir, 'copy.shm');
+    const [a, b] = await group(path, 2);
+    await ask(a as Worker, { cmd: 'bump', key: 'k' });
+    await ask(b as Worker, { cmd: 'sync', key: 'k' });
+    if (kind === 'older') {
+      copyFileSync(path, copy); // a backup
+    } else {
+      const other = SharedMemoryStore.open(copy);
+      new GenerationSynchronizer('k', { store: other, normalizeCacheKey: false, clock: () => 1000 });
+      other.close();
+    }
+    await checksRun();
+    let last = 0;
+    for (let i = 0; i < 3; i++) last = (await ask(a as Worker, { cmd: 'bump', key: 'k' })).syncGen as number;
+    expect((await ask(b as Worker, { cmd: 'refresh', key: 'k' })).syncGen).toBe(last);
+
+    copyFileSync(copy, path); // in place: the same inode, size and magic
+    await checksRun();
+    // At 684a0db both went back to the copy's value.
+    for (const worker of [a, b]) {
+      expect((await ask(worker as Worker, { cmd: 'expired', key: 'k' })).expired).toBe(true);
+      expect((await ask(worker as Worker, { cmd: 'refresh', key: 'k' })).syncGen as number).toBeGreaterThan(last);
+    }
+    const bumped = (await ask(a as Worker, { cmd: 'bump', key: 'k' })).syncGen as number;
+    expect((await ask(b as Worker, { cmd: 'refresh', key: 'k' })).syncGen).toBe(bumped);
+    expectOneRecordPerKey(path, ['k']);
   });
 
   it('item 5: a SIGBUS sent with kill(2) to a process with a store mapped ends it, as it would without the store', async () => {

@@ -60,11 +60,19 @@ export function withCreationLock<T>(file: MappedFile, action: () => T): T {
 
 /**
  * Under the creation lock: find the key again, or claim, fill and publish
- * a new record — holding `seed`, or absent when `seed` is null.
+ * a new record — holding `seed`, or absent when `seed` is null. -1 when
+ * the file turns out to have lost records (it is then retired).
  */
 function findOrCreateLocked(file: MappedFile, identity: KeyIdentity, seed: number | null): number {
   const existing = file.find(identity);
   if (existing >= 0) return existing;
+  if (file.lostRecords()) {
+    // Cut short and extended in place: its keys are gone from under every process. Make nothing here: retire
+    // it, so that every process moves to a fresh file carrying what it knows (see openLive).
+    file.markRetired();
+    file.wakeWatchers();
+    return -1;
+  }
 
   const { capacity } = file.header;
   const record = file.recordCount();

@@ -24,6 +24,30 @@ import { carryOver, openLive, retire, type CapturedKey } from './retirement';
 import { ABSENT, VALUE_MASK } from './shm-format';
 import { trace } from '../../store/trace';
 
+/**
+ * Every live file not closed yet in this process (or thread): when it exits
+ * (returning from its work, `process.exit()`, a signal it handles by
+ * exiting), each hands its keys over if its file was pulled (see
+ * {@link LiveFile.handOverIfPulled}). One `exit` listener for them all,
+ * there only while there are any.
+ */
+const leaving = new (class LeavingFiles {
+  readonly #files = new Set<LiveFile>();
+  readonly #onExit = (): void => {
+    for (const file of this.#files) file.handOverIfPulled();
+  };
+
+  add(file: LiveFile): void {
+    if (this.#files.size === 0) process.on('exit', this.#onExit);
+    this.#files.add(file);
+  }
+
+  delete(file: LiveFile): void {
+    if (!this.#files.delete(file) || this.#files.size > 0) return;
+    process.removeListener('exit', this.#onExit);
+  }
+})();
+
 /** What lives in the file in use and must follow the store from one file to the next. */
 export interface Tenants {
   /** What this process knows of its keys, as floors for a file that replaces one which lost its contents. */
@@ -68,6 +92,7 @@ export class LiveFile {
     this.#faultsSeen = addon.faults();
     this.#timer = setInterval(() => this.#checkInBackground(), checkIntervalMs);
     this.#timer.unref();
+    leaving.add(this);
   }
 
   get closed(): boolean {
@@ -86,10 +111,9 @@ export class LiveFile {
    */
   current(): MappedFile {
     if (this.#closed) throw this.closedError();
-    const faults = this.addon.faults();
-    if (faults !== this.#faultsSeen || this.#file === undefined || this.#file.retired) {
+    if (this.addon.faults() !== this.#faultsSeen || this.#file === undefined || this.#file.retired) {
       // The caller's own call: whatever moving takes waits for locks up to the lock timeout once in all.
-      const failure = withLockDeadline(performance.now() + this.settings.lockTimeoutMs, () => this.#followInForeground(faults));
+      const failure = withLockDeadline(performance.now() + this.settings.lockTimeoutMs, () => this.#followInForeground());
       if (failure !== undefined && (this.#file === undefined || this.#file.retired)) throw failure;
     }
     if (this.#file === undefined) throw this.#unusable ?? new StoreUnavailableError('ERR_GENSYNC_STORE_UNAVAILABLE', `No usable store file at ${this.path}.`, { path: this.path });
@@ -97,14 +121,22 @@ export class LiveFile {
   }
 
   /** The slow part of {@link current}; returns why a move could not be made now, if it could not. */
-  #followInForeground(faults: number): StoreError | undefined {
-    if (faults !== this.#faultsSeen) {
-      // Some mapped store file shrank under this process (perhaps this one): check now, not at the next tick.
-      this.#faultsSeen = faults;
-      const failure = this.#check();
-      if (failure !== undefined) return failure;
-    }
+  #followInForeground(): StoreError | undefined {
+    const failure = this.#check(false);
+    if (failure !== undefined) return failure;
     return this.#file === undefined || this.#file.retired ? this.#move() : undefined;
+  }
+
+  /**
+   * A binding found a generation word of 0 in `file`, which no record ever
+   * holds: the file lost its records in place. Retire it, so that this and
+   * every other process moves to a fresh file (see {@link current}).
+   */
+  retireLost(file: MappedFile): void {
+    if (file.retired) return;
+    if (trace.enabled) trace('store file %s: a record lost its contents in place: retiring the file', this.path);
+    file.markRetired();
+    file.wakeWatchers();
   }
 
   /** Whether some mapped store file shrank under this process since the last {@link current} looked. */
@@ -119,6 +151,8 @@ export class LiveFile {
   /** Stop checking, let the tenants go and unmap the file. The tenants are told nothing more. */
   close(): void {
     if (this.#closed) return;
+    this.handOverIfPulled();
+    leaving.delete(this);
     this.#closed = true;
     clearInterval(this.#timer);
     this.tenants.leave();
@@ -137,7 +171,7 @@ export class LiveFile {
       // Nobody waits for this: a lock another process holds is tried once, and again at the next check, so
       // that a process stopped inside a key creation never holds up this event loop (issue 27 item 4).
       withLockDeadline(performance.now(), () => {
-        this.#check();
+        this.#check(true);
         if (!this.#closed && this.#file !== undefined) this.tenants.recheck(this.#file);
       });
     } catch (error) {
@@ -150,10 +184,20 @@ export class LiveFile {
 
   /**
    * Does the path still name the file we mapped, is the file still whole,
-   * has another process retired it? Two system calls, never on the hot path.
+   * has another process retired it? Two system calls, never on the hot
+   * path. Then, is it still the file it was: not cut short and extended
+   * (its last record lost), not written over in place with another file
+   * (its nonce) or, at a background check, with an older copy of itself
+   * (its liveness counter went back)? Such a file is retired here, so that
+   * every process moves to a fresh one carrying what it knows (issue 27
+   * item 1). And if some mapped file shrank under this process, its mapping
+   * may hold pages the fault handler substituted: map the file again.
    */
-  #check(): StoreError | undefined {
+  #check(background: boolean): StoreError | undefined {
     if (this.#closed) return undefined;
+    const faults = this.addon.faults();
+    const substituted = faults !== this.#faultsSeen;
+    this.#faultsSeen = faults;
     const file = this.#file;
     if (file === undefined) return this.#move();
     let pathStats: Stats | undefined;
@@ -163,7 +207,39 @@ export class LiveFile {
       return undefined; // try again at the next check
     }
     const pulled = pathStats === undefined || pathStats.ino !== file.ino || pathStats.dev !== file.dev;
-    return pulled || file.retired || !file.intact ? this.#move() : undefined;
+    if (!pulled && !file.retired && file.intact && (file.overwritten || (background && file.wentBack()) || file.lostRecords())) {
+      if (trace.enabled) trace('store file %s lost its contents in place (cut short and extended, or written over): retiring it', this.path);
+      file.markRetired();
+      file.wakeWatchers();
+    }
+    if (pulled || file.retired || !file.intact) return this.#move();
+    return substituted ? this.#remap(file) : undefined;
+  }
+
+  /**
+   * Map the file at the path again, in place of `file`'s mapping, which may
+   * hold a page the fault handler substituted (private to this process:
+   * what is written there reaches nobody). A file that is not the same any
+   * more is a move.
+   */
+  #remap(file: MappedFile): StoreError | undefined {
+    let next: MappedFile;
+    try {
+      next = openLive(this.path, this.settings, this.addon);
+    } catch (error) {
+      return error instanceof StoreError ? error : ioError(error, 'reopen the store', this.path);
+    }
+    if (next.ino !== file.ino || next.dev !== file.dev) {
+      // Replaced (perhaps just now, as a file that lost its records): move, capturing nothing through this
+      // mapping, which may read substituted pages; whoever replaced the file captured it through a sound one.
+      next.close();
+      return this.#move(false);
+    }
+    if (trace.enabled) trace('store file %s: mapped again (a file shrank under this process)', this.path);
+    this.#abandon(undefined);
+    this.#file = next;
+    this.tenants.arrive(next);
+    return undefined;
   }
 
   /**
@@ -176,7 +252,7 @@ export class LiveFile {
    * and no update is lost; from a shrunk file, carry over what this
    * process knows. Then hand the new file to the tenants.
    */
-  #move(): StoreError | undefined {
+  #move(captureOld = true): StoreError | undefined {
     const old = this.#file;
     let next: MappedFile;
     try {
@@ -193,9 +269,29 @@ export class LiveFile {
       next.close(); // the same file after all
       return undefined;
     }
-    // Under the new file's creation lock: retire the old file, capturing what it held (unless it lost its
-    // contents), and make a record for every key to carry over. The lock may be held by a process stopped
-    // inside a creation: then nothing changed (the old file was not retired), and the next check tries again.
+    const failure = this.#carryOver(captureOld ? old : undefined, next);
+    if (failure !== undefined) {
+      next.close();
+      return failure;
+    }
+    if (trace.enabled) {
+      trace('store file %s was replaced, removed or damaged: now using the file at the path (inode %d)', this.path, next.ino);
+    }
+    this.#abandon(undefined);
+    this.#file = next;
+    this.tenants.arrive(next);
+    return undefined;
+  }
+
+  /**
+   * Carry `old`'s keys (unless it lost its contents) and what this process
+   * knows over to `next`. Under the new file's creation lock: retire the
+   * old file, capturing what it held, and make a record for every key to
+   * carry over. The lock may be held by a process stopped inside a
+   * creation: then nothing changed (the old file was not retired), and the
+   * reason is returned for the caller to try again later.
+   */
+  #carryOver(old: MappedFile | undefined, next: MappedFile): StoreError | undefined {
     let carried: CapturedKey[];
     try {
       carried = withCreationLock(next, () => {
@@ -205,7 +301,6 @@ export class LiveFile {
         return keys;
       });
     } catch (error) {
-      next.close();
       if (error instanceof StoreError) return error;
       throw error;
     }
@@ -215,13 +310,35 @@ export class LiveFile {
     if (watched) next.wakeWatchers();
     // Retired by another process while this one carried keys over: some may not have made it; keep them all.
     if (next.retired) this.#floors.add(carried);
-    if (trace.enabled) {
-      trace('store file %s was replaced, removed or damaged: now using the file at the path (inode %d), %d keys carried over', this.path, next.ino, carried.length);
-    }
-    this.#abandon(undefined);
-    this.#file = next;
-    this.tenants.arrive(next);
+    if (trace.enabled) trace('%d keys of %s carried over to the file at the path (inode %d)', carried.length, this.path, next.ino);
     return undefined;
+  }
+
+  /**
+   * Before letting go of the file in use (close, process exit): if the path
+   * names another file now, carry this file's keys over to it, so that a
+   * bump made here since the last check is not lost with this process
+   * (issue 27 item 2). Waits for the creation lock up to the lock timeout;
+   * never throws (the process is leaving, and nobody could act on it).
+   */
+  handOverIfPulled(): void {
+    const file = this.#file;
+    if (this.#closed || file === undefined) return;
+    try {
+      const stats = statSync(this.path, { throwIfNoEntry: false });
+      // No file at the path: nobody is there to tell. The same file: nothing to do.
+      if (stats === undefined || (stats.ino === file.ino && stats.dev === file.dev)) return;
+      withLockDeadline(performance.now() + this.settings.lockTimeoutMs, () => {
+        const next = openLive(this.path, this.settings, this.addon);
+        try {
+          if (next.ino !== file.ino || next.dev !== file.dev) this.#carryOver(file, next);
+        } finally {
+          next.close();
+        }
+      });
+    } catch {
+      // Leaving anyway: the file at the path could not be used, and whoever uses it next starts above the clock.
+    }
   }
 
   /** Stop using the current file: the tenants let go of it (keys read as expired), then it is unmapped and closed. */

@@ -17,10 +17,13 @@ import { corruptFileError, StoreFormatError, StoreUnavailableError } from '../..
 import { retryUntil } from '../../system/lock-wait';
 import type { NativeAddon } from './native';
 import {
+  ABSENT,
   DIGEST_BYTES,
   DIRTY_BITS_PER_WORD,
   FLAG_RETIRED,
   H_FLAGS,
+  H_LIVENESS,
+  H_NONCE,
   H_NOTIFY_SEQ,
   H_NOTIFY_SLEEPERS,
   H_RECORD_COUNT,
@@ -64,6 +67,10 @@ export function identityOf(key: string): KeyIdentity {
   return { label: key, length: bytes.length, digest, inline: bytes.subarray(0, INLINE_KEY_BYTES), tag: digest.readUInt32LE(0) };
 }
 
+const ZERO_WORD_BYTES = Buffer.alloc(8);
+/** A 64-bit word holding ABSENT, in this machine's byte order, as the addon fills a substituted page. */
+const ABSENT_WORD_BYTES = Buffer.from(new BigUint64Array([ABSENT]).buffer);
+
 /** One record as {@link MappedFile.records} reads it. */
 export interface RecordView {
   readonly key: string;
@@ -90,6 +97,10 @@ export class MappedFile {
   /** Where a record's digest is, and how many bytes of the key's SHA-256 it keeps (format 1 kept them all). */
   readonly #digestOffset: number;
   readonly #digestBytes: number;
+  /** The header's nonce when this file was mapped: a copy of another file written over it in place changes it. */
+  readonly #nonceAtMap: number;
+  /** The liveness counter as this process last left it (see {@link wentBack}). */
+  #livenessSeen: number | undefined;
   #open = true;
 
   /** Made by `open-file.ts`, which has checked the file and its header. */
@@ -110,6 +121,7 @@ export class MappedFile {
     const legacy = header.version === LEGACY_FORMAT_VERSION;
     this.#digestOffset = legacy ? LEGACY_R_DIGEST : R_DIGEST;
     this.#digestBytes = legacy ? LEGACY_DIGEST_BYTES : DIGEST_BYTES;
+    this.#nonceAtMap = this.nonce;
   }
 
   /** Whether this is a file of format 1, open only to carry its keys over. */
@@ -172,6 +184,54 @@ export class MappedFile {
       return false;
     }
     return size >= this.header.fileSize && this.#bytes.subarray(0, MAGIC.length).equals(MAGIC);
+  }
+
+  /**
+   * Whether records this file counts as made have lost their contents: the
+   * last one has an all-zero digest, which a made record never has (it is
+   * a SHA-256). So it reads after a truncation to the header (or into the
+   * records) followed by an extension, the file's size, header and inode
+   * all as before (issue 27 item 1). Records are made in order and a
+   * creation checks this first, so the last record is the one to look at.
+   */
+  lostRecords(): boolean {
+    const count = Math.min(this.headerWord(H_RECORD_COUNT), this.header.capacity);
+    return count > 0 && this.recordLost(count - 1);
+  }
+
+  /**
+   * Whether `record` has lost its contents (see {@link lostRecords}): its
+   * digest starts with eight bytes of zeros, or with the word every 64 bits
+   * of a page the fault handler substituted hold (in this mapping only).
+   */
+  recordLost(record: number): boolean {
+    const start = this.recordBytes(record, this.#digestOffset, 8);
+    return start.equals(ZERO_WORD_BYTES) || start.equals(ABSENT_WORD_BYTES);
+  }
+
+  /** The random number written in the header when the file was made (0 in a header that lost it). */
+  get nonce(): number {
+    return this.headerWord(H_NONCE) >>> 0;
+  }
+
+  /** Whether the header's nonce is no longer the one this file had when it was mapped: another file's copy is here. */
+  get overwritten(): boolean {
+    return this.nonce !== this.#nonceAtMap;
+  }
+
+  /**
+   * Add one to the file's liveness counter (H_LIVENESS), and say whether it
+   * went back since this process last did: an older copy of the file was
+   * written over it in place (`cp`, `dd`, `rsync --inplace` of a backup).
+   * Format 1 has no such counter: never.
+   */
+  wentBack(): boolean {
+    if (this.legacy) return false;
+    const now = (this.addHeaderWord(H_LIVENESS) + 1) >>> 0;
+    const seen = this.#livenessSeen;
+    this.#livenessSeen = now;
+    // Compared as a difference, so that the counter may wrap.
+    return seen !== undefined && ((now - seen) | 0) <= 0;
   }
 
   /** Bump the notification sequence and wake every watcher thread, in every process (only if one sleeps). */

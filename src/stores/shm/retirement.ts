@@ -45,7 +45,10 @@ export interface CapturedKey {
 export function openLive(path: string, settings: OpenSettings, addon: NativeAddon): MappedFile {
   for (let replaced = 0; replaced <= RETIRED_REPLACEMENTS; replaced++) {
     const file = openStoreFile(path, settings, addon);
-    if (!file.retired && !file.legacy) return file;
+    if (!file.retired && !file.legacy) {
+      if (!file.lostRecords()) return file;
+      file.markRetired(); // lost its records in place: replace it as a retired file
+    }
     try {
       replaceWhileRetired(file, settings);
     } finally {
@@ -74,6 +77,8 @@ export function retire(file: MappedFile): CapturedKey[] {
   const count = Math.min(file.headerWord(H_RECORD_COUNT), file.header.capacity);
   for (let record = 0; record < count; record++) {
     const word = Atomics.or(file.gens, file.wordIndex(record), ABSENT);
+    // A record that lost its contents names no key: what it held is known only to the processes that used it.
+    if (word === 0n || file.recordLost(record)) continue;
     captured.push({ identity: file.identityAt(record), word });
   }
   file.wakeWatchers();

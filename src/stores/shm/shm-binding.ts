@@ -89,7 +89,8 @@ export class SharedMemoryBinding implements KeyBinding {
 
   increment(): boolean {
     const previous = Atomics.add(this.#view, this.#index, 1n);
-    if (previous < SAFE_WORD_LIMIT && previous >= 0n) {
+    // Zero is never a generation: a word of 0 is a record that lost its contents (see #incrementOutOfRange).
+    if (previous < SAFE_WORD_LIMIT && previous > 0n) {
       this.#incrementedFrom = previous;
       return true;
     }
@@ -97,13 +98,18 @@ export class SharedMemoryBinding implements KeyBinding {
   }
 
   read(): number | null {
-    const file = this.context.live.current();
-    if (!this.attachIfPublished(file)) return null;
-    return generationOf(file, Atomics.load(file.gens, this.#index));
+    for (let move = 0; move < MOVES_PER_OPERATION; move++) {
+      const file = this.context.live.current();
+      if (!this.attachIfPublished(file)) return null;
+      const word = Atomics.load(file.gens, this.#index);
+      if (word !== 0n) return generationOf(file, word);
+      this.context.live.retireLost(file); // and read again in the file every process moves to
+    }
+    throw this.#movedTooOften();
   }
 
   fetchOrCreate(now: number): number {
-    const seed = unixSecond(now);
+    const seed = Math.max(1, unixSecond(now)); // zero is never a generation (a record that lost its contents reads 0)
     for (let move = 0; move < MOVES_PER_OPERATION; move++) {
       const file = this.context.live.current();
       if (this.#file !== file) {
@@ -114,6 +120,7 @@ export class SharedMemoryBinding implements KeyBinding {
       }
       if (file.retired) continue;
       const value = this.#reviveIfAbsent(file, seed);
+      if (value === null) continue; // the record lost its contents: the file was retired
       if (file.retired) {
         // Retired while reviving: the retiring process may have captured the key as absent before the revival.
         this.#handOver(file);
@@ -125,7 +132,11 @@ export class SharedMemoryBinding implements KeyBinding {
       this.#incrementedFrom = null;
       return value;
     }
-    throw new StoreUnavailableError(
+    throw this.#movedTooOften();
+  }
+
+  #movedTooOften(): StoreUnavailableError {
+    return new StoreUnavailableError(
       'ERR_GENSYNC_STORE_UNAVAILABLE',
       `The store file at ${this.context.live.path} was replaced ${MOVES_PER_OPERATION} times during one operation. ` +
         'Something keeps replacing it: stop it, or use another path.',
@@ -177,6 +188,10 @@ export class SharedMemoryBinding implements KeyBinding {
     const file = this.context.live.current();
     if (!this.attachIfPublished(file)) return { generation: null, highest: 0, untouched: false, armed: false };
     const word = Atomics.load(file.gens, this.#index);
+    if (word === 0n) {
+      this.context.live.retireLost(file); // the relay follows the move and reads every key again
+      return { generation: null, highest: 0, untouched: false, armed: false };
+    }
     const bare = word & NOT_NOTIFYING;
     const highest = checkedGeneration(file, bare & VALUE_MASK);
     const generation = (bare & ABSENT) !== 0n ? null : highest;
@@ -327,11 +342,15 @@ export class SharedMemoryBinding implements KeyBinding {
       this.#told(mine, previous);
       return true;
     }
+    // A word of 0: the record lost its contents (the file was cut short and extended in place). The add went
+    // into a record nobody names: retire the file, and make the increment in the one every process moves to.
+    if (previous === 0n && mine !== undefined) this.context.live.retireLost(mine);
     const file = this.context.live.current(); // moves to the live file first if the binding's was retired or shrunk
     if (this.#file !== file) {
       // Unbound, or bound to a file this process has left: the add reached nobody. Make the increment here.
       return this.attachIfPublished(file) && this.increment();
     }
+    if (previous === 0n) return false; // still in the lost file (no other to move to): nothing was recorded
     if (previous < 0n) throw file.corrupt(`key "${this.key}" holds generation word ${previous}`);
     // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
     if ((previous & ABSENT) !== 0n) return false;
@@ -340,10 +359,18 @@ export class SharedMemoryBinding implements KeyBinding {
     return true;
   }
 
-  /** Re-create a cleared key above every value it had; return the present generation. */
-  #reviveIfAbsent(file: MappedFile, seed: number): number {
+  /**
+   * Re-create a cleared key above every value it had; return the present
+   * generation, or null when the record lost its contents (the file is then
+   * retired).
+   */
+  #reviveIfAbsent(file: MappedFile, seed: number): number | null {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       const word = Atomics.load(file.gens, this.#index);
+      if (word === 0n) {
+        this.context.live.retireLost(file);
+        return null;
+      }
       if ((word & ABSENT) === 0n) return checkedGeneration(file, word & VALUE_MASK);
       const highest = word & VALUE_MASK;
       const value = BigInt(seed) > highest ? BigInt(seed) : highest + 1n;
