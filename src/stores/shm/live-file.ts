@@ -129,8 +129,9 @@ export class LiveFile {
 
   /**
    * A binding found a generation word of 0 in `file`, which no record ever
-   * holds: the file lost its records in place. Retire it, so that this and
-   * every other process moves to a fresh file (see {@link current}).
+   * holds, or a generation below one it synced there: the file lost its
+   * records, or went back, in place. Retire it, so that this and every
+   * other process moves to a fresh file (see {@link current}).
    */
   retireLost(file: MappedFile): void {
     if (file.retired) return;

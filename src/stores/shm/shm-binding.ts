@@ -58,6 +58,8 @@ export class SharedMemoryBinding implements KeyBinding {
    * next isStale() or `synced` folds it in.
    */
   #incrementedFrom: bigint | null = null;
+  /** The file the synced generation was taken in (see #settle and fetchOrCreate), to tell a file gone back. */
+  #syncedIn: MappedFile | undefined;
   /** How many times this binding woke the key's watchers (see Watching.notify). */
   notifications = 0;
 
@@ -128,6 +130,14 @@ export class SharedMemoryBinding implements KeyBinding {
       }
       // Truncated while reviving: the word may have been a page that reads as absent, private to this process.
       if (this.context.live.faultedSinceCurrent()) continue;
+      this.#settle();
+      if (this.#syncedIn === file && BigInt(value) < this.#expectedWord) {
+        // Below what this binding synced in this very file: an older copy was written over it in place. Nothing
+        // in a live file ever goes down: retire it, and take the value from the file everybody moves to.
+        this.context.live.retireLost(file);
+        continue;
+      }
+      this.#syncedIn = file;
       this.#expectedWord = BigInt(value);
       this.#incrementedFrom = null;
       return value;
@@ -293,6 +303,7 @@ export class SharedMemoryBinding implements KeyBinding {
   }
 
   attach(file: MappedFile, record: number): void {
+    this.#settle();
     this.#file = file;
     this.#record = record;
     this.#view = file.gens;
@@ -301,6 +312,7 @@ export class SharedMemoryBinding implements KeyBinding {
 
   /** Let go of the file: the key reads as absent (expired) until it is attached again. */
   detach(): void {
+    this.#settle();
     this.#view = unboundView();
     this.#index = 0;
     this.#file = undefined;
@@ -324,6 +336,7 @@ export class SharedMemoryBinding implements KeyBinding {
     if (this.#incrementedFrom !== null) {
       this.#expectedWord = this.#incrementedFrom + 1n;
       this.#incrementedFrom = null;
+      this.#syncedIn = this.#file; // settled before every attach and detach: the file the increment was made in
     }
   }
 
