@@ -60,6 +60,13 @@ export class SharedMemoryBinding implements KeyBinding {
   #incrementedFrom: bigint | null = null;
   /** The file the synced generation was taken in (see #settle and fetchOrCreate), to tell a file gone back. */
   #syncedIn: MappedFile | undefined;
+  /**
+   * The word the last increment in the bound file found, or one below the
+   * value fetchOrCreate took there (0 when unknown). Words only rise in a
+   * file, so an increment that finds one at or below it found a file written
+   * over in place with an older copy (see #incrementOutOfRange).
+   */
+  #lastPrevious = 0n;
   /** How many times this binding woke the key's watchers (see Watching.notify). */
   notifications = 0;
 
@@ -91,9 +98,11 @@ export class SharedMemoryBinding implements KeyBinding {
 
   increment(): boolean {
     const previous = Atomics.add(this.#view, this.#index, 1n);
-    // Zero is never a generation: a word of 0 is a record that lost its contents (see #incrementOutOfRange).
-    if (previous < SAFE_WORD_LIMIT && previous > 0n) {
+    // Zero is never a generation: a word of 0 is a record that lost its contents; a word at or below the last
+    // one found here, a file that went back (see #incrementOutOfRange).
+    if (previous < SAFE_WORD_LIMIT && previous > this.#lastPrevious) {
       this.#incrementedFrom = previous;
+      this.#lastPrevious = previous;
       return true;
     }
     return this.#incrementOutOfRange(previous);
@@ -139,6 +148,7 @@ export class SharedMemoryBinding implements KeyBinding {
       }
       this.#syncedIn = file;
       this.#expectedWord = BigInt(value);
+      this.#lastPrevious = this.#expectedWord - 1n;
       this.#incrementedFrom = null;
       return value;
     }
@@ -304,6 +314,7 @@ export class SharedMemoryBinding implements KeyBinding {
 
   attach(file: MappedFile, record: number): void {
     this.#settle();
+    this.#lastPrevious = 0n;
     this.#file = file;
     this.#record = record;
     this.#view = file.gens;
@@ -313,6 +324,7 @@ export class SharedMemoryBinding implements KeyBinding {
   /** Let go of the file: the key reads as absent (expired) until it is attached again. */
   detach(): void {
     this.#settle();
+    this.#lastPrevious = 0n;
     this.#view = unboundView();
     this.#index = 0;
     this.#file = undefined;
@@ -352,22 +364,27 @@ export class SharedMemoryBinding implements KeyBinding {
     const mine = this.#file;
     if (mine !== undefined && previous >= 0n && (previous & ABSENT) === 0n && (previous & NOTIFYING) !== 0n) {
       this.#incrementedFrom = BigInt(checkedGeneration(mine, previous & VALUE_MASK));
+      this.#lastPrevious = this.#incrementedFrom;
       this.#told(mine, previous);
       return true;
     }
-    // A word of 0: the record lost its contents (the file was cut short and extended in place). The add went
-    // into a record nobody names: retire the file, and make the increment in the one every process moves to.
-    if (previous === 0n && mine !== undefined) this.context.live.retireLost(mine);
+    // A word of 0: the record lost its contents (the file was cut short and extended in place). A present word
+    // at or below the last one an increment found here: an older copy was written over the file in place. The
+    // add went into a record nobody can trust: retire the file, and make the increment in the one every
+    // process moves to.
+    const wentBack = previous === 0n || (previous > 0n && (previous & (ABSENT | NOTIFYING)) === 0n && previous <= this.#lastPrevious);
+    if (wentBack && mine !== undefined) this.context.live.retireLost(mine);
     const file = this.context.live.current(); // moves to the live file first if the binding's was retired or shrunk
     if (this.#file !== file) {
       // Unbound, or bound to a file this process has left: the add reached nobody. Make the increment here.
       return this.attachIfPublished(file) && this.increment();
     }
-    if (previous === 0n) return false; // still in the lost file (no other to move to): nothing was recorded
+    if (wentBack) return false; // still in that file (no other to move to): nothing was recorded
     if (previous < 0n) throw file.corrupt(`key "${this.key}" holds generation word ${previous}`);
     // Absent: the add only raised the highest value the tombstone remembers, which nobody sees.
     if ((previous & ABSENT) !== 0n) return false;
     this.#incrementedFrom = BigInt(checkedGeneration(file, previous & VALUE_MASK));
+    this.#lastPrevious = this.#incrementedFrom;
     this.#told(file, previous);
     return true;
   }
