@@ -1018,6 +1018,24 @@ describe('the shared-memory store\'s last relocation gaps (issue 27; each failed
     expect((await ask(bumper, { cmd: 'refresh', key: 'k' })).syncGen as number).toBeGreaterThan(last);
   });
 
+  it('item 1: a copy taken just before a bump and written back before any check is noticed by the process that made the bump', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'g.shm');
+    const slowChecks = { GENSYNC_CHECK_INTERVAL_MS: '500' };
+    const [holder, bumper] = [startWorker('worker.mjs', ['shm', path], slowChecks), startWorker('worker.mjs', ['shm', path], slowChecks)];
+    workers.push(holder, bumper);
+    await Promise.all([holder.next(), bumper.next()]);
+    const start = (await ask(bumper, { cmd: 'bump', key: 'k' })).syncGen as number;
+    expect((await ask(holder, { cmd: 'sync', key: 'k' })).syncGen).toBe(start);
+    // Within a few milliseconds, most likely between two checks of both: copy, bump, write the copy back.
+    copyFileSync(path, join(dir, 'backup.shm'));
+    const bumped = (await ask(bumper, { cmd: 'bump', key: 'k' })).syncGen as number;
+    copyFileSync(join(dir, 'backup.shm'), path);
+    // The bumper's next check finds its key below what it bumped: the holder hears of the bump.
+    await eventually('the holder to see the bump', async () => ((await ask(holder, { cmd: 'expired', key: 'k' })).expired ? true : undefined), scaled(3000));
+    expect((await ask(holder, { cmd: 'refresh', key: 'k' })).syncGen as number).toBeGreaterThan(bumped);
+  });
+
   it('item 5: a SIGBUS sent with kill(2) to a process with a store mapped ends it, as it would without the store', async () => {
     const path = join(tempDir(), 'g.shm');
     const worker = startWorker('worker.mjs', ['shm', path]);

@@ -52,6 +52,8 @@ const leaving = new (class LeavingFiles {
 export interface Tenants {
   /** What this process knows of its keys, as floors for a file that replaces one which lost its contents. */
   knownFloors(): CapturedKey[];
+  /** Whether some key in `file` holds less than this process synced or bumped there: the file went back. */
+  wentBack(file: MappedFile): boolean;
   /** The file in use is going away: let go of everything in it. */
   leave(): void;
   /** `file` is now in use. */
@@ -189,7 +191,8 @@ export class LiveFile {
    * path. Then, is it still the file it was: not cut short and extended
    * (its last record lost), not written over in place with another file
    * (its nonce) or, at a background check, with an older copy of itself
-   * (its liveness counter went back)? Such a file is retired here, so that
+   * (its liveness counter went back, or a key holds less than this process
+   * synced or bumped there: one load per key it uses)? Such a file is retired here, so that
    * every process moves to a fresh one carrying what it knows (issue 27
    * item 1). And if some mapped file shrank under this process, its mapping
    * may hold pages the fault handler substituted: map the file again.
@@ -208,7 +211,7 @@ export class LiveFile {
       return undefined; // try again at the next check
     }
     const pulled = pathStats === undefined || pathStats.ino !== file.ino || pathStats.dev !== file.dev;
-    if (!pulled && !file.retired && file.intact && (file.overwritten || (background && file.wentBack()) || file.lostRecords())) {
+    if (!pulled && !file.retired && file.intact && (file.overwritten || (background && (file.wentBack() || this.tenants.wentBack(file))) || file.lostRecords())) {
       if (trace.enabled) trace('store file %s lost its contents in place (cut short and extended, or written over): retiring it', this.path);
       file.markRetired();
       file.wakeWatchers();

@@ -331,6 +331,21 @@ export class SharedMemoryBinding implements KeyBinding {
     this.#record = -1;
   }
 
+  /**
+   * For the background check: whether the key's word in `file` is below
+   * what this binding synced or bumped there (or reads 0). Words only rise
+   * in a file: one that went down was written over in place with an older
+   * copy, perhaps one taken after every process's last check (which the
+   * file's liveness counter cannot tell).
+   */
+  wentBackIn(file: MappedFile): boolean {
+    if (this.#file !== file) return false;
+    this.#settle();
+    if (this.#syncedIn !== file || this.#expectedWord < 0n) return false;
+    const word = Atomics.load(file.gens, this.#index);
+    return word === 0n || (word >= 0n && (word & VALUE_MASK) < this.#expectedWord);
+  }
+
   /** What this binding knows of its key, as a floor for a file that replaces one which lost its contents. */
   floor(): CapturedKey | undefined {
     this.#settle();
@@ -449,6 +464,12 @@ export class Bindings {
   /** Detach every binding: its key reads as expired until it is used again. */
   detachAll(): void {
     for (const ref of this.#refs) ref.deref()?.detach();
+  }
+
+  /** Whether some binding finds its key in `file` below what it synced or bumped there (see wentBackIn). */
+  wentBack(file: MappedFile): boolean {
+    for (const ref of this.#refs) if (ref.deref()?.wentBackIn(file) === true) return true;
+    return false;
   }
 
   /** What the bindings know of their keys, as floors for a new file when the old one lost its contents. */

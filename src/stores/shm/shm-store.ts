@@ -133,6 +133,7 @@ export class SharedMemoryStore implements Store {
     this.path = path;
     const tenants = {
       knownFloors: () => this.#bindings.floors(),
+      wentBack: (file: MappedFile) => this.#bindings.wentBack(file),
       leave: () => {
         this.#watching.leave();
         this.#bindings.detachAll();
