@@ -127,7 +127,7 @@ describe('RelayStore failures', () => {
       relay.child.kill('SIGKILL');
       const killedAt = Date.now();
       hostA.processes.splice(hostA.processes.indexOf(relay), 1);
-      await relayOf(hostA, scaled(30_000)) // a takeover must happen; how fast is measured in bench/relay-cost.mjs;
+      await relayOf(hostA, scaled(30_000)); // a takeover must happen; how fast is measured in bench/relay-cost.mjs
       takeovers.push(Date.now() - killedAt);
       await Promise.all(streams);
       hostA.processes.push(startProcess(hostA, namespace));
