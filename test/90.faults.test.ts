@@ -29,6 +29,14 @@ async function group(path: string, count: number, fixture = 'worker.mjs', extra:
   return started;
 }
 
+/** A ready worker on the shared-memory store at `path` that checks its file once a minute: only its own calls notice. */
+async function rarelyChecking(path: string): Promise<Worker> {
+  const worker = startWorker('worker.mjs', ['shm', path], { GENSYNC_CHECK_INTERVAL_MS: '60000' });
+  workers.push(worker);
+  await worker.next();
+  return worker;
+}
+
 /** Cut the file at `path` back to its header page and extend it to its size again, as a restore in place would. */
 function cutToHeaderAndExtend(path: string): void {
   const size = statSync(path).size;
@@ -875,9 +883,7 @@ describe('the shared-memory store\'s last relocation gaps (issue 27; each failed
     const dir = tempDir();
     const path = join(dir, 'g.shm');
     // The leaver checks its file once a minute: it bumps and leaves long before it would notice.
-    const leaver = startWorker('worker.mjs', ['shm', path], { GENSYNC_CHECK_INTERVAL_MS: '60000' });
-    workers.push(leaver);
-    await leaver.next();
+    const leaver = await rarelyChecking(path);
     await ask(leaver, { cmd: 'bump', key: 'k' });
     unlinkSync(path); // a temp cleaner
     const newcomer = startWorker('worker.mjs', ['shm', path], FAST_CHECKS);
@@ -934,9 +940,7 @@ describe('the shared-memory store\'s last relocation gaps (issue 27; each failed
   it('item 1: a process that touched the file while it was short, and bumps after it grew back, never bumps into a page of its own', async () => {
     const path = join(tempDir(), 'g.shm');
     // Checks once a minute: only its own calls can notice.
-    const toucher = startWorker('worker.mjs', ['shm', path], { GENSYNC_CHECK_INTERVAL_MS: '60000' });
-    workers.push(toucher);
-    await toucher.next();
+    const toucher = await rarelyChecking(path);
     const before = (await ask(toucher, { cmd: 'bump', key: 'k' })).syncGen as number;
     const size = statSync(path).size;
     truncateSync(path, 4096);
@@ -1006,9 +1010,7 @@ describe('the shared-memory store\'s last relocation gaps (issue 27; each failed
     const dir = tempDir();
     const path = join(dir, 'g.shm');
     // Checks once a minute: only its own calls can notice.
-    const bumper = startWorker('worker.mjs', ['shm', path], { GENSYNC_CHECK_INTERVAL_MS: '60000' });
-    workers.push(bumper);
-    await bumper.next();
+    const bumper = await rarelyChecking(path);
     await ask(bumper, { cmd: 'bump', key: 'k' });
     copyFileSync(path, join(dir, 'backup.shm'));
     await ask(bumper, { cmd: 'bump', key: 'k' });
