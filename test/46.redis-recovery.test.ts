@@ -256,6 +256,37 @@ describe('connections that fail in production', () => {
     }
   });
 
+  it.each(DRIVERS)('a subscriber far behind a burst of messages is not taken for dead: its PING waits behind them, every change is told, nothing logged (%s)', async (driver) => {
+    // What the subscriber gets trickles through at 40 KB/s while 1,500 change messages (about 4 s of them) are
+    // published at once: a PING sent meanwhile is answered only after them, seconds later, while messages keep
+    // arriving. A connection that delivers is alive (at a6de41b the subscriber was dropped and every watched
+    // key read again, and under load a relay did so over and over, never catching up with a burst of 10,000 keys).
+    const proxy = await TcpProxy.start(server.port);
+    const logger = recordingLogger();
+    const store = await RedisStore.connect({ url: proxy.url, namespace: namespace(), driver, commandTimeoutMs: 300, watchPollMs: 60_000, logger });
+    const writer = await RedisStore.connect({ url: server.url, namespace: store.namespace, driver, logger: recordingLogger() });
+    try {
+      const bumper = await AsyncGenerationSynchronizer.create('k', { store: writer });
+      const watcher = await AsyncGenerationSynchronizer.create('k', { store });
+      const told: Array<number | null> = [];
+      watcher.watch((change) => told.push(change.generation));
+      await eventually('the subscriber to connect', () => (proxy.connections('SUBSCRIBE').length > 0 ? true : undefined));
+      await pause(100);
+      expect(proxy.throttle('SUBSCRIBE', 40_000)).toBe(1);
+      const started = Date.now();
+      await Promise.all(Array.from({ length: 1500 }, () => bumper.markUpdated()));
+      const changed = bumper.syncGen as number;
+      await eventually('the last change to be told', () => (told.at(-1) === changed ? true : undefined), scaled(30_000));
+      const drainedMs = Date.now() - started;
+      expect(drainedMs).toBeGreaterThan(2500); // (the burst did keep the PING waiting longer than a dead connection's)
+      expect(logger.lines.filter((line) => line.includes('lost the change subscription'))).toEqual([]);
+    } finally {
+      await store.close();
+      await writer.close();
+      await proxy.close();
+    }
+  });
+
   it.each(DRIVERS)('a subscriber killed by the server is logged as lost and back, and hears changes again (%s)', async (driver) => {
     const logger = recordingLogger();
     const store = await RedisStore.connect({ url: server.url, namespace: namespace(), driver, watchPollMs: 60_000, logger });

@@ -90,7 +90,17 @@ describe('a burst of new keys', () => {
         return seen.expired === count ? seen.expired : undefined;
       },
       scaled(60_000),
-    );
+    ).catch(async (error: unknown) => {
+      // What each side holds, for the log of a failed run.
+      const onA = await ask<{ generations: Array<number | null> }>(a, { op: 'readMany', prefix: 'burst-', count }, scaled(60_000));
+      const onB = await ask<{ expired: number; generations: Array<number | null> }>(b, { op: 'readMany', prefix: 'burst-', count }, scaled(60_000));
+      const inRedis = (await mget(server, namespace, 'burst-', count)) as Array<number | null>;
+      const behind = onA.generations.flatMap((g, i) => (g !== inRedis[i] || g !== onB.generations[i] ? [i] : []));
+      console.log(`burst not converged: B expired ${onB.expired} of ${count}; ${behind.length} keys differ, e.g. ${JSON.stringify(behind.slice(0, 5).map((i) => ({ key: i, a: onA.generations[i], redis: inRedis[i], b: onB.generations[i] })))}`);
+      console.log(`host A: ${JSON.stringify(await status(a))}`);
+      console.log(`host B: ${JSON.stringify(await status(b))}`);
+      throw error;
+    });
     const convergedMs = Date.now() - started;
     const { longestStallMs } = await ask<{ longestStallMs: number }>(a, { op: 'stalls' });
     const counters = (await status(a)).counters;

@@ -2,9 +2,11 @@
  * The Redis store's subscriber: the second connection, subscribed to the
  * store's change channel while anything is watched. It is checked as the
  * command connection is: a PING every {@link SUBSCRIBER_PING_MS}, and a
- * subscriber whose PING goes unanswered as long as a dead command
- * connection's command would (a network path that swallows bytes while the
- * kernel still acknowledges them) is dropped and replaced. Its loss and its
+ * subscriber from which nothing arrives (no answer, no message) for as long
+ * as a dead command connection's command would wait (a network path that
+ * swallows bytes while the kernel still acknowledges them) is dropped and
+ * replaced. A subscriber still reading a burst of messages is not dead,
+ * however long its PING's answer waits behind them. Its loss and its
  * return are logged once each, on both drivers, and a subscription the
  * server refuses (an ACL user without SUBSCRIBE or the channel) is logged
  * once with the fix.
@@ -47,6 +49,8 @@ export class Subscription {
   /** When the unanswered PING was sent (performance.now()), or undefined. */
   #pingSentAt: number | undefined;
   #pinger: NodeJS.Timeout | undefined;
+  /** When a message last arrived (performance.now()). */
+  #heardAt = 0;
   #restart: NodeJS.Timeout | undefined;
   #refusalLogged = false;
 
@@ -63,7 +67,12 @@ export class Subscription {
       logger: settings.logger,
       watchPollMs: settings.watchPollMs,
       deadAfterMs: Math.max(DEAD_CONNECTION_MIN_MS, DEAD_CONNECTION_TIMEOUTS * settings.commandTimeoutMs),
-      onMessage,
+      onMessage: (message) => {
+        // Whatever arrives after a PING was sent comes from a connection that works: the answer is queued
+        // behind it (a burst of messages, a process busy reading them), not lost.
+        this.#heardAt = performance.now();
+        onMessage(message);
+      },
       onSubscribed,
     };
   }
@@ -137,8 +146,10 @@ export class Subscription {
     const client = this.#client;
     if (client === undefined || this.#closed || !client.isReady) return;
     if (this.#pingSentAt !== undefined) {
-      const waited = performance.now() - this.#pingSentAt;
-      if (waited > this.settings.deadAfterMs) this.#replace(`a PING went unanswered for ${Math.round(waited)} ms on a connection that looked open`);
+      // Measured from the PING, or from the last message if one came since: a connection that delivers works,
+      // its answer queued behind a burst it is still reading.
+      const waited = performance.now() - Math.max(this.#pingSentAt, this.#heardAt);
+      if (waited > this.settings.deadAfterMs) this.#replace(`a PING went unanswered, and nothing else came, for ${Math.round(waited)} ms on a connection that looked open`);
       return;
     }
     const sentAt = performance.now();
