@@ -580,6 +580,13 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
     const soaked = new SimulatedHosts(() => own);
     try {
       const namespace = relayNamespace();
+      // How long each phase took, for the log (the soak's length is set; setting up and converging are not).
+      const phases: string[] = [];
+      let phaseStart = Date.now();
+      const phase = (name: string): void => {
+        phases.push(`${name} ${((Date.now() - phaseStart) / 1000).toFixed(1)} s`);
+        phaseStart = Date.now();
+      };
       const { hosts } = await soaked.start(3, 2, namespace);
       // Every host holds every key, and Redis has them all, before the soak.
       for (const host of hosts) await ask(host.processes[0]!, { op: 'many', prefix: 'soak-', count: KEYS }, scaled(120_000));
@@ -592,6 +599,7 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
       }
       await pause(200);
       const initial = (await mget(own, namespace, 'soak-', KEYS)) as number[];
+      phase('setting up');
       const logs: string[] = [];
       const streams: Array<Promise<unknown>> = [];
       const stream = (host: Host, worker: Worker): void => {
@@ -599,8 +607,11 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         logs.push(log);
         // Two bumps every 10 ms per process: the chaos is what the soak is for, and six processes bumping flat out
         // would leave the other test file of the run (two at a time) too little of a 2-core machine.
-        streams.push(ask(worker, { op: 'soak', prefix: 'soak-', keys: KEYS, ms: SOAK_MS, perTick: 2, pauseMs: 10, log }, SOAK_MS + scaled(60_000)).catch(() => undefined));
+        // A process that joins mid-way bumps until the soak ends (not for a whole soak of its own: that doubled it).
+        const ms = Math.max(1000, until - Date.now());
+        streams.push(ask(worker, { op: 'soak', prefix: 'soak-', keys: KEYS, ms, perTick: 2, pauseMs: 10, log }, ms + scaled(60_000)).catch(() => undefined));
       };
+      const until = Date.now() + SOAK_MS;
       for (const host of hosts) for (const worker of host.processes) stream(host, worker);
       const actions = { killed: 0, closed: 0, frozen: 0, lockRemoved: 0, redisRestarted: 0, bursts: 0 };
       let moreThanOneRelay = 0;
@@ -620,7 +631,6 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
           }),
         );
       }, 250);
-      const until = Date.now() + SOAK_MS;
       let burst = 0;
       try {
         while (Date.now() < until) {
@@ -671,6 +681,7 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
           }
         }
         await Promise.all(streams);
+        phase('chaos');
       } finally {
         clearInterval(sampler);
       }
@@ -689,6 +700,7 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         const { settled } = await ask<{ settled: boolean }>(await soaked.relayOf(host, scaled(30_000)), { op: 'flush', timeoutMs: scaled(60_000) }, scaled(70_000));
         expect(settled, `host ${host.dir}'s relay settles`).toBe(true);
       }
+      phase('every relay back and settled');
       let lost = 0;
       let counted = 0;
       await eventually(
@@ -713,12 +725,21 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         },
         scaled(60_000),
       );
-      const burstsInRedis = burstKeys.filter((key) => own.cli('EXISTS', `${namespace}:${key}`) === '1').length;
+      phase('converging');
+      const missing = absentFrom(own, namespace, burstKeys);
+      const burstsInRedis = burstKeys.length - missing.length;
       const total = [...acknowledged.entries()].filter(([key]) => key.startsWith('soak-')).reduce((sum, [, n]) => sum + n, 0);
       console.log(
         `relay soak ${SOAK_MS / 1000} s, ${KEYS} keys: ${JSON.stringify(actions)}; ${total} acknowledged bumps moved Redis by ${counted}, ${lost} lost; ` +
-          `${burstsInRedis} of ${burstKeys.length} burst keys in Redis; ${moreThanOneRelay} of ${samples} samples with two relays on a host`,
+          `${burstsInRedis} of ${burstKeys.length} burst keys in Redis; ${moreThanOneRelay} of ${samples} samples with two relays on a host; ${phases.join(', ')}`,
       );
+      if (burstsInRedis !== burstKeys.length) {
+        // For the log of a failed run: which bursts, and what each host's relay says.
+        const byBurst = new Map<string, number>();
+        for (const key of missing) byBurst.set(key.replace(/\d+$/, ''), (byBurst.get(key.replace(/\d+$/, '')) ?? 0) + 1);
+        console.log(`burst keys missing from Redis, by burst: ${JSON.stringify(Object.fromEntries(byBurst))}`);
+        for (const host of hosts) console.log(`host ${host.dir}: ${JSON.stringify(await Promise.all(alive(host.processes).map((worker) => status(worker).catch(() => undefined))))}`);
+      }
       expect(lost).toBe(0);
       expect(burstsInRedis).toBe(burstKeys.length);
       expect(moreThanOneRelay).toBe(0);
@@ -732,6 +753,19 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
 });
 
 /** The values of `${prefix}0` … of a namespace, as numbers (null where absent). */
+/** Which of `keys` Redis does not hold (a redis-cli per 500 keys, not per key: 18,000 processes took minutes). */
+function absentFrom(server: RedisServer, namespace: string, keys: string[]): string[] {
+  const absent: string[] = [];
+  for (let from = 0; from < keys.length; from += 500) {
+    const batch = keys.slice(from, from + 500);
+    const lines = server.cli('--no-raw', 'MGET', ...batch.map((key) => `${namespace}:${key}`)).split('\n');
+    batch.forEach((key, i) => {
+      if (!/"(-?\d+)"/.test(lines[i] ?? '')) absent.push(key);
+    });
+  }
+  return absent;
+}
+
 async function mget(server: RedisServer, namespace: string, prefix: string, count: number): Promise<Array<number | null>> {
   const values: Array<number | null> = [];
   for (let from = 0; from < count; from += 500) {
