@@ -97,6 +97,7 @@ export class Subscription {
     const client = this.settings.make();
     this.#client = client;
     this.#pingSentAt = undefined;
+    this.#heardAt = 0; // what the connection before it delivered says nothing of this one
     const current = (): boolean => this.#client === client && !this.#closed;
     client.on('error', (error: Error) => {
       if (current()) this.#lost(error.message);
