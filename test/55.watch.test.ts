@@ -414,6 +414,16 @@ describe('ending while watching, with another process bumping the key in a tight
     expect(endings.map((ending) => ending.status)).toEqual(Array(processes).fill(0));
   }, 300_000);
 
+  it(`a Worker terminated just as it loads the addon never takes the process down (${ROUNDS * 10} Workers)`, async () => {
+    // Each Worker is terminated within 2 ms of opening a store, so some terminations land while the addon's
+    // module initialisation runs in that Worker: node-addon-api then could not throw, and aborted the process
+    // (FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw) at a6de41b, in 3 of 3 runs of 100 Workers, on
+    // Node 20 and 26 (found by .ci/run's Node 26 stage in the worker-terminate test above).
+    const path = join(tempDir(), 'g.shm');
+    const ending = await run([join(FIXTURES, 'worker-load-terminate.mjs'), path, String(ROUNDS * 10)]);
+    expect(abnormal([ending])).toEqual([]);
+  }, 300_000);
+
   it(`Ctrl-C on the CLI's watch exits 0, ${ROUNDS} times out of ${ROUNDS}`, async () => {
     const endings = await withBumper((path) =>
       inPairs(ROUNDS, () =>
