@@ -117,8 +117,10 @@ export function compileArguments(triple, out) {
     // outlive its code. Node unloads an addon when the last Worker that loaded it ends; without this, exit
     // then called into unmapped memory (SIGSEGV at exit, found by the worker-end teardown test).
     '-Wl,-z,nodelete',
+    // binding.gyp's defines, every one (test/60.install checks that they agree).
     '-DNAPI_VERSION=8',
     '-DNAPI_DISABLE_CPP_EXCEPTIONS',
+    '-DNODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS',
     '-DBUILDING_NODE_EXTENSION',
     '-D_GNU_SOURCE',
     '-D_FILE_OFFSET_BITS=64',

@@ -2,7 +2,7 @@
 // under npm's strictest install-script policy (the package has no install
 // script), with and without a compiler, with and without the prebuilt addon.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -97,6 +97,18 @@ function probe(dir: string, env: NodeJS.ProcessEnv = {}): Record<string, unknown
   });
   return JSON.parse(stdout) as Record<string, unknown>;
 }
+
+describe('the two builds of the addon', () => {
+  it('the prebuilds (native/prebuild.mjs) are compiled with every define binding.gyp gives a source build', async () => {
+    // A define in one build only is behaviour that users of the other never get (NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS
+    // was once added to binding.gyp alone: a registry install, which loads a prebuild, would still have aborted).
+    const gyp = JSON.parse(readFileSync(join(ROOT, 'binding.gyp'), 'utf8')) as { targets: Array<{ defines: string[] }> };
+    const { compileArguments } = (await import(join(ROOT, 'native', 'prebuild.mjs'))) as { compileArguments: (triple: string, out: string) => string[] };
+    const prebuilt = compileArguments('x86_64-linux-gnu', 'out').filter((arg) => arg.startsWith('-D')).map((arg) => arg.slice(2));
+    for (const define of gyp.targets[0]?.defines ?? []) expect(prebuilt).toContain(define);
+    expect(gyp.targets[0]?.defines).toContain('NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS');
+  });
+});
 
 describe('installing the packed package', () => {
   let packed: Packed;
