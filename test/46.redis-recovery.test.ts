@@ -230,10 +230,18 @@ describe('a change message anyone can publish', () => {
 });
 
 describe('connections that fail in production', () => {
-  it.each(DRIVERS)('a subscriber whose network path goes silent is noticed, logged once and replaced: a change is told long before the poll (%s)', async (driver) => {
+  /**
+   * A store watching key "k" through a proxy (its subscriber's link is the proxy's), a writer beside it on the
+   * server itself, and what the watcher was told; the subscriber is connected when `body` runs. Closes everything.
+   */
+  async function watchingThroughProxy(
+    driver: (typeof DRIVERS)[number],
+    options: { commandTimeoutMs?: number },
+    body: (it: { proxy: TcpProxy; logger: ReturnType<typeof recordingLogger>; bumper: AsyncGenerationSynchronizer; told: Array<number | null> }) => Promise<void>,
+  ): Promise<void> {
     const proxy = await TcpProxy.start(server.port);
     const logger = recordingLogger();
-    const store = await RedisStore.connect({ url: proxy.url, namespace: namespace(), driver, watchPollMs: 60_000, logger });
+    const store = await RedisStore.connect({ url: proxy.url, namespace: namespace(), driver, ...options, watchPollMs: 60_000, logger });
     const writer = await RedisStore.connect({ url: server.url, namespace: store.namespace, driver, logger: recordingLogger() });
     try {
       const bumper = await AsyncGenerationSynchronizer.create('k', { store: writer });
@@ -242,6 +250,16 @@ describe('connections that fail in production', () => {
       watcher.watch((change) => told.push(change.generation));
       await eventually('the subscriber to connect', () => (proxy.connections('SUBSCRIBE').length > 0 ? true : undefined));
       await pause(100);
+      await body({ proxy, logger, bumper, told });
+    } finally {
+      await store.close();
+      await writer.close();
+      await proxy.close();
+    }
+  }
+
+  it.each(DRIVERS)('a subscriber whose network path goes silent is noticed, logged once and replaced: a change is told long before the poll (%s)', async (driver) => {
+    await watchingThroughProxy(driver, {}, async ({ proxy, logger, bumper, told }) => {
       expect(proxy.silence('SUBSCRIBE')).toBe(1);
       await bumper.markUpdated();
       const changed = bumper.syncGen as number;
@@ -249,11 +267,7 @@ describe('connections that fail in production', () => {
       await eventually('the change to be told', () => (told.at(-1) === changed ? true : undefined), scaled(10_000));
       expect(logger.lines.filter((line) => line.includes('lost the change subscription'))).toHaveLength(1);
       expect(proxy.connections('SUBSCRIBE').filter((link) => !link.silent)).toHaveLength(1);
-    } finally {
-      await store.close();
-      await writer.close();
-      await proxy.close();
-    }
+    });
   });
 
   it.each(DRIVERS)('a subscriber far behind a burst of messages is not taken for dead: its PING waits behind them, every change is told, nothing logged (%s)', async (driver) => {
@@ -261,17 +275,7 @@ describe('connections that fail in production', () => {
     // published at once: a PING sent meanwhile is answered only after them, seconds later, while messages keep
     // arriving. A connection that delivers is alive (at a6de41b the subscriber was dropped and every watched
     // key read again, and under load a relay did so over and over, never catching up with a burst of 10,000 keys).
-    const proxy = await TcpProxy.start(server.port);
-    const logger = recordingLogger();
-    const store = await RedisStore.connect({ url: proxy.url, namespace: namespace(), driver, commandTimeoutMs: 300, watchPollMs: 60_000, logger });
-    const writer = await RedisStore.connect({ url: server.url, namespace: store.namespace, driver, logger: recordingLogger() });
-    try {
-      const bumper = await AsyncGenerationSynchronizer.create('k', { store: writer });
-      const watcher = await AsyncGenerationSynchronizer.create('k', { store });
-      const told: Array<number | null> = [];
-      watcher.watch((change) => told.push(change.generation));
-      await eventually('the subscriber to connect', () => (proxy.connections('SUBSCRIBE').length > 0 ? true : undefined));
-      await pause(100);
+    await watchingThroughProxy(driver, { commandTimeoutMs: 300 }, async ({ proxy, logger, bumper, told }) => {
       expect(proxy.throttle('SUBSCRIBE', 40_000)).toBe(1);
       const started = Date.now();
       await Promise.all(Array.from({ length: 1500 }, () => bumper.markUpdated()));
@@ -280,11 +284,7 @@ describe('connections that fail in production', () => {
       const drainedMs = Date.now() - started;
       expect(drainedMs).toBeGreaterThan(2500); // (the burst did keep the PING waiting longer than a dead connection's)
       expect(logger.lines.filter((line) => line.includes('lost the change subscription'))).toEqual([]);
-    } finally {
-      await store.close();
-      await writer.close();
-      await proxy.close();
-    }
+    });
   });
 
   it.each(DRIVERS)('a subscriber killed by the server is logged as lost and back, and hears changes again (%s)', async (driver) => {
