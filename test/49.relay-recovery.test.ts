@@ -65,7 +65,7 @@ describe('a relay replaced while another host changes a key', () => {
 });
 
 describe('a burst of new keys', () => {
-  it(`${effort.relayBurstKeys.toLocaleString('en-US')} keys created and bumped at once on one host all reach Redis and the other host, none of them failing`, async () => {
+  it(`${effort.relayBurstKeys.toLocaleString('en-US')} keys created and bumped at once on one host all reach Redis and the other host; Redis refuses none of them, and one answered late is retried until it lands`, async () => {
     const { hosts, namespace } = await simulated.start(2, 1);
     const [hostA, hostB] = hosts as [Host, Host];
     const [a] = hostA.processes as [Worker];
@@ -103,10 +103,17 @@ describe('a burst of new keys', () => {
     });
     const convergedMs = Date.now() - started;
     const { longestStallMs } = await ask<{ longestStallMs: number }>(a, { op: 'stalls' });
-    const counters = (await status(a)).counters;
-    console.log(`relay burst: ${count} keys bumped on one host, all ${expired} seen on the other after ${convergedMs} ms; longest event-loop stall of the relay process ${longestStallMs.toFixed(1)} ms; ${JSON.stringify(counters)}`);
+    const { counters, log } = await status(a);
+    console.log(`relay burst: ${count} keys bumped on one host, all ${expired} seen on the other after ${convergedMs} ms; longest event-loop stall of the relay process ${longestStallMs.toFixed(1)} ms; ${JSON.stringify(counters)}; relay log: ${JSON.stringify(log)}`);
     // How long the relay holds its event loop is measured by the benchmarks (bench/relay-cost.mjs), not asserted here.
-    expect(counters.failed).toBe(0);
+    // Nor is how many scripts Redis answered late: on a loaded machine some of 10,000 pipelined scripts wait past the
+    // workers' 300 ms command timeout (70 of 10,000 beside the full shared-memory stress here, 199 in one CI run), and
+    // each is retried until it lands, which the convergence above proves. What may not happen is Redis refusing one
+    // (every failure logged is a late answer) or the relay taking the burst for an outage.
+    expect(counters.outages).toBe(0);
+    const failures = log.filter((line) => line.includes('refused or failed'));
+    expect(failures.filter((line) => !line.includes('did not answer'))).toEqual([]);
+    expect(failures.length > 0).toBe(counters.failed > 0);
   });
 });
 
@@ -208,6 +215,35 @@ describe('Redis refusing the relay', () => {
       server.cli('CONFIG', 'SET', 'maxmemory', '0');
     }
     await eventually('host B to see the change', async () => ((await read(hostB.processes[0]!, key)).expired ? true : undefined), scaled(15_000));
+  });
+
+  it('an answer late under load, logged first, does not hide a refusal after it: each kind of failure is logged once', async () => {
+    const { hosts, namespace } = await simulated.start(2, 1);
+    const [hostA, hostB] = hosts as [Host, Host];
+    const key = 'late-then-oom';
+    await ask(hostB.processes[0]!, { op: 'read', key });
+    await simulated.converged(hosts, namespace, key);
+    await refreshAll(hosts, key);
+    const relay = await simulated.relayOf(hostA);
+    // Redis asleep for 0.8 s: a script sent meanwhile waits past the workers' 300 ms command timeout, and the
+    // connection (dead only after 1.2 s without an answer) stays up.
+    await eventually('a late answer to be logged', async () => {
+      const sleeper = spawn('redis-cli', ['-p', String(server.port), 'DEBUG', 'SLEEP', '0.8'], { stdio: 'ignore' });
+      await pause(100);
+      await ask(hostA.processes[0]!, { op: 'bump', key });
+      await new Promise((resolve) => sleeper.once('exit', resolve));
+      return (await status(relay)).log.some((line) => line.includes('did not answer')) ? true : undefined;
+    }, scaled(15_000));
+    server.cli('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
+    server.cli('CONFIG', 'SET', 'maxmemory', '1');
+    try {
+      await ask(hostA.processes[0]!, { op: 'bump', key });
+      await eventually('the refusal to be logged as well', async () => ((await status(relay)).log.some((line) => line.includes('refused the command: OOM')) ? true : undefined));
+    } finally {
+      server.cli('CONFIG', 'SET', 'maxmemory', '0');
+    }
+    await eventually('host B to see the changes', async () => ((await read(hostB.processes[0]!, key)).expired ? true : undefined), scaled(15_000));
+    expect((await status(relay)).counters.outages).toBe(0);
   });
 
   it('a Redis user who may not run scripts: logged once, and every change lands once the permission is granted', async () => {

@@ -54,6 +54,16 @@ export class CommandTimeout extends Error {
   }
 }
 
+/**
+ * The prefix of a Redis error reply ("OOM", "NOPERM", "ERR", …), read from
+ * the error either driver rejects with (its message starts with the prefix,
+ * in capitals); undefined for anything else (a timeout, a closed socket).
+ */
+export function redisErrorReply(error: unknown): string | undefined {
+  if (error instanceof CommandTimeout || !(error instanceof Error)) return undefined;
+  return /^([A-Z][A-Z_]+) /.exec(error.message)?.[1];
+}
+
 export class RedisConnection {
   readonly #client: RedisClientLike;
   readonly #ownsClient: boolean;
@@ -387,11 +397,9 @@ export class RedisConnection {
         ? ' The client was passed in, so the application shares it: a blocking command on it (BLPOP, BRPOP, XREAD BLOCK, ' +
           'WAIT, …) holds up every command behind it. Give the store a connection of its own (client.duplicate(), or the "url" option).'
         : '';
-    return new StoreUnavailableError(
-      'ERR_GENSYNC_STORE_UNAVAILABLE',
-      `Redis${this.where} did not answer: ${message}.${shared}`,
-      { cause: error },
-    );
+    // An error reply ("OOM …", "NOPERM …", "READONLY …") is an answer: say so, so that a log tells it from silence.
+    const what = redisErrorReply(error) === undefined ? 'did not answer' : 'refused the command';
+    return new StoreUnavailableError('ERR_GENSYNC_STORE_UNAVAILABLE', `Redis${this.where} ${what}: ${message}.${shared}`, { cause: error });
   }
 
   /** At connect: an unsupported server closes the store and rejects connect(). */

@@ -52,6 +52,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 
 import { StoreFormatError } from '../../store/errors';
 import type { Logger } from '../../store/logger';
+import { CommandTimeout, redisErrorReply } from '../redis/redis-connection';
 import type { RedisEngine } from '../redis/redis-engine';
 import { checkReply, SCRIPTS } from '../redis/redis-scripts';
 import { Subscription } from '../redis/redis-subscription';
@@ -755,7 +756,7 @@ export class Relay {
     if (!this.engine.connection.up) return;
     this.counters.failed++;
     const message = error instanceof Error ? error.message : String(error);
-    const kind = error instanceof StoreFormatError ? `refused:${error.code}` : `failed:${message.split(' ')[0]}`;
+    const kind = error instanceof StoreFormatError ? `refused:${error.code}` : failureKind(error);
     this.#logOnce(
       kind,
       'error',
@@ -990,4 +991,16 @@ export class Relay {
       this.#logOnce('state-write', 'warn', `cannot write ${this.settings.statePath} (${(error as Error).message}); a relay taking over forwards every key as changed once`);
     }
   }
+}
+
+/**
+ * What kind of failure a script met, for logging each kind once: Redis late
+ * to answer, Redis refusing it (by the error reply's prefix: OOM, NOPERM, …),
+ * or anything else. A late answer logged first must not hide a refusal.
+ */
+function failureKind(error: unknown): string {
+  const cause = error instanceof Error && error.cause !== undefined ? error.cause : error;
+  if (cause instanceof CommandTimeout) return 'failed:late';
+  const reply = redisErrorReply(cause);
+  return reply === undefined ? 'failed:other' : `failed:${reply}`;
 }
