@@ -117,11 +117,11 @@ describe('a burst of new keys', () => {
 });
 
 describe('keys created while the relay reads every key again', () => {
-  it(`are read too, and the relay reports itself connected once they are: a takeover on a host of 40,000 keys while another process creates 2,000 more, ${effort.takeoverRounds} rounds`, async () => {
+  it(`are read too, and the relay reports itself connected once they are: a takeover on a host of ${effort.takeoverKeys.toLocaleString('en-US')} keys while another process creates 2,000 more, ${effort.takeoverRounds} rounds`, async () => {
     const { hosts, namespace } = await simulated.start(1, 3);
     const [host] = hosts as [Host];
-    await ask(host.processes[0]!, { op: 'many', prefix: 'held-', count: 40_000 }, scaled(120_000));
-    // Creating 40,000 keys holds that process's event loop for seconds: if it was the relay, another took over
+    await ask(host.processes[0]!, { op: 'many', prefix: 'held-', count: effort.takeoverKeys }, scaled(120_000));
+    // Creating thousands of keys holds that process's event loop for seconds: if it was the relay, another took over
     // (a frozen relay) and reads every key again first. Waits here are bounds for a broken run, not speed claims.
     await ask(await simulated.relayOf(host, scaled(60_000)), { op: 'flush', timeoutMs: scaled(60_000) }, scaled(70_000));
     for (let round = 0; round < effort.takeoverRounds; round++) {

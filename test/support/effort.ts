@@ -36,6 +36,8 @@ export const effort = {
   relayKills: full ? 10 : 3,
   /** Rounds of each way a relay is replaced while another host changes a key (49.relay-recovery). */
   takeoverRounds: full ? 5 : 2,
+  /** Keys the host holds in the takeover test, which its next relay reads again (49.relay-recovery). */
+  takeoverKeys: full ? 40_000 : 10_000,
   /** Keys a host creates and bumps at once, which the other host holds (49.relay-recovery). */
   relayBurstKeys: full ? 10_000 : 2_000,
   /** The relay soak: keys per host, keys of each burst of new ones (49.relay-recovery; its length is soakMs). */
