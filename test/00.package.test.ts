@@ -155,6 +155,56 @@ describe('package hygiene (issue 16)', () => {
   });
 });
 
+describe('what people read shows the safe order: take the generation, then load (issue 30)', () => {
+  /** Every file a user reads or copies from: the published declarations, the TSDoc they come from, the docs, the examples. */
+  const readable = (): string[] => {
+    const walk = (dir: string, keep: (name: string) => boolean): string[] =>
+      (readdirSync(join(ROOT, dir), { recursive: true, withFileTypes: true }) as Array<{ isFile(): boolean; parentPath: string; name: string }>)
+        .filter((entry) => entry.isFile() && keep(entry.name) && !entry.parentPath.includes('node_modules'))
+        .map((entry) => join(entry.parentPath, entry.name));
+    return [
+      ...walk('dist', (name) => name.endsWith('.d.ts') || name.endsWith('.d.mts')),
+      ...walk('src', (name) => name.endsWith('.ts')),
+      ...walk('docs', (name) => name.endsWith('.md')),
+      ...walk('examples', (name) => /\.(m?js|cjs|ts|md)$/.test(name)),
+      join(ROOT, 'README.md'),
+      join(ROOT, 'CONTRIBUTING.md'),
+    ];
+  };
+  // A load (an assignment from a call named load/reload/fetch…, or such a call alone) right before refresh().
+  const LOAD = /^(?:(?:const|let|var)\s+)?(?:[\w.[\]]+\s*=\s*)?(?:await\s+)?[\w.]*(?:load|reload|fetch|recompute)\w*\(/i;
+  // Prose telling the reader to reload and refresh after it.
+  const PROSE = /(?:reload|recompute)[^.]{0,80}?\b(?:and )?then,? (?:call )?(?:`|\{@link )?(?:\w+\.)?refresh/i;
+
+  /** Lines of `text` where a load comes right before a refresh() call, or prose says to refresh after reloading. */
+  const wrongOrder = (text: string): string[] => {
+    const found: string[] = [];
+    const lines = text.split('\n').map((line) => line.replace(/^\s*(?:\/\/|\*|#)?\s*/, '').replace(/\/\/.*$/, '').trim());
+    let previous = '';
+    for (const line of lines) {
+      if (line === '' || line === '```' || line.startsWith('```')) continue;
+      if (/\brefresh\(\)/.test(line) && /^(?:await\s+)?[\w.]*refresh\(\)/.test(line) && LOAD.test(previous)) found.push(`${previous} / ${line}`);
+      previous = line;
+    }
+    for (const match of text.replace(/\s*\n\s*(?:\*\s*)?/g, ' ').matchAll(new RegExp(PROSE, 'gi'))) found.push(match[0]);
+    return found;
+  };
+
+  it('finds the wrong order where it is written (the check can fail)', () => {
+    expect(wrongOrder('if (sync.isExpired()) {\n  settings = loadSettings();\n  sync.refresh();\n}')).toHaveLength(1);
+    expect(wrongOrder(' * if (await sync.isExpired()) {\n *   settings = await loadSettings();\n *   await sync.refresh();\n * }')).toHaveLength(1);
+    expect(wrongOrder(' * {@link isExpired}, reload or recompute their state, and then call\n * {@link refresh} to take the current generation.')).toHaveLength(1);
+    expect(wrongOrder('if (sync.isExpired()) {\n  sync.refresh(); // first\n  settings = loadSettings();\n}')).toEqual([]);
+  });
+
+  it('in no published declaration, TSDoc comment, doc or example', () => {
+    // The README's table of differences from djblets names the order it documents, as the thing not to do.
+    const known = /the documented order: reload, then `refresh\(\)`/;
+    const found = readable().flatMap((file) => wrongOrder(readFileSync(file, 'utf8').replace(known, '')).map((where) => `${file.slice(ROOT.length + 1)}: ${where}`));
+    expect(found).toEqual([]);
+  });
+});
+
 describe('errors: each code belongs to one class (issue 14)', () => {
   it('a class made with another class\'s code is refused, and each class takes its own codes', async () => {
     const errors = await import('generation-sync');

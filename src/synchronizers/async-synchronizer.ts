@@ -80,8 +80,8 @@ const CONSTRUCTION = Symbol('AsyncGenerationSynchronizer.create');
  * const store = await RedisStore.connect({ url: 'redis://127.0.0.1:6379' });
  * const sync = await AsyncGenerationSynchronizer.create('site-settings', { store });
  * if (await sync.isExpired()) {
+ *   await sync.refresh(); // first take the generation, then load
  *   settings = await loadSettings();
- *   await sync.refresh();
  * }
  */
 export class AsyncGenerationSynchronizer {

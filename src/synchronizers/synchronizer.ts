@@ -80,8 +80,10 @@ export interface GenerationSynchronizerOptions {
  * generation, creating it if it does not exist. When a process changes the
  * state, it must call {@link markUpdated}, which bumps the generation and
  * so expires every other process's copy. Those processes notice through
- * {@link isExpired}, reload or recompute their state, and then call
- * {@link refresh} to take the current generation.
+ * {@link isExpired}, call {@link refresh} to take the current generation,
+ * and then reload or recompute their state: in that order, a change made
+ * while they reload is seen at the next check (the other order takes it as
+ * seen and keeps the older state).
  *
  * A failing store is never thrown at the caller: the failure is logged
  * once, and the key reads as expired until the store answers again. Bugs
@@ -94,16 +96,16 @@ export interface GenerationSynchronizerOptions {
  *
  * function currentSettings() {
  *   if (sync.isExpired()) {
+ *     sync.refresh(); // first take the generation, then load
  *     settings = loadSettings();
- *     sync.refresh();
  *   }
  *   return settings;
  * }
  *
  * function saveSettings(changes) {
  *   writeSettings(changes);
- *   settings = loadSettings();
  *   sync.markUpdated();
+ *   settings = loadSettings();
  * }
  */
 export class GenerationSynchronizer {
