@@ -206,6 +206,20 @@ describe('what people read shows the safe order: take the generation, then load 
 });
 
 describe('errors: each code belongs to one class (issue 14)', () => {
+  it('the README\'s table of errors lists every code the library has, each with its class', () => {
+    const source = readFileSync(join(ROOT, 'src', 'store', 'errors.ts'), 'utf8');
+    const classOf = new Map<string, string>([
+      ['ERR_GENSYNC_INVALID_ARGUMENT', 'InvalidArgumentError'],
+      ['ERR_GENSYNC_OUT_OF_RANGE', 'OutOfRangeError'],
+      ...[...source.matchAll(/^\s+(ERR_GENSYNC_\w+): (\w+),$/gm)].map((match): [string, string] => [match[1]!, match[2]!]),
+    ]);
+    const codes = new Set([...source.matchAll(/'(ERR_GENSYNC_\w+)'/g)].map((match) => match[1]!));
+    expect([...codes].sort()).toEqual([...classOf.keys()].sort());
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const rows = new Map([...readme.matchAll(/^\| `(ERR_GENSYNC_\w+)` \| `(\w+)`/gm)].map((match) => [match[1]!, match[2]!]));
+    expect(Object.fromEntries([...rows].sort())).toEqual(Object.fromEntries([...classOf].sort()));
+  });
+
   it('a class made with another class\'s code is refused, and each class takes its own codes', async () => {
     const errors = await import('generation-sync');
     const own: Array<[new (code: never, message: string) => Error, string]> = [
