@@ -273,6 +273,19 @@ describe('examples/web: Express middleware and a Fastify plugin on SynchronizedV
       expect((await json(fastify.port, 'PUT', { theme: 'solarized' })).settings).toEqual({ version: 3, theme: 'solarized' });
       expect((await json(other.port, 'GET')).settings).toEqual({ version: 3, theme: 'solarized' });
       expect((await json(express.port, 'GET')).settings).toEqual({ version: 3, theme: 'solarized' });
+
+      // Concurrent writes, as a busy site makes them: each PUT to any process is answered, none is lost, and the file
+      // stays valid JSON (before issue 30, 8 concurrent PUTs gave 500s, lost acknowledged changes and broke the file).
+      const rounds = 3;
+      for (let round = 0; round < rounds; round++) {
+        const puts = Array.from({ length: 8 }, (_, i) => json(servers[i % servers.length]!.port, 'PUT', { [`r${round}k${i}`]: i }));
+        const answers = await Promise.allSettled(puts);
+        expect(answers.filter((answer) => answer.status === 'rejected').map((answer) => String((answer as PromiseRejectedResult).reason))).toEqual([]);
+      }
+      const stored = JSON.parse(readFileSync(settingsFile, 'utf8')) as Record<string, unknown>;
+      expect(stored.version).toBe(3 + rounds * 8);
+      for (let round = 0; round < rounds; round++) for (let i = 0; i < 8; i++) expect(stored[`r${round}k${i}`]).toBe(i);
+      for (const { port } of servers) expect((await json(port, 'GET')).settings).toEqual(stored);
     } finally {
       for (const { child } of servers) child.kill('SIGTERM');
     }
