@@ -176,7 +176,7 @@ function becomeUser(user: string): void {
   process.setuid(uid);
 }
 
-function kindOf(options: Options): Kind | undefined {
+function kindOf(options: Options, canCreate = false): Kind | undefined {
   if (options.store !== undefined) return options.store;
   if (options.redisUrl !== undefined) return 'redis';
   if (options.path === undefined) return undefined;
@@ -186,7 +186,9 @@ function kindOf(options: Options): Kind | undefined {
   try {
     fd = openSync(options.path, OPEN_READ);
   } catch {
-    throw new UsageError(`${options.path} does not exist yet: say which store to create there with --store shm or --store file.`);
+    // Only bump --create makes a store; the other commands read, and a path that names nothing is where they looked.
+    if (canCreate) throw new UsageError(`${options.path} does not exist yet: say which store to create there with --store shm or --store file.`);
+    throw new CommandFailure(`there is no store at ${options.path}: check the path against the application's. Nothing was created.`);
   }
   const head = Buffer.alloc(MAGIC.length);
   try {
@@ -201,8 +203,8 @@ function kindOf(options: Options): Kind | undefined {
 }
 
 /** The file a local store is in (or would be in), found without opening or creating anything; undefined for Redis. */
-function localStoreFile(options: Options): { kind: 'shm' | 'file'; path: string } | undefined {
-  const kind = kindOf(options);
+function localStoreFile(options: Options, canCreate = false): { kind: 'shm' | 'file'; path: string } | undefined {
+  const kind = kindOf(options, canCreate);
   if (kind === 'redis') return undefined;
   if (kind === undefined) {
     const choice = defaultStoreChoice();
@@ -226,9 +228,9 @@ function noStoreThere(file: { kind: string; path: string }, canCreate: boolean):
  * nothing is created: not the file, not its directory.
  */
 async function openStore(options: Options, create: boolean, canCreate = false): Promise<Store | AsyncStore> {
-  const file = localStoreFile(options);
+  const file = localStoreFile(options, canCreate);
   if (file !== undefined && !create && !existsSync(file.path)) throw new CommandFailure(noStoreThere(file, canCreate));
-  switch (kindOf(options)) {
+  switch (kindOf(options, canCreate)) {
     case 'shm':
       return SharedMemoryStore.open(options.path);
     case 'file':
@@ -302,8 +304,7 @@ function unreachable(store: Store | AsyncStore, what: string): CommandFailure {
 async function list(store: Store | AsyncStore, options: Options, out: Output): Promise<number> {
   const entries = [...(await store.entries())].sort((a, b) => a.key.localeCompare(b.key));
   if (options.json) {
-    out.note(`the ${describeStore(store)}`);
-    out.log(JSON.stringify(entries.map(entryJson)));
+    out.log(JSON.stringify({ store: storeJson(store), keys: entries.map((entry) => entryJson(store, entry)) }));
     return 0;
   }
   if (entries.length === 0) {
@@ -335,14 +336,15 @@ async function list(store: Store | AsyncStore, options: Options, out: Output): P
   return 0;
 }
 
-function entryJson(entry: StoreEntry): Record<string, unknown> {
-  return {
-    key: entry.key,
-    keyTruncated: entry.keyTruncated,
-    generation: entry.generation,
-    createdAt: entry.createdAt?.toISOString() ?? null,
-    updatedAt: entry.updatedAt?.toISOString() ?? null,
-  };
+/** A key for --json: only the times its store records (as the table's time column: see list()). */
+function entryJson(store: Store | AsyncStore, entry: StoreEntry): Record<string, unknown> {
+  const times: Record<string, string | null> =
+    store.kind === 'file'
+      ? { createdAt: entry.createdAt?.toISOString() ?? null, updatedAt: entry.updatedAt?.toISOString() ?? null }
+      : store.kind === 'shm'
+        ? { createdAt: entry.createdAt?.toISOString() ?? null, createdOrClearedAt: entry.updatedAt?.toISOString() ?? null }
+        : {};
+  return { key: entry.key, keyTruncated: entry.keyTruncated, generation: entry.generation, ...times };
 }
 
 async function get(store: Store | AsyncStore, key: string, options: Options, out: Output): Promise<number> {

@@ -1,7 +1,7 @@
 // The generation-sync CLI against every store: each command, --json output
 // parsed and checked, and bad usage exiting 2 with a helpful message.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -84,9 +84,13 @@ describe.each(TARGETS)('the CLI on the $name store', (target) => {
     expect(cli(['get', 'settings', '--prefix', 'example.com', ...args]).stdout.trim()).toBe(String(bumped.generation));
 
     json(['bump', 'a b', '--raw', '--create', ...args]);
-    const listed = json<Array<{ key: string; generation: number | null }>>(['list', ...args]);
+    const { store: listedFrom, keys: listed } = json<{ store: unknown; keys: Array<Record<string, unknown> & { key: string; generation: number | null }> }>(['list', ...args]);
+    expect(listedFrom).toEqual(named);
     expect(listed.map(({ key }) => key).sort()).toEqual(['a b', 'example.com:settings']);
     expect(listed.find(({ key }) => key === 'example.com:settings')?.generation).toBe(bumped.generation);
+    // Only the times the store records: every change (file), creation and clearing (shm), none (Redis).
+    const times = { file: ['createdAt', 'updatedAt'], shm: ['createdAt', 'createdOrClearedAt'], redis: [] }[target.name] as string[];
+    for (const entry of listed) expect(Object.keys(entry).sort()).toEqual(['generation', 'key', 'keyTruncated', ...times].sort());
     const header = { shm: /KEY\s+GENERATION\s+CREATED OR CLEARED\n/, file: /KEY\s+GENERATION\s+UPDATED\n/, redis: /KEY\s+GENERATION\n/ }[target.name];
     expect(cli(['list', ...args]).stdout).toMatch(new RegExp(`^2 keys in the ${target.name} store .*:\n${(header as RegExp).source}`));
 
@@ -181,9 +185,17 @@ describe('the CLI, misused', () => {
     const png = join(dir, 'x.png');
     spawnSync('sh', ['-c', `printf '\\211PNG' > ${png}`]);
     expect(cli(['list', '--path', png]).stderr).toMatch(/is not a generation-sync store/);
-    const missing = cli(['list', '--path', join(dir, 'none.shm')]);
-    expect(missing.status).toBe(2);
-    expect(missing.stderr).toMatch(/--store shm or --store file/);
+    // A command that only reads names where it looked and creates nothing; bump without --store asks which kind to create.
+    for (const command of [['list'], ['get', 'k'], ['watch', 'k']]) {
+      const missing = cli([...command, '--path', join(dir, 'none.shm')]);
+      expect(missing.status).toBe(1);
+      expect(missing.stderr).toMatch(/there is no store at .*none\.shm.*Nothing was created/);
+      expect(missing.stderr).not.toMatch(/create there|--create/);
+    }
+    const creating = cli(['bump', 'k', '--create', '--path', join(dir, 'none.shm')]);
+    expect(creating.status).toBe(2);
+    expect(creating.stderr).toMatch(/--store shm or --store file/);
+    expect(existsSync(join(dir, 'none.shm'))).toBe(false);
   });
 });
 
