@@ -2,7 +2,7 @@
 // the file store (with one warning) when it does not, and what
 // GENERATION_SYNC_STORE forces.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, symlinkSync } from 'node:fs';
+import { chmodSync, cpSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -82,6 +82,21 @@ describe('defaultStore()', () => {
     const report = probe(packageWithoutAddon(), { GENERATION_SYNC_DIR: store, GENERATION_SYNC_STORE: 'shm' });
     expect(report.kind).toBeUndefined();
     expect(report.error).toMatchObject({ name: 'AddonUnavailableError', code: 'ERR_GENSYNC_ADDON_UNAVAILABLE' });
+  });
+
+  it('GENERATION_SYNC_ADDON naming a file that does not load is a typed error that names it, never a fallback to the file store', () => {
+    const store = tempDir();
+    const broken = join(tempDir(), 'not-an-addon.node');
+    writeFileSync(broken, 'not an ELF file');
+    for (const path of ['/nonexistent/generation_sync.node', broken]) {
+      const report = probe(ROOT, { GENERATION_SYNC_DIR: store, GENERATION_SYNC_ADDON: path });
+      expect(report.kind).toBeUndefined();
+      expect(report.warnings).toEqual([]);
+      expect(report.error).toMatchObject({ name: 'AddonUnavailableError', code: 'ERR_GENSYNC_ADDON_UNAVAILABLE' });
+      expect(report.error?.message).toContain(path);
+    }
+    // Named and loading: the shared-memory store, as without the variable.
+    expect(probe(ROOT, { GENERATION_SYNC_DIR: store, GENERATION_SYNC_ADDON: join(ROOT, 'build', 'Release', 'generation_sync.node') })).toMatchObject({ kind: 'shm', warnings: [] });
   });
 
   it('rejects any other GENERATION_SYNC_STORE value with an error naming the variable', () => {

@@ -23,7 +23,13 @@ try {
 } catch (error) {
   shm = { code: error.code, message: error.message };
 }
-console.log(JSON.stringify({ shm, defaultKind: defaultStore().kind }));
+let defaultKind;
+try {
+  defaultKind = defaultStore().kind;
+} catch (error) {
+  defaultKind = error.code;
+}
+console.log(JSON.stringify({ shm, defaultKind }));
 `;
 
 function bundle(format: 'cjs' | 'esm'): string {
@@ -68,6 +74,8 @@ describe.each(['cjs', 'esm'] as const)('an application bundled with esbuild (%s)
     const out = run(bundle(format), { GENERATION_SYNC_ADDON: join(ROOT, 'no-such-addon.node') });
     expect(out.shm.code).toBe('ERR_GENSYNC_ADDON_UNAVAILABLE');
     expect(out.shm.message).toContain('GENERATION_SYNC_ADDON names');
+    // The default store does not fall back to the file store that other processes, which load the addon, do not use.
+    expect(out.defaultKind).toBe('ERR_GENSYNC_ADDON_UNAVAILABLE');
   });
 });
 

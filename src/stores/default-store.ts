@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { OutOfRangeError, UnsafeStoreError } from '../store/errors';
 import { FILE_STORE_NAME, FileStore } from './file/file-store';
 import { defaultDirectory, DIRECTORY_ENV } from '../system/filesystem';
-import { addonStatus } from './shm/native';
+import { ADDON_ENV, addonStatus } from './shm/native';
 import { SHM_FILE_NAME, SharedMemoryStore } from './shm/shm-store';
 import type { Store } from '../store/store';
 import { UnreachableStore } from './unreachable-store';
@@ -47,7 +47,11 @@ export function defaultStoreChoice(): DefaultStoreChoice {
     throw new OutOfRangeError(`${STORE_ENV} must be "shm", "file" or unset, not ${JSON.stringify(forced)}.`);
   }
   const status = addonStatus();
-  return 'error' in status ? file(status.error.message) : shm(`the native addon loads from ${status.path}`);
+  if (!('error' in status)) return shm(`the native addon loads from ${status.path}`);
+  // An addon named on purpose that does not load is a mistake to report (opening throws the load error), not a
+  // reason to use another kind of store than the other processes, which may load it.
+  const named = process.env[ADDON_ENV];
+  return named !== undefined && named !== '' ? shm(`${ADDON_ENV}=${named}`) : file(status.error.message);
 }
 
 /**
@@ -61,7 +65,8 @@ export function defaultStoreChoice(): DefaultStoreChoice {
  * `GENERATION_SYNC_STORE=file` forces the file store;
  * `GENERATION_SYNC_STORE=shm` forces the shared-memory store and throws
  * {@link AddonUnavailableError} where it cannot load, rather than fall
- * back silently. Every process sharing state must use the same kind.
+ * back silently; so does `GENERATION_SYNC_ADDON` naming an addon file that
+ * does not exist or does not load. Every process sharing state must use the same kind.
  *
  * If the store was closed, the next call opens it again. In production,
  * set `GENERATION_SYNC_DIR` to a directory on local disk that the
