@@ -4,6 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -331,6 +332,30 @@ describe('examples/lru-cache: an lru-cache dropped by a generation change in any
     expect(await here.get('users', 'u', async () => 'reloaded')).toBe('u1'); // another namespace: still cached
     expect(await here.get('catalog', 'p', async () => 'v3')).toBe('v3');
     store.close();
+  });
+});
+
+describe('the packages the examples import run on every Node version the package supports (issue 30)', () => {
+  it('each declares support for the oldest Node this package supports, or declares no engines', () => {
+    const require = createRequire(join(ROOT, 'package.json'));
+    const semver = require('semver') as { minVersion(range: string): { version: string } | null; satisfies(version: string, range: string): boolean };
+    const { engines } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } };
+    const oldest = semver.minVersion(engines.node)?.version as string;
+    const imported = new Set<string>();
+    for (const file of readdirSync(join(ROOT, 'examples'), { recursive: true }) as string[]) {
+      if (!/\.(m?js|cjs)$/.test(file)) continue;
+      for (const match of readFileSync(join(ROOT, 'examples', file), 'utf8').matchAll(/(?:from |import\(|require\()'([^'./][^']*)'/g)) {
+        const name = match[1]!.startsWith('@') ? match[1]!.split('/').slice(0, 2).join('/') : match[1]!.split('/')[0]!;
+        if (!name.startsWith('node:') && name !== 'generation-sync') imported.add(name);
+      }
+    }
+    expect([...imported]).toContain('keyv');
+    const refused = [...imported].flatMap((name) => {
+      const manifest = JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string; engines?: { node?: string } };
+      const range = manifest.engines?.node;
+      return range === undefined || semver.satisfies(oldest, range) ? [] : [`${name}@${manifest.version} needs Node ${range}`];
+    });
+    expect(refused, `the package supports Node ${engines.node}`).toEqual([]);
   });
 });
 
