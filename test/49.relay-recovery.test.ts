@@ -584,6 +584,36 @@ describe('Redis back after an outage that lost nothing', () => {
     for (const worker of everyProcess(hosts)) expect((await read(worker, key)).expired).toBe(false);
   });
 
+  it('a key created and bumped just before the outage, whose relay is killed in it: the next relay forwards it, and the host keeps it', async () => {
+    // Found by the relay soak (a whole burst of 1,000 new keys never reached Redis): the outage made the new key
+    // absent on its host, marked as the relay's; the relay that did so died before Redis came back, and the next
+    // one, knowing no base for the key, took the mark for a key absent in Redis too and left it absent for good.
+    const { hosts, namespace } = await hostsOnOwn.holding(2, 2, 'anchor');
+    const [hostA, hostB] = hosts as [Host, Host];
+    const relay = await hostsOnOwn.relayOf(hostA);
+    const bumper = hostA.processes.find((worker) => worker !== relay)!;
+    const key = 'created-before-outage';
+    process.kill(own.pid!, 'SIGSTOP'); // the relay's script for the new key waits for an answer
+    try {
+      expect((await ask<{ acknowledged: number }>(bumper, { op: 'bump', key, count: 1 })).acknowledged).toBe(1);
+      await pause(150);
+    } finally {
+      await own.kill('SIGKILL');
+    }
+    await eventually('the outage to make the new key absent on host A', async () => ((await read(bumper, key)).generation === null ? true : undefined));
+    relay.child.kill('SIGKILL');
+    hostA.processes.splice(hostA.processes.indexOf(relay), 1);
+    await own.restart();
+    await hostsOnOwn.relayOf(hostA, scaled(15_000));
+    const stored = await eventually('the new key to reach Redis', async () => {
+      const value = own.cli('GET', `${namespace}:${key}`);
+      return value !== '' && Number(value) > 0 ? Number(value) : undefined;
+    }, scaled(15_000));
+    await eventually('host A to hold it again, at Redis\' value', async () => ((await read(bumper, key)).generation === stored ? true : undefined), scaled(15_000));
+    // And the other host, which meets the key now, takes that value.
+    await eventually('host B to take it', async () => ((await read(hostB.processes[0]!, key)).generation === stored ? true : undefined), scaled(15_000));
+  });
+
   it('a relay killed in the outage: the next one clears nothing and counts nothing it cannot tell happened', async () => {
     const key = 'relay-died-in-outage';
     const { hosts, namespace, before } = await outage(2, key);
@@ -667,6 +697,12 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         );
       }, 250);
       let burst = 0;
+      // What happened when, for the log of a failed run.
+      const events: string[] = [];
+      const soakStart = Date.now();
+      const event = (what: string, host: Host): void => {
+        events.push(`${((Date.now() - soakStart) / 1000).toFixed(1)} s ${what} on host ${hosts.indexOf(host)}`);
+      };
       try {
         while (Date.now() < until) {
           await pause(500 + Math.random() * 700);
@@ -679,13 +715,17 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
             if (roll < 0.2) {
               relay.child.kill('SIGKILL');
               actions.killed++;
+              event('relay killed', host);
             } else if (roll < 0.35) {
+              event('relay closed', host);
               await ask(relay, { op: 'close' }).catch(() => undefined);
               relay.child.kill('SIGKILL');
               actions.closed++;
             } else {
               relay.child.kill('SIGSTOP');
+              event('relay frozen', host);
               await pause(500 + Math.random() * 2500);
+              event('relay resumed', host);
               relay.child.kill('SIGCONT');
               actions.frozen++;
               continue; // it lives on (and stops relaying on its own)
@@ -698,18 +738,23 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
           } else if (roll < 0.6) {
             rmSync(`${host.path}.relay-lock`, { force: true });
             actions.lockRemoved++;
+            event('lock file removed', host);
           } else if (roll < 0.75) {
             await own.kill('SIGKILL');
+            event('Redis killed', host);
             await pause(100 + Math.random() * 400);
             await own.restart();
             actions.redisRestarted++;
+            event('Redis restarted', host);
           } else {
             // A burst of new keys on one host (the others do not hold them).
             const worker = alive(host.processes)[0];
             if (worker === undefined) continue;
             const prefix = `burst-${burst++}-`;
             const log = join(host.dir, `burst-${burst}.log`);
+            event(`${prefix} begins (process ${worker.child.pid})`, host);
             await ask(worker, { op: 'many', prefix, count: effort.relaySoakBurst, bump: true }, scaled(60_000));
+            event(`${prefix} acknowledged`, host);
             writeFileSync(log, Array.from({ length: effort.relaySoakBurst }, (_, i) => `${prefix}${i}`).join('\n') + '\n');
             logs.push(log);
             actions.bursts++;
@@ -773,6 +818,21 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         const byBurst = new Map<string, number>();
         for (const key of missing) byBurst.set(key.replace(/\d+$/, ''), (byBurst.get(key.replace(/\d+$/, '')) ?? 0) + 1);
         console.log(`burst keys missing from Redis, by burst: ${JSON.stringify(Object.fromEntries(byBurst))}`);
+        console.log(`events: ${events.join('; ')}`);
+        // What each process holds of the first missing key of each burst, and what Redis has of it.
+        for (const prefix of byBurst.keys()) {
+          const key = missing.find((name) => name.startsWith(prefix)) as string;
+          const index = Number(key.slice(prefix.length));
+          const held = await Promise.all(
+            hosts.flatMap((host, h) =>
+              alive(host.processes).map(async (worker) => {
+                const { generations } = await ask<{ generations: Array<number | null> }>(worker, { op: 'readMany', prefix, count: index + 1 }, scaled(60_000)).catch(() => ({ generations: [] }));
+                return `host ${h} process ${worker.child.pid}: ${String(generations[index])}`;
+              }),
+            ),
+          );
+          console.log(`${key}: Redis EXISTS ${own.cli('EXISTS', `${namespace}:${key}`)}, TTL ${own.cli('TTL', `${namespace}:${key}`)}; ${held.join(', ')}`);
+        }
         for (const host of hosts) console.log(`host ${host.dir}: ${JSON.stringify(await Promise.all(alive(host.processes).map((worker) => status(worker).catch(() => undefined))))}`);
       }
       expect(lost).toBe(0);

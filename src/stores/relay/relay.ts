@@ -559,11 +559,15 @@ export class Relay {
     if (!this.#holdsTerm()) return;
     const sent = this.#local(state);
     if (sent.generation !== null || !sent.armed) state.poisoned = false;
-    // Absent with the RELAYED flag still set, and either made so by this relay's outage or with a known base:
-    // a relay's outage mark (this one's, or a relay's that died since: a process clearing the key takes the
-    // flag). Nothing on the host changed the key since: it is synced as holding the value it had, and that
-    // is put back (SharedMemoryBinding.restore).
-    if (sent.generation === null && sent.armed && (state.poisoned || typeof state.base === 'number')) {
+    // Absent with the RELAYED flag still set, made so by this relay's outage, or with a base that is a value or
+    // not known: a relay's outage mark (this one's, or a relay's that died since: a process clearing the key
+    // takes the flag). Nothing on the host changed the key since: it is synced as holding the value it had,
+    // and that is put back (SharedMemoryBinding.restore). With no base known (a key created just before the
+    // outage, whose relay died in it without forwarding it), that is a change forwarded: taken for a key absent
+    // in Redis too, it would stay absent for good, its creation and bumps lost. (A key cleared here and armed
+    // by a relay that died before writing its base is made again: one change more, never one less.) Only a
+    // base of null, Redis known to hold no live value, leaves an absent key to the plain read below.
+    if (sent.generation === null && sent.armed && (state.poisoned || state.base !== null)) {
       await this.#syncMarked(state, sent.highest, epoch);
       return;
     }
