@@ -783,6 +783,7 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
       phase('every relay back and settled');
       let lost = 0;
       let counted = 0;
+      const short: string[] = [];
       await eventually(
         'every key to converge on every host',
         async () => {
@@ -795,11 +796,15 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
           }
           lost = 0;
           counted = 0;
+          short.length = 0;
           finals.forEach((value, i) => {
             const moved = value - (initial[i] as number);
             const acked = acknowledged.get(`soak-${i}`) ?? 0;
             counted += moved;
-            if (moved < acked) lost += acked - moved;
+            if (moved < acked) {
+              lost += acked - moved;
+              short.push(`soak-${i}: moved ${moved}, acknowledged ${acked}`);
+            }
           });
           return true;
         },
@@ -813,6 +818,7 @@ describe('a relay soak: three hosts bump while relays are killed, closed and fro
         `relay soak ${SOAK_MS / 1000} s, ${KEYS} keys: ${JSON.stringify(actions)}; ${total} acknowledged bumps moved Redis by ${counted}, ${lost} lost; ` +
           `${burstsInRedis} of ${burstKeys.length} burst keys in Redis; ${moreThanOneRelay} of ${samples} samples with two relays on a host; ${phases.join(', ')}`,
       );
+      if (lost > 0) console.log(`keys Redis moved by less than their acknowledged bumps: ${short.slice(0, 20).join('; ')}; events: ${events.join('; ')}`);
       if (burstsInRedis !== burstKeys.length) {
         // For the log of a failed run: which bursts, and what each host's relay says.
         const byBurst = new Map<string, number>();
