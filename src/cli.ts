@@ -311,22 +311,14 @@ async function list(store: Store | AsyncStore, options: Options, out: Output): P
     out.log(`no keys in the ${describeStore(store)}`);
     return 0;
   }
-  // What the time column can honestly say: the file store times every change; the shared-memory store times only
-  // creation and clearing (reading the clock would triple an increment's cost); Redis times nothing.
-  const time: { title: string; of: (entry: StoreEntry) => Date | null } | undefined =
-    store.kind === 'file'
-      ? { title: 'UPDATED', of: (entry) => entry.updatedAt }
-      : store.kind === 'shm'
-        ? { title: 'CREATED OR CLEARED', of: (entry) => entry.updatedAt }
-        : undefined;
+  const time = recordedTime(store);
   out.log(`${entries.length} key${entries.length === 1 ? '' : 's'} in the ${describeStore(store)}:`);
   const rows = [['KEY', 'GENERATION', ...(time ? [time.title] : [])]];
   for (const entry of entries) {
-    const at = time?.of(entry);
     rows.push([
       entry.key + (entry.keyTruncated ? '…' : ''),
       entry.generation === null ? '(cleared)' : String(entry.generation),
-      ...(time ? [at ? at.toISOString() : '-'] : []),
+      ...(time ? [entry.updatedAt?.toISOString() ?? '-'] : []),
     ]);
   }
   const widths = [0, 1].map((column) => Math.max(...rows.map((row) => (row[column] as string).length)));
@@ -336,14 +328,21 @@ async function list(store: Store | AsyncStore, options: Options, out: Output): P
   return 0;
 }
 
-/** A key for --json: only the times its store records (as the table's time column: see list()). */
+/**
+ * What a store's `updatedAt` honestly is, for list's time column and its JSON field: the file store times every
+ * change; the shared-memory store times only creation and clearing (reading the clock would triple an
+ * increment's cost); Redis times nothing (undefined).
+ */
+function recordedTime(store: Store | AsyncStore): { title: string; field: string } | undefined {
+  if (store.kind === 'file') return { title: 'UPDATED', field: 'updatedAt' };
+  if (store.kind === 'shm') return { title: 'CREATED OR CLEARED', field: 'createdOrClearedAt' };
+  return undefined;
+}
+
+/** A key for --json: only the times its store records (see recordedTime). */
 function entryJson(store: Store | AsyncStore, entry: StoreEntry): Record<string, unknown> {
-  const times: Record<string, string | null> =
-    store.kind === 'file'
-      ? { createdAt: entry.createdAt?.toISOString() ?? null, updatedAt: entry.updatedAt?.toISOString() ?? null }
-      : store.kind === 'shm'
-        ? { createdAt: entry.createdAt?.toISOString() ?? null, createdOrClearedAt: entry.updatedAt?.toISOString() ?? null }
-        : {};
+  const time = recordedTime(store);
+  const times = time === undefined ? {} : { createdAt: entry.createdAt?.toISOString() ?? null, [time.field]: entry.updatedAt?.toISOString() ?? null };
   return { key: entry.key, keyTruncated: entry.keyTruncated, generation: entry.generation, ...times };
 }
 

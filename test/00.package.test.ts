@@ -183,7 +183,7 @@ describe('what people read shows the safe order: take the generation, then load 
     let previous = '';
     for (const line of lines) {
       if (line === '' || line === '```' || line.startsWith('```')) continue;
-      if (/\brefresh\(\)/.test(line) && /^(?:await\s+)?[\w.]*refresh\(\)/.test(line) && LOAD.test(previous)) found.push(`${previous} / ${line}`);
+      if (/^(?:await\s+)?[\w.]*refresh\(\)/.test(line) && LOAD.test(previous)) found.push(`${previous} / ${line}`);
       previous = line;
     }
     for (const match of text.replace(/\s*\n\s*(?:\*\s*)?/g, ' ').matchAll(new RegExp(PROSE, 'gi'))) found.push(match[0]);

@@ -217,12 +217,9 @@ describe('Redis refusing the relay', () => {
   });
 
   it('an answer late under load, logged first, does not hide a refusal after it: each kind of failure is logged once', async () => {
-    const { hosts, namespace } = await simulated.start(2, 1);
-    const [hostA, hostB] = hosts as [Host, Host];
     const key = 'late-then-oom';
-    await ask(hostB.processes[0]!, { op: 'read', key });
-    await simulated.converged(hosts, namespace, key);
-    await refreshAll(hosts, key);
+    const { hosts } = await simulated.holding(2, 1, key);
+    const [hostA, hostB] = hosts as [Host, Host];
     const relay = await simulated.relayOf(hostA);
     // Redis asleep for 0.8 s: a script sent meanwhile waits past the workers' 300 ms command timeout, and the
     // connection (dead only after 1.2 s without an answer) stays up.
